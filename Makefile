@@ -1,0 +1,44 @@
+# Two commands: `make run` starts the whole service, `make test` runs the whole test suite.
+# Both create .venv and install what they need from requirements*.txt first.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+export PATH := $(abspath $(BIN)):$(PATH)
+METRICS_DIR := $(abspath logs/prometheus-multiproc)
+
+.PHONY: run test install install-dev migrate lint clean
+
+$(BIN)/activate:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: $(BIN)/activate requirements.txt
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+install: $(VENV)/.installed
+
+install-dev: $(VENV)/.installed-dev
+
+migrate: install
+	mkdir -p database logs
+	$(BIN)/flask --app app db upgrade
+
+run: export PROMETHEUS_MULTIPROC_DIR := $(METRICS_DIR)
+run: migrate
+	rm -rf "$(METRICS_DIR)" && mkdir -p "$(METRICS_DIR)"
+	$(BIN)/honcho --procfile Procfile start
+
+test: install-dev
+	$(BIN)/python -m pytest
+
+lint: install-dev
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy app
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

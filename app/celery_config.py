@@ -1,0 +1,64 @@
+"""Celery settings as data: broker and backend URLs, queues, and the beat schedule (UTC)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery.schedules import crontab
+from kombu import Queue
+
+from app.config import Settings
+
+TRAINING_QUEUE = "training"
+
+
+def beat_schedule() -> dict[str, dict[str, Any]]:
+    """The seed's schedule; nightly tuning and training are chained in one entry, not both
+    at 23:00 at once."""
+    return {
+        "smart-trading-pipeline": {
+            "task": "app.tasks.smart_trading_pipeline",
+            "schedule": crontab(minute="*/10", hour="11-23", day_of_week="mon-fri"),
+            "options": {"expires": 9 * 60},
+        },
+        "nightly-tune-then-train": {
+            "task": "app.tasks.nightly_tune_then_train",
+            "schedule": crontab(hour=23, minute=0, day_of_week="mon-fri"),
+            "options": {"expires": 60 * 60, "queue": TRAINING_QUEUE},
+        },
+    }
+
+
+def celery_settings(settings: Settings) -> dict[str, Any]:
+    broker_options: dict[str, Any] = {}
+    if settings.uses_embedded_broker:
+        broker_options = {"polling_interval": 0.5}
+    return {
+        "broker_url": settings.broker_url,
+        "result_backend": settings.result_backend,
+        "broker_transport_options": broker_options,
+        "broker_connection_retry_on_startup": True,
+        "task_ignore_result": False,
+        "result_extended": True,
+        "result_expires": 7 * 24 * 3600,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "timezone": "UTC",
+        "enable_utc": True,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_track_started": True,
+        "task_default_queue": "default",
+        "task_queues": (Queue("default"), Queue(TRAINING_QUEUE)),
+        "task_routes": {
+            "app.tasks.train_*": {"queue": TRAINING_QUEUE},
+            "app.tasks.optimize_*": {"queue": TRAINING_QUEUE},
+            "app.tasks.nightly_*": {"queue": TRAINING_QUEUE},
+        },
+        "task_always_eager": settings.celery_always_eager,
+        "task_eager_propagates": settings.celery_always_eager,
+        "beat_schedule": beat_schedule(),
+        "beat_schedule_filename": str(settings.database_dir / "celerybeat-schedule"),
+    }

@@ -1,0 +1,251 @@
+"""Typed settings read from the environment (and .env when present), validated at start-up.
+
+Every knob lives here, once. A bad value raises ConfigError, which stops start-up with one line
+naming the key, so a typo never becomes a trading surprise.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from app.errors import ConfigError
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+DEFAULT_WATCHLIST = (
+    "AAPL,MSFT,GOOGL,TSLA,SPY,NVDA,AMZN,META,NFLX,AMD,JNJ,UNH,JPM,PG,CAT,XOM,V,MA,DIS,HD,KO,PEP,"
+    "INTC,CSCO,CMCSA,VZ,T,MRK,PFE,ABT,NKE,WMT"
+)
+SIM_DEFAULT_PASSWORD = "password"  # noqa: S105 - the seed's demo password, sim mode only
+MIN_JWT_SECRET_BYTES = 32
+MIN_ADMIN_PASSWORD_LENGTH = 12
+
+
+class TradingMode(StrEnum):
+    SIM = "sim"
+    PAPER = "paper"
+    LIVE = "live"
+
+
+class Settings(BaseSettings):
+    """Every setting of the service; field names are the environment keys, case-insensitively."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True
+    )
+
+    # --- mode and infrastructure ---
+    trading_mode: TradingMode = TradingMode.SIM
+    database_url: str | None = None
+    #: Where the embedded defaults keep their files: the SQLite database, the embedded Celery
+    #: broker and result store, and beat's schedule.
+    database_dir: Path = BASE_DIR / "database"
+    redis_url: str | None = None
+    celery_broker_url: str | None = None
+    celery_result_backend: str | None = None
+    celery_always_eager: bool = False
+    data_dir: Path | None = None
+    models_dir: Path = BASE_DIR / "models"
+    best_params_dir: Path = BASE_DIR / "best_params"
+    log_level: str = "INFO"
+    log_json: bool = False
+
+    # --- Alpaca ---
+    alpaca_api_key: str | None = None
+    alpaca_api_secret: str | None = None
+    alpaca_paper: bool = True
+    alpaca_base_url: str | None = None
+    alpaca_data_url: str | None = None
+    alpaca_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+
+    # --- notifications ---
+    discord_webhook_url: str | None = None
+
+    # --- security ---
+    secret_key: str = "insecure-dev-secret-for-sim-mode-only-change-me"
+    jwt_secret_key: str | None = None
+    jwt_access_token_minutes: int = Field(default=60, ge=1, le=24 * 60)
+    jwt_refresh_token_days: int = Field(default=7, ge=1, le=90)
+    admin_username: str = "admin"
+    admin_password: str | None = None
+    login_rate_limit: str = "10 per minute"
+    max_request_bytes: int = Field(default=1_048_576, ge=1024, le=100 * 1_048_576)
+
+    # --- risk (the seed's defaults) ---
+    risk_max_portfolio_exposure: float = Field(default=0.80, gt=0, le=1)
+    risk_max_positions: int = Field(default=7, ge=1, le=500)
+    risk_max_position_size: float = Field(default=0.10, gt=0, le=1)
+    risk_stop_loss_pct: float = Field(default=-0.05, gt=-1, lt=0)
+    risk_take_profit_pct: float = Field(default=0.10, gt=0)
+    risk_max_daily_loss: float = Field(default=-0.02, gt=-1, lt=0)
+
+    # --- AI signals (the seed's defaults) ---
+    ai_signal_buy_threshold: float = Field(default=0.005, gt=0)
+    ai_signal_sell_threshold: float = Field(default=-0.005, lt=0)
+    ai_confidence_threshold: float = Field(default=0.7, ge=0, le=1)
+    model_max_age_days: int = Field(default=7, ge=1, le=365)
+
+    watchlist: Annotated[tuple[str, ...], NoDecode] = tuple(DEFAULT_WATCHLIST.split(","))
+
+    @field_validator("watchlist", mode="before")
+    @classmethod
+    def _split_watchlist(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part.strip().upper() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("watchlist")
+    @classmethod
+    def _check_watchlist(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("must name at least one symbol")
+        bad = [s for s in value if not s.replace(".", "").isalnum() or len(s) > 10]
+        if bad:
+            raise ValueError(f"malformed symbols {bad}")
+        if len(set(value)) != len(value):
+            raise ValueError("has duplicate symbols")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _check_log_level(cls, value: str) -> str:
+        value = value.upper()
+        if value not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError("must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
+        return value
+
+    @field_validator("login_rate_limit")
+    @classmethod
+    def _check_rate_limit(cls, value: str) -> str:
+        from limits import parse_many
+
+        try:
+            parse_many(value)
+        except ValueError as exc:
+            raise ValueError(f"is not a rate limit like '10 per minute' ({exc})") from exc
+        return value
+
+    @model_validator(mode="after")
+    def _check_mode(self) -> Settings:
+        if self.ai_signal_sell_threshold >= self.ai_signal_buy_threshold:
+            raise _KeyError("ai_signal_sell_threshold", "must be below AI_SIGNAL_BUY_THRESHOLD")
+        if self.risk_max_position_size > self.risk_max_portfolio_exposure:
+            raise _KeyError(
+                "risk_max_position_size", "must not exceed RISK_MAX_PORTFOLIO_EXPOSURE"
+            )
+        if self.trading_mode is TradingMode.SIM:
+            return self
+        if not self.alpaca_api_key:
+            raise _KeyError("alpaca_api_key", f"is required in {self.trading_mode} mode")
+        if not self.alpaca_api_secret:
+            raise _KeyError("alpaca_api_secret", f"is required in {self.trading_mode} mode")
+        if self.trading_mode is TradingMode.LIVE and self.alpaca_paper:
+            raise _KeyError("alpaca_paper", "must be false in live mode")
+        if self.trading_mode is TradingMode.PAPER and not self.alpaca_paper:
+            raise _KeyError("alpaca_paper", "must be true in paper mode")
+        password = self.admin_password or ""
+        if not password:
+            raise _KeyError("admin_password", f"is required in {self.trading_mode} mode")
+        if password == SIM_DEFAULT_PASSWORD:
+            raise _KeyError("admin_password", "must not be the default password")
+        if len(password) < MIN_ADMIN_PASSWORD_LENGTH:
+            raise _KeyError(
+                "admin_password", f"must be at least {MIN_ADMIN_PASSWORD_LENGTH} characters"
+            )
+        jwt_secret = self.jwt_secret_key or ""
+        if len(jwt_secret.encode()) < MIN_JWT_SECRET_BYTES:
+            raise _KeyError(
+                "jwt_secret_key",
+                f"must be at least {MIN_JWT_SECRET_BYTES} bytes in {self.trading_mode} mode",
+            )
+        if self.secret_key == Settings.model_fields["secret_key"].default:
+            raise _KeyError("secret_key", f"must be set in {self.trading_mode} mode")
+        if len(self.secret_key.encode()) < MIN_JWT_SECRET_BYTES:
+            raise _KeyError(
+                "secret_key", f"must be at least {MIN_JWT_SECRET_BYTES} bytes in {self.trading_mode} mode"
+            )
+        return self
+
+    # --- derived values ---
+    @property
+    def effective_admin_password(self) -> str | None:
+        """The seed's admin/password exists only in sim mode."""
+        if self.admin_password:
+            return self.admin_password
+        return SIM_DEFAULT_PASSWORD if self.trading_mode is TradingMode.SIM else None
+
+    @property
+    def uses_default_admin_password(self) -> bool:
+        return self.effective_admin_password == SIM_DEFAULT_PASSWORD
+
+    @property
+    def effective_jwt_secret(self) -> str:
+        return self.jwt_secret_key or self.secret_key
+
+    @property
+    def sql_url(self) -> str:
+        """DATABASE_URL, or SQLite under DATABASE_DIR by default."""
+        return self.database_url or f"sqlite:///{self.database_dir / 'alpha_trader.db'}"
+
+    @property
+    def uses_embedded_broker(self) -> bool:
+        return not (self.celery_broker_url or self.redis_url)
+
+    @property
+    def broker_url(self) -> str:
+        """Redis when configured; otherwise kombu's SQLAlchemy transport over SQLite."""
+        if self.celery_broker_url:
+            return self.celery_broker_url
+        if self.redis_url:
+            return self.redis_url
+        return f"sqla+sqlite:///{self.database_dir / 'celery-broker.sqlite'}"
+
+    @property
+    def result_backend(self) -> str:
+        if self.celery_result_backend:
+            return self.celery_result_backend
+        if self.redis_url:
+            return self.redis_url
+        return f"db+sqlite:///{self.database_dir / 'celery-results.sqlite'}"
+
+
+class _KeyError(ValueError):
+    """A cross-field problem that still names the one key to fix."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(problem)
+        self.key = key
+        self.problem = problem
+
+
+def load_settings(overrides: Mapping[str, Any] | None = None) -> Settings:
+    """Read settings from the environment (and .env, or the file ENV_FILE names), applying
+    `overrides` on top.
+
+    Raises ConfigError with one line naming the key and the problem.
+    """
+    values = {key.lower(): value for key, value in (overrides or {}).items()}
+    env_file = os.environ.get("ENV_FILE", ".env")
+    try:
+        return Settings(_env_file=env_file or None, **values)  # type: ignore[call-arg]
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+
+
+def _describe(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    cause = error.get("ctx", {}).get("error")
+    if isinstance(cause, _KeyError):
+        return f"{cause.key.upper()} {cause.problem}"
+    key = str(error["loc"][0]).upper() if error["loc"] else "settings"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    value = error.get("input")
+    shown = "" if isinstance(value, dict) or "SECRET" in key or "PASSWORD" in key else f" (got {value!r})"
+    return f"{key}: {message}{shown}"

@@ -1,0 +1,89 @@
+"""The one session scope over the service's database, and its engine's lifecycle.
+
+Plain SQLAlchemy rather than Flask-SQLAlchemy, so Celery tasks, the CLI and backtests use the
+same sessions as the API without an app context.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, inspect, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+class Database:
+    """Holds the engine and session factory; created unbound, bound by `configure`."""
+
+    def __init__(self) -> None:
+        self._engine: Engine | None = None
+        self._sessions: sessionmaker[Session] | None = None
+
+    def configure(self, url: str) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+        self._engine = make_engine(url)
+        self._sessions = sessionmaker(self._engine, expire_on_commit=False)
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            raise RuntimeError("database is not configured; call create_app first")
+        return self._engine
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A transaction: committed when the block ends, rolled back if it raises."""
+        if self._sessions is None:
+            raise RuntimeError("database is not configured; call create_app first")
+        session = self._sessions()
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+
+    def dispose(self) -> None:
+        """Drop pooled connections inherited over fork; each child opens its own."""
+        if self._engine is not None:
+            self._engine.dispose(close=False)
+
+    def ping(self) -> None:
+        with self.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+
+    def has_table(self, name: str) -> bool:
+        return inspect(self.engine).has_table(name)
+
+
+def make_engine(url: str) -> Engine:
+    """SQLite gets WAL and a busy timeout so API, worker and beat can share one file."""
+    parsed = make_url(url)
+    kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    if parsed.get_backend_name() == "sqlite":
+        kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
+        if parsed.database:
+            from pathlib import Path
+
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, **kwargs)
+    if parsed.get_backend_name() == "sqlite":
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cursor = dbapi_conn.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.close()
+
+    return engine
