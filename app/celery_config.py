@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery.schedules import crontab
-from kombu import Queue
+from kombu.entity import Queue
 
 from app.config import Settings
 
@@ -32,8 +32,10 @@ def beat_schedule() -> dict[str, dict[str, Any]]:
 def celery_settings(settings: Settings) -> dict[str, Any]:
     broker_options: dict[str, Any] = {}
     if settings.uses_embedded_broker:
-        broker_options = {"polling_interval": 0.5}
+        # kombu hands these to create_engine: wait on SQLite locks instead of failing.
+        broker_options = {"connect_args": {"timeout": 30}}
     return {
+        "imports": ("app.tasks",),
         "broker_url": settings.broker_url,
         "result_backend": settings.result_backend,
         "broker_transport_options": broker_options,
@@ -51,7 +53,7 @@ def celery_settings(settings: Settings) -> dict[str, Any]:
         "worker_prefetch_multiplier": 1,
         "task_track_started": True,
         "task_default_queue": "default",
-        "task_queues": (Queue("default"), Queue(TRAINING_QUEUE)),
+        "task_queues": (Queue("default"), Queue(TRAINING_QUEUE)),  # type: ignore[no-untyped-call]
         "task_routes": {
             "app.tasks.train_*": {"queue": TRAINING_QUEUE},
             "app.tasks.optimize_*": {"queue": TRAINING_QUEUE},

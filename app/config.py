@@ -69,7 +69,7 @@ class Settings(BaseSettings):
     discord_webhook_url: str | None = None
 
     # --- security ---
-    secret_key: str = "insecure-dev-secret-for-sim-mode-only-change-me"
+    secret_key: str = "insecure-dev-secret-for-sim-mode-only-change-me"  # noqa: S105 - refused outside sim
     jwt_secret_key: str | None = None
     jwt_access_token_minutes: int = Field(default=60, ge=1, le=24 * 60)
     jwt_refresh_token_days: int = Field(default=7, ge=1, le=90)
@@ -137,9 +137,7 @@ class Settings(BaseSettings):
         if self.ai_signal_sell_threshold >= self.ai_signal_buy_threshold:
             raise _KeyError("ai_signal_sell_threshold", "must be below AI_SIGNAL_BUY_THRESHOLD")
         if self.risk_max_position_size > self.risk_max_portfolio_exposure:
-            raise _KeyError(
-                "risk_max_position_size", "must not exceed RISK_MAX_PORTFOLIO_EXPOSURE"
-            )
+            raise _KeyError("risk_max_position_size", "must not exceed RISK_MAX_PORTFOLIO_EXPOSURE")
         if self.trading_mode is TradingMode.SIM:
             return self
         if not self.alpaca_api_key:
@@ -169,7 +167,8 @@ class Settings(BaseSettings):
             raise _KeyError("secret_key", f"must be set in {self.trading_mode} mode")
         if len(self.secret_key.encode()) < MIN_JWT_SECRET_BYTES:
             raise _KeyError(
-                "secret_key", f"must be at least {MIN_JWT_SECRET_BYTES} bytes in {self.trading_mode} mode"
+                "secret_key",
+                f"must be at least {MIN_JWT_SECRET_BYTES} bytes in {self.trading_mode} mode",
             )
         return self
 
@@ -247,5 +246,9 @@ def _describe(exc: ValidationError) -> str:
     key = str(error["loc"][0]).upper() if error["loc"] else "settings"
     message = str(error["msg"]).removeprefix("Value error, ")
     value = error.get("input")
-    shown = "" if isinstance(value, dict) or "SECRET" in key or "PASSWORD" in key else f" (got {value!r})"
+    shown = (
+        ""
+        if isinstance(value, dict) or "SECRET" in key or "PASSWORD" in key
+        else f" (got {value!r})"
+    )
     return f"{key}: {message}{shown}"

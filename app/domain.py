@@ -10,13 +10,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from enum import StrEnum
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeAlias, runtime_checkable
 
 import pandas as pd
 
 #: Daily bars of one symbol: a DataFrame indexed by session date (ascending, unique) with float
 #: columns open, high, low, close, volume.
-BarFrame = pd.DataFrame
+BarFrame: TypeAlias = pd.DataFrame
 BAR_COLUMNS = ("open", "high", "low", "close", "volume")
 
 

@@ -79,7 +79,9 @@ def logout(body: dict[str, str]) -> dict[str, str]:
         try:
             refresh_claims = decode_token(body["refresh_token"], allow_expired=True)
         except PyJWTError:
-            raise InvalidCredentials("refresh_token is not a valid token", field="refresh_token")
+            raise InvalidCredentials(
+                "refresh_token is not a valid token", field="refresh_token"
+            ) from None
         if refresh_claims.get("sub") != claims.get("sub"):
             raise InvalidCredentials("refresh_token belongs to another user", field="refresh_token")
         blocklist.revoke(refresh_claims["jti"], datetime.fromtimestamp(refresh_claims["exp"], UTC))

@@ -97,10 +97,7 @@ def _flatten(messages: Any, prefix: str = "") -> dict[str, list[str]]:
                     continue
                 out.update(nested)
                 continue
-            if name == "_schema":
-                name = prefix or "body"
-            else:
-                name = f"{prefix}.{name}" if prefix else name
+            name = prefix or "body" if name == "_schema" else f"{prefix}.{name}" if prefix else name
             out.update(_flatten(value, name) if isinstance(value, dict) else {name: _strs(value)})
     else:
         out[prefix or "body"] = _strs(messages)

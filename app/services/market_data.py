@@ -26,7 +26,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, TypeAlias
 
 import exchange_calendars as xc
 import numpy as np
@@ -51,7 +51,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-DateLike = date | datetime | pd.Timestamp | str
+DateLike: TypeAlias = date | datetime | pd.Timestamp | str
 
 _NY_TZ = "America/New_York"
 
@@ -113,7 +113,13 @@ def _to_utc(value: datetime | pd.Timestamp) -> pd.Timestamp:
 
 def _py_utc(ts: pd.Timestamp) -> datetime:
     """A plain datetime in datetime.UTC so callers compare and serialise one tz type."""
-    return ts.tz_convert("UTC").to_pydatetime().replace(tzinfo=UTC)
+    out: datetime = ts.tz_convert("UTC").to_pydatetime().replace(tzinfo=UTC)
+    return out
+
+
+def _as_date(ts: pd.Timestamp) -> date:
+    out: date = ts.date()
+    return out
 
 
 class NyseCalendar:
@@ -132,11 +138,11 @@ class NyseCalendar:
     # -- bounds -------------------------------------------------------------------------------
     @property
     def first_session(self) -> date:
-        return self._sched.sessions[0].date()
+        return _as_date(self._sched.sessions[0])
 
     @property
     def last_session(self) -> date:
-        return self._sched.sessions[-1].date()
+        return _as_date(self._sched.sessions[-1])
 
     def _in_range(self, day: pd.Timestamp) -> bool:
         return bool(self._sched.sessions[0] <= day <= self._sched.sessions[-1])
@@ -172,7 +178,7 @@ class NyseCalendar:
         pos = s.searchsorted(_to_day(day), side="right")
         if pos >= len(s):
             raise ValueError(f"no session after {_to_day(day).date()} in the calendar")
-        return s[pos].date()
+        return _as_date(s[pos])
 
     def previous_session(self, day: DateLike) -> date:
         """The last session strictly before `day` (a session or not)."""
@@ -180,21 +186,21 @@ class NyseCalendar:
         pos = s.searchsorted(_to_day(day), side="left") - 1
         if pos < 0:
             raise ValueError(f"no session before {_to_day(day).date()} in the calendar")
-        return s[pos].date()
+        return _as_date(s[pos])
 
     def session_on_or_after(self, day: DateLike) -> date:
         s = self._sched.sessions
         pos = s.searchsorted(_to_day(day), side="left")
         if pos >= len(s):
             raise ValueError(f"no session on or after {_to_day(day).date()} in the calendar")
-        return s[pos].date()
+        return _as_date(s[pos])
 
     def session_on_or_before(self, day: DateLike) -> date:
         s = self._sched.sessions
         pos = s.searchsorted(_to_day(day), side="right") - 1
         if pos < 0:
             raise ValueError(f"no session on or before {_to_day(day).date()} in the calendar")
-        return s[pos].date()
+        return _as_date(s[pos])
 
     # -- open / close -------------------------------------------------------------------------
     def session_open(self, day: DateLike) -> datetime:
@@ -284,7 +290,7 @@ class WallClock:
         return datetime.now(UTC)
 
 
-class ReplayFinished(Exception):  # noqa: N818 - reads as an event, like StopIteration
+class ReplayFinished(Exception):
     """ReplayClock.advance() was asked to go past its end date."""
 
 
@@ -421,7 +427,7 @@ def _normalise_frame(symbol: str, frame: pd.DataFrame) -> pd.DataFrame:
         raise ValidationError(f"{symbol}: bar index is not dates: {exc}", field="date") from exc
     if idx.tz is not None:
         idx = idx.tz_convert(_NY_TZ).tz_localize(None)
-    df.index = idx.normalize().rename("date")
+    df.index = idx.normalize().as_unit("ns").rename("date")
     df = df.apply(pd.to_numeric, errors="coerce").astype("float64")
     # Stable sort keeps duplicates in input order, so "keep first" means first as given.
     return df.sort_index(kind="mergesort")
@@ -471,9 +477,9 @@ def validate_bars(
         prices = np.column_stack([o, h, lo, c])
         nonpos = (prices <= 0).any(axis=1)
         for i in np.flatnonzero(nonpos):
-            cols = [col for col, x in zip(BAR_COLUMNS[:4], prices[i], strict=True) if x <= 0]
+            low_cols = [col for col, x in zip(BAR_COLUMNS[:4], prices[i], strict=True) if x <= 0]
             codes[i].append("non_positive_price")
-            reasons[i].append(f"non_positive_price: {', '.join(cols)} <= 0")
+            reasons[i].append(f"non_positive_price: {', '.join(low_cols)} <= 0")
         flag(v < 0, "negative_volume", "volume below zero")
         flag(v == 0, "zero_volume", "volume is 0 (placeholder bar, no trading)")
 
@@ -502,14 +508,14 @@ def validate_bars(
 
     rejected: list[Rejection] = []
     keep = np.ones(n, dtype=bool)
-    for i in range(n):
-        if codes[i]:
-            keep[i] = False
-            day = df.index[i].date()
-            reason = "; ".join(reasons[i])
+    for row in range(n):
+        if codes[row]:
+            keep[row] = False
+            day = df.index[row].date()
+            reason = "; ".join(reasons[row])
             rejected.append(Rejection(day, reason))
             logger.warning("rejected bar %s %s: %s", symbol, day, reason)
-            for code in codes[i]:
+            for code in codes[row]:
                 _count(code)
 
     # Gaps: judged on every session date given (rejected bars included), because a hole left

@@ -44,7 +44,8 @@ PriceSource = Callable[[str], float]
 
 #: Share quantities are kept to 9 decimals, as Alpaca does for fractional orders.
 QTY_DECIMALS = 9
-_QTY_EPS = 10.0**-QTY_DECIMALS
+_QTY_SCALE = 1_000_000_000  # 10 ** QTY_DECIMALS
+_QTY_EPS = 1.0 / _QTY_SCALE
 #: Float slack when comparing money, so qty = cash / price is not refused over one ulp.
 _CASH_EPS = 1e-9
 
@@ -89,8 +90,7 @@ class _Holding:
 
 def _floor_qty(qty: float) -> float:
     """Round down to the quantity grid, so a notional buy never costs more than asked."""
-    scale = 10**QTY_DECIMALS
-    return math.floor(qty * scale + 1e-6) / scale
+    return math.floor(qty * _QTY_SCALE + 1e-6) / _QTY_SCALE
 
 
 class SimBroker:
@@ -139,6 +139,17 @@ class SimBroker:
     def cash(self) -> float:
         with self._lock:
             return self._cash
+
+    @property
+    def fill_immediately(self) -> bool:
+        """False: orders stay NEW until process_pending() (the backtester's next-open fill)."""
+        with self._lock:
+            return self._fill_immediately
+
+    @fill_immediately.setter
+    def fill_immediately(self, value: bool) -> None:
+        with self._lock:
+            self._fill_immediately = value
 
     @property
     def fills(self) -> list[Fill]:
@@ -336,8 +347,6 @@ class SimBroker:
         else:
             assert req.notional is not None
             qty = _floor_qty(req.notional / price)
-            if not self._fractional:
-                qty = float(math.floor(qty))
         if req.side is Side.SELL and qty > held_qty:
             if qty > held_qty + _QTY_EPS * max(1.0, held_qty):
                 return self._reject(

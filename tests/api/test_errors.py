@@ -45,9 +45,7 @@ def row_counts() -> tuple[int, int]:
         ([1, 2], 422, "body"),
     ],
 )
-def test_bad_login_bodies(
-    client: FlaskClient, payload: Any, status: int, field: str
-) -> None:
+def test_bad_login_bodies(client: FlaskClient, payload: Any, status: int, field: str) -> None:
     before = row_counts()
     assert_error(client.post("/api/auth/login", json=payload), status, field)
     assert row_counts() == before
@@ -63,9 +61,7 @@ def test_malformed_json(client: FlaskClient) -> None:
 
 def test_oversized_body_is_413(make_app: Any) -> None:
     client = make_app(MAX_REQUEST_BYTES=2048).test_client()
-    response = client.post(
-        "/api/auth/login", json={"username": "admin", "password": "x" * 10_000}
-    )
+    response = client.post("/api/auth/login", json={"username": "admin", "password": "x" * 10_000})
     assert_error(response, 413)
 
 

@@ -1,0 +1,92 @@
+"""Two gunicorn workers share the token blocklist, the login rate limit and the metrics."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+import pytest
+import requests
+
+from tests import support
+
+pytestmark = pytest.mark.integration
+
+LOGIN_LIMIT = 5
+
+
+@pytest.fixture
+def gunicorn(postgres_database_url: str, redis_test_url: str, tmp_path) -> Iterator[str]:
+    import redis
+
+    redis.Redis.from_url(redis_test_url).flushdb()
+    port = support.free_port()
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    env = support.service_env(
+        DATABASE_URL=postgres_database_url,
+        REDIS_URL=redis_test_url,
+        DATABASE_DIR=str(tmp_path),
+        WEB_CONCURRENCY="2",
+        GUNICORN_THREADS="2",
+        PORT=str(port),
+        LOGIN_RATE_LIMIT=f"{LOGIN_LIMIT} per minute",
+        PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
+    )
+    args = [str(support.BIN / "gunicorn"), "--config", "gunicorn_config.py", "app:create_app()"]
+    process = support.Process(args, env, tmp_path / "gunicorn.log")
+    base = f"http://127.0.0.1:{port}"
+    try:
+        support.wait_until(lambda: support.http_ok(f"{base}/health"), 60, "gunicorn")
+    except AssertionError:
+        process.stop()
+        raise AssertionError(process.output()[-3000:]) from None
+    process.base_url = base  # type: ignore[attr-defined]
+    yield process  # type: ignore[misc]
+    process.stop()
+
+
+def fresh(method: str, url: str, **kwargs: object) -> requests.Response:
+    """One request on a new connection, so the kernel may hand it to either worker."""
+    with requests.Session() as session:
+        return session.request(
+            method,
+            url,
+            headers={"Connection": "close", **kwargs.pop("headers", {})},
+            timeout=10,
+            **kwargs,
+        )  # type: ignore[arg-type]
+
+
+def pids_serving(log: str, path: str) -> set[str]:
+    return set(re.findall(rf'"\w+ {re.escape(path)}\S* HTTP/1.1" \d+ .* pid=<?(\d+)', log))
+
+
+def test_blocklist_rate_limit_and_metrics_are_shared(gunicorn: support.Process) -> None:
+    base = gunicorn.base_url  # type: ignore[attr-defined]
+    credentials = {"username": "admin", "password": "password"}
+    codes = [fresh("POST", f"{base}/api/auth/login", json=credentials) for _ in range(12)]
+    statuses = [r.status_code for r in codes]
+    assert statuses.count(200) == LOGIN_LIMIT, statuses
+    assert statuses.count(429) == 12 - LOGIN_LIMIT
+    assert len(pids_serving(gunicorn.output(), "/api/auth/login")) == 2
+
+    token = codes[0].json()["access_token"]
+    auth = {"Authorization": f"Bearer {token}"}
+    before = [fresh("GET", f"{base}/api/openapi.json", headers=auth).status_code for _ in range(10)]
+    assert set(before) == {200}
+    assert fresh("POST", f"{base}/api/auth/logout", headers=auth).status_code == 200
+    after = [fresh("GET", f"{base}/api/tasks/x", headers=auth).status_code for _ in range(20)]
+    assert set(after) == {401}
+    assert len(pids_serving(gunicorn.output(), "/api/tasks/x")) == 2
+
+    for _ in range(10):
+        fresh("GET", f"{base}/health")
+    metrics = fresh("GET", f"{base}/metrics").text
+    counts = re.findall(
+        r'flask_http_request_duration_seconds_count\{[^}]*endpoint="health.health"[^}]*\} (\S+)',
+        metrics,
+    )
+    assert counts, metrics[:2000]
+    # at least the 10 probes above (plus the start-up wait) counted across both workers
+    assert sum(float(c) for c in counts) >= 10
