@@ -20,13 +20,13 @@ access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(L)ss pid=%(p)s'
 errorlog = "-"
 
 
-def post_fork(server, worker):  # noqa: ARG001 - gunicorn's hook signature
+def post_fork(server, worker):
     from app.extensions import db
 
     db.dispose()
 
 
-def child_exit(server, worker):  # noqa: ARG001
+def child_exit(server, worker):
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from prometheus_client import multiprocess
 
