@@ -21,6 +21,8 @@ from app.container import EXTENSION_KEY, Services
 from app.extensions import api, db, jwt, limiter
 from app.logging_setup import configure_logging
 from app.services.auth_service import TokenBlocklist, UserService
+from app.services.response_cache import ResponseCache
+from app.services.venue import build_venue
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,8 @@ def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
         users=users,
         blocklist=TokenBlocklist(db, redis),
         celery=celery,
+        venue=build_venue(settings, db),
+        cache=ResponseCache(redis),
     )
     register_api(app)
     register_cli(app)

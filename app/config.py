@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from datetime import date
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -64,6 +65,22 @@ class Settings(BaseSettings):
     alpaca_base_url: str | None = None
     alpaca_data_url: str | None = None
     alpaca_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+
+    alpaca_data_feed: str = Field(default="iex", pattern="^(iex|sip|delayed_sip)$")
+
+    # --- sim mode ---
+    #: The replay starts at this session; each trading cycle advances one session.
+    sim_start_date: date = date(2021, 1, 4)
+    sim_starting_cash: float = Field(default=100_000.0, gt=0)
+    sim_commission_bps: float = Field(default=0.0, ge=0, le=100)
+    sim_slippage_bps: float = Field(default=5.0, ge=0, le=100)
+    #: Seed of the synthetic market used when DATA_DIR is unset.
+    sim_seed: int = 42
+
+    # --- API ---
+    #: How long account, positions and prices answers are reused, so many API clients do not
+    #: multiply broker calls.
+    api_cache_seconds: float = Field(default=2.0, ge=0, le=300)
 
     # --- notifications ---
     discord_webhook_url: str | None = None

@@ -12,6 +12,8 @@ from redis import Redis
 from app.config import Settings
 from app.services.auth_service import TokenBlocklist, UserService
 from app.services.database_service import Database
+from app.services.response_cache import ResponseCache
+from app.services.venue import Venue
 
 EXTENSION_KEY = "alpha_trader"
 
@@ -24,6 +26,8 @@ class Services:
     users: UserService
     blocklist: TokenBlocklist
     celery: Celery
+    venue: Venue
+    cache: ResponseCache
 
 
 def services() -> Services:

@@ -190,3 +190,41 @@ class TaskRun(Base):
     params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     requested_by: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class BarRecord(Base):
+    """A validated daily bar of a closed session; the incremental cache's storage."""
+
+    __tablename__ = "bars"
+
+    symbol: Mapped[str] = mapped_column(String(16), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    open: Mapped[float] = mapped_column(Float)
+    high: Mapped[float] = mapped_column(Float)
+    low: Mapped[float] = mapped_column(Float)
+    close: Mapped[float] = mapped_column(Float)
+    volume: Mapped[float] = mapped_column(Float)
+
+
+class BarCoverage(Base):
+    """The span of sessions already fetched for a symbol, so a fetch asks only for what it
+    lacks; days inside it without a bar were absent upstream or rejected by validation."""
+
+    __tablename__ = "bar_coverage"
+
+    symbol: Mapped[str] = mapped_column(String(16), primary_key=True)
+    first_day: Mapped[date] = mapped_column(Date)
+    last_day: Mapped[date] = mapped_column(Date)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class SimExchangeState(Base):
+    """Sim mode's exchange: the SimBroker book and the replay session, one row shared by the API
+    and every worker process."""
+
+    __tablename__ = "sim_exchange"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    session_day: Mapped[date] = mapped_column(Date)
+    book: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

@@ -8,7 +8,7 @@ from typing import Any
 from flask import Flask, Response, request
 from flask_jwt_extended import verify_jwt_in_request
 
-from app.api import auth, health, tasks
+from app.api import account, auth, health, market, tasks
 from app.api.errors import error_response
 from app.container import services
 from app.extensions import api, jwt
@@ -17,7 +17,7 @@ PUBLIC_ENDPOINTS = frozenset({"auth.login", "auth.refresh", "health.health", "pr
 
 
 def register_api(app: Flask) -> None:
-    for blueprint in (auth.blp, health.blp, tasks.blp):
+    for blueprint in (auth.blp, health.blp, tasks.blp, account.blp, market.blp):
         api.register_blueprint(blueprint)
     app.before_request(_require_access_token)
     _register_jwt_callbacks()

@@ -49,3 +49,60 @@ class HealthSchema(Schema):
     status = fields.String(required=True)
     checks = fields.Dict(keys=fields.String(), values=fields.String())
     trading_mode = fields.String()
+
+
+class AccountSchema(Schema):
+    broker = fields.String()
+    cash = fields.Float()
+    equity = fields.Float()
+    buying_power = fields.Float()
+    last_equity = fields.Float()
+    currency = fields.String()
+    status = fields.String()
+
+
+class PositionSchema(Schema):
+    symbol = fields.String()
+    qty = fields.Float()
+    avg_entry_price = fields.Float()
+    current_price = fields.Float()
+    market_value = fields.Float()
+    cost_basis = fields.Float()
+    unrealized_pl = fields.Float()
+    unrealized_plpc = fields.Float()
+
+
+class ConnectionSchema(Schema):
+    ok = fields.Boolean()
+    broker = fields.String()
+    account_status = fields.String()
+    market_open = fields.Boolean()
+    next_open = fields.DateTime()
+    next_close = fields.DateTime()
+    latency_ms = fields.Float()
+
+
+class PriceSchema(Schema):
+    symbol = fields.String()
+    price = fields.Float()
+    as_of = fields.Date()
+
+
+class BarsQuerySchema(Schema):
+    limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=10_000))
+    start = fields.Date()
+    end = fields.Date()
+
+
+class BarSchema(Schema):
+    date = fields.String()
+    open = fields.Float()
+    high = fields.Float()
+    low = fields.Float()
+    close = fields.Float()
+    volume = fields.Float()
+
+
+class BarsSchema(Schema):
+    symbol = fields.String()
+    bars = fields.List(fields.Nested(BarSchema))

@@ -17,8 +17,9 @@ import logging
 import math
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import date, datetime
+from typing import Any
 
 from app.domain import (
     Account,
@@ -459,3 +460,82 @@ class SimBroker:
 
     def now(self) -> datetime:
         return self._clock.now()
+
+    # -- persistence ---------------------------------------------------------------------------
+    def to_state(self) -> dict[str, Any]:
+        """Everything the book holds, as JSON-ready data (sim mode keeps it in the database so
+        the API and the workers see one exchange)."""
+        with self._lock:
+            return {
+                "cash": self._cash,
+                "last_equity": self._last_equity,
+                "holdings": {s: [h.qty, h.avg_price] for s, h in self._holdings.items()},
+                "marks": dict(self._marks),
+                "orders": [_order_state(o) for o in self._orders.values()],
+                "requests": [_request_state(r) for r in self._requests.values()],
+                "pending": list(self._pending),
+                "fills": [_fill_state(f) for f in self._fills],
+                "realized_pl": self._realized_pl,
+                "commission_paid": self._commission_paid,
+                "seq": self._seq,
+            }
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        """Replace the book with one saved by `to_state`."""
+        with self._lock:
+            self._cash = float(state["cash"])
+            self._last_equity = float(state["last_equity"])
+            self._holdings = {s: _Holding(q, p) for s, (q, p) in state["holdings"].items()}
+            self._marks = {s: float(p) for s, p in state["marks"].items()}
+            orders = [_order_from(o) for o in state["orders"]]
+            self._orders = {o.client_order_id: o for o in orders}
+            requests = [_request_from(r) for r in state["requests"]]
+            self._requests = {r.client_order_id: r for r in requests}
+            self._pending = list(state["pending"])
+            self._fills = [_fill_from(f) for f in state["fills"]]
+            self._realized_pl = float(state["realized_pl"])
+            self._commission_paid = float(state["commission_paid"])
+            self._seq = int(state["seq"])
+
+
+def _ts(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def _dt(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+def _order_state(order: Order) -> dict[str, Any]:
+    data = asdict(order)
+    data.update(
+        side=str(order.side), status=str(order.status), submitted_at=_ts(order.submitted_at)
+    )
+    return data
+
+
+def _order_from(data: Mapping[str, Any]) -> Order:
+    return Order(
+        **{
+            **data,
+            "side": Side(data["side"]),
+            "status": OrderStatus(data["status"]),
+            "submitted_at": _dt(data["submitted_at"]),
+        }
+    )
+
+
+def _request_state(request: OrderRequest) -> dict[str, Any]:
+    return {**asdict(request), "side": str(request.side)}
+
+
+def _request_from(data: Mapping[str, Any]) -> OrderRequest:
+    return OrderRequest(**{**data, "side": Side(data["side"])})
+
+
+def _fill_state(fill: Fill) -> dict[str, Any]:
+    return {**asdict(fill), "side": str(fill.side), "timestamp": _ts(fill.timestamp)}
+
+
+def _fill_from(data: Mapping[str, Any]) -> Fill:
+    return Fill(**{**data, "side": Side(data["side"]), "timestamp": _dt(data["timestamp"])})
