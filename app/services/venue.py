@@ -12,6 +12,7 @@ from datetime import UTC, date, datetime
 
 from app.config import Settings, TradingMode
 from app.domain import Broker, MarketData
+from app.errors import ConfigError
 from app.services.alpaca_service import AlpacaBroker, AlpacaMarketData
 from app.services.bar_cache import CachedMarketData
 from app.services.database_service import Database
@@ -69,7 +70,8 @@ def _sim_venue(settings: Settings, db: Database) -> Venue:
 
 
 def _alpaca_venue(settings: Settings, db: Database) -> Venue:
-    assert settings.alpaca_api_key and settings.alpaca_api_secret  # enforced by Settings
+    if not (settings.alpaca_api_key and settings.alpaca_api_secret):  # Settings enforces it
+        raise ConfigError("ALPACA_API_KEY and ALPACA_API_SECRET are required")
     limiter = SlidingWindowLimiter(redis_client=settings.redis_url)
     broker = AlpacaBroker(
         settings.alpaca_api_key,
