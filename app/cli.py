@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+from datetime import UTC, date, datetime
+from pathlib import Path
+
 import click
 from flask import Flask
 from flask.cli import AppGroup, with_appcontext
+from tqdm import tqdm
 
+from app.api.market import parse_symbol
 from app.container import services
+from app.domain import MarketData
 from app.errors import AppError
 from app.services import migrations
+from app.services.alpaca_service import AlpacaMarketData
+from app.services.bar_cache import CachedMarketData
+from app.services.market_data import CsvMarketData, rejection_counts
+from app.services.rate_limit import SlidingWindowLimiter
 
 
 def register_cli(app: Flask) -> None:
     app.cli.add_command(db_group)
     app.cli.add_command(create_user)
+    app.cli.add_command(data_group)
 
 
 db_group = AppGroup("db", help="Database schema migrations (Alembic).")
@@ -58,3 +69,78 @@ def create_user(username: str, password: str, reset: bool) -> None:
             click.echo(f"user {username!r} created")
     except AppError as exc:
         raise click.ClickException(exc.message) from None
+
+
+data_group = AppGroup(
+    "data", help="Daily bars: download from Alpaca or import CSVs into the cache."
+)
+
+
+def _symbols_option(value: str | None) -> list[str]:
+    if not value:
+        return list(services().settings.watchlist)
+    return [parse_symbol(part) for part in value.split(",") if part.strip()]
+
+
+@data_group.command("download", help="Fetch daily bars from Alpaca into the bar cache.")
+@click.option("--symbols", help="Comma-separated symbols (default: the watchlist).")
+@click.option("--start", type=click.DateTime(["%Y-%m-%d"]), required=True)
+@click.option("--end", type=click.DateTime(["%Y-%m-%d"]), help="Default: today.")
+@click.option("--chunk", default=20, show_default=True, help="Symbols per request batch.")
+def data_download(symbols: str | None, start: datetime, end: datetime | None, chunk: int) -> None:
+    settings = services().settings
+    if not (settings.alpaca_api_key and settings.alpaca_api_secret):
+        raise click.ClickException("ALPACA_API_KEY and ALPACA_API_SECRET are needed to download")
+    upstream = AlpacaMarketData(
+        settings.alpaca_api_key,
+        settings.alpaca_api_secret,
+        data_url=settings.alpaca_data_url,
+        feed=settings.alpaca_data_feed,
+        timeout=settings.alpaca_timeout_seconds,
+        limiter=SlidingWindowLimiter(redis_client=settings.redis_url),
+    )
+    _fill_cache(
+        upstream, _symbols_option(symbols), start.date(), (end or datetime.now(UTC)).date(), chunk
+    )
+
+
+@data_group.command("import", help="Import SYMBOL.csv files (date,open,high,low,close,volume).")
+@click.option(
+    "--data-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True
+)
+@click.option("--symbols", help="Comma-separated symbols (default: every CSV in the folder).")
+@click.option("--start", type=click.DateTime(["%Y-%m-%d"]), default="1990-01-02", show_default=True)
+@click.option("--end", type=click.DateTime(["%Y-%m-%d"]), help="Default: today.")
+def data_import(data_dir: Path, symbols: str | None, start: datetime, end: datetime | None) -> None:
+    source = CsvMarketData(data_dir)
+    wanted = (
+        [parse_symbol(s) for s in symbols.split(",") if s.strip()]
+        if symbols
+        else source.available_symbols()
+    )
+    _fill_cache(source, wanted, start.date(), (end or datetime.now(UTC)).date(), chunk=1)
+
+
+def _fill_cache(
+    upstream: MarketData, symbols: list[str], start: date, end: date, chunk: int
+) -> None:
+    before = rejection_counts()
+    cache = CachedMarketData(upstream, services().db)
+    stored = 0
+    with tqdm(total=len(symbols), unit="symbol", desc="bars") as progress:
+        for i in range(0, len(symbols), chunk):
+            group = symbols[i : i + chunk]
+            try:
+                frames = cache.get_daily_bars(group, start, end)
+            except AppError as exc:
+                raise click.ClickException(exc.message) from None
+            stored += sum(len(f) for f in frames.values())
+            progress.update(len(group))
+    after = rejection_counts()
+    rejected = {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
+    click.echo(
+        f"{len(symbols)} symbols, {stored} bars in the cache, "
+        f"{cache.upstream_requests} upstream requests"
+    )
+    if rejected:
+        click.echo("rejected bars: " + ", ".join(f"{k}={v}" for k, v in sorted(rejected.items())))

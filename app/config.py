@@ -66,6 +66,8 @@ class Settings(BaseSettings):
     alpaca_data_url: str | None = None
     alpaca_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
 
+    #: Longest a read may spend waiting to retry (429s, 5xx, dropped connections).
+    alpaca_retry_seconds: float = Field(default=15.0, ge=0, le=300)
     alpaca_data_feed: str = Field(default="iex", pattern="^(iex|sip|delayed_sip)$")
 
     # --- sim mode ---

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from redis import Redis
 from redis.exceptions import RedisError
 from sqlalchemy import delete
 
@@ -79,6 +80,8 @@ def make_app(backend: dict[str, Any]) -> Iterator[Callable[..., Flask]]:
     yield factory
     with contextlib.suppress(RedisError):  # a test may point the limiter at a dead Redis
         limiter.reset()
+    if backend.get("REDIS_URL"):  # cached answers, counters and revoked tokens of this test
+        Redis.from_url(backend["REDIS_URL"]).flushdb()
     with db.session() as session:
         for table in reversed(Base.metadata.sorted_tables):
             session.execute(delete(table))

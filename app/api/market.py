@@ -7,6 +7,7 @@ from datetime import date, timedelta
 from typing import Any
 
 from flask_smorest import Blueprint
+from marshmallow import RAISE
 
 from app.api.schemas import BarsQuerySchema, BarsSchema, PriceSchema
 from app.container import services
@@ -36,7 +37,7 @@ def price(symbol: str) -> dict[str, Any]:
         return {
             "symbol": symbol,
             "price": svc.venue.latest_price(symbol),
-            "as_of": svc.venue.today(),
+            "as_of": svc.venue.today().isoformat(),
         }
 
     result = svc.cache.get_or_compute(f"price:{symbol}", svc.settings.api_cache_seconds, fetch)
@@ -44,7 +45,7 @@ def price(symbol: str) -> dict[str, Any]:
 
 
 @blp.route("/market/bars/<string:symbol>")
-@blp.arguments(BarsQuerySchema, location="query", error_status_code=400)
+@blp.arguments(BarsQuerySchema, location="query", error_status_code=400, unknown=RAISE)
 @blp.response(200, BarsSchema)
 def bars(query: dict[str, Any], symbol: str) -> dict[str, Any]:
     symbol = parse_symbol(symbol)

@@ -85,7 +85,7 @@ class ConnectionSchema(Schema):
 class PriceSchema(Schema):
     symbol = fields.String()
     price = fields.Float()
-    as_of = fields.Date()
+    as_of = fields.String()
 
 
 class BarsQuerySchema(Schema):

@@ -35,10 +35,9 @@ class ResponseCache:
             hit, value = self._get(key)
             if hit:
                 return value
-            value = compute()
             self.computed += 1
-            self._set(key, value, ttl)
-            return value
+            self._set(key, compute(), ttl)
+            return self._get(key)[1]
 
     def _lock_for(self, key: str) -> threading.Lock:
         with self._guard:
@@ -59,10 +58,12 @@ class ResponseCache:
         return False, None
 
     def _set(self, key: str, value: Any, ttl: float) -> None:
+        """Values must be JSON data; both stores keep the JSON form, so they answer alike."""
+        encoded = json.dumps(value)
         if self._redis is not None:
             try:
-                self._redis.set(self._prefix + key, json.dumps(value), px=max(1, int(ttl * 1000)))
+                self._redis.set(self._prefix + key, encoded, px=max(1, int(ttl * 1000)))
                 return
             except RedisError:
                 pass
-        self._local[key] = (time.monotonic() + ttl, value)
+        self._local[key] = (time.monotonic() + ttl, json.loads(encoded))

@@ -13,7 +13,7 @@ from datetime import UTC, date, datetime
 from app.config import Settings, TradingMode
 from app.domain import Broker, MarketData
 from app.errors import ConfigError
-from app.services.alpaca_service import AlpacaBroker, AlpacaMarketData
+from app.services.alpaca_service import AlpacaBroker, AlpacaMarketData, RetryPolicy
 from app.services.bar_cache import CachedMarketData
 from app.services.database_service import Database
 from app.services.market_data import CsvMarketData, NyseCalendar, SyntheticMarketData
@@ -73,6 +73,7 @@ def _alpaca_venue(settings: Settings, db: Database) -> Venue:
     if not (settings.alpaca_api_key and settings.alpaca_api_secret):  # Settings enforces it
         raise ConfigError("ALPACA_API_KEY and ALPACA_API_SECRET are required")
     limiter = SlidingWindowLimiter(redis_client=settings.redis_url)
+    retry = RetryPolicy(max_total_wait=settings.alpaca_retry_seconds)
     broker = AlpacaBroker(
         settings.alpaca_api_key,
         settings.alpaca_api_secret,
@@ -80,6 +81,7 @@ def _alpaca_venue(settings: Settings, db: Database) -> Venue:
         base_url=settings.alpaca_base_url,
         timeout=settings.alpaca_timeout_seconds,
         limiter=limiter,
+        retry=retry,
     )
     data = AlpacaMarketData(
         settings.alpaca_api_key,
@@ -88,6 +90,7 @@ def _alpaca_venue(settings: Settings, db: Database) -> Venue:
         feed=settings.alpaca_data_feed,
         timeout=settings.alpaca_timeout_seconds,
         limiter=limiter,
+        retry=retry,
     )
     return Venue(
         name="alpaca-paper" if settings.alpaca_paper else "alpaca-live",
