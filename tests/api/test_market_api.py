@@ -106,7 +106,11 @@ def test_paper_account_positions_price_and_bars(paper: PaperClient) -> None:
     paper.fake.set_price("MSFT", 333.25)
     assert paper.get("/api/price/MSFT").get_json()["price"] == pytest.approx(333.25)
     bars = paper.get("/api/market/bars/AAPL?start=2021-12-01&end=2021-12-10&limit=3")
-    assert [b["date"] for b in bars.get_json()["bars"]] == ["2021-12-08", "2021-12-09", "2021-12-10"]
+    assert [b["date"] for b in bars.get_json()["bars"]] == [
+        "2021-12-08",
+        "2021-12-09",
+        "2021-12-10",
+    ]
     assert paper.get("/api/test/connection").get_json()["broker"] == "alpaca-paper"
 
 
