@@ -105,6 +105,14 @@ class Settings(BaseSettings):
     risk_take_profit_pct: float = Field(default=0.10, gt=0)
     risk_max_daily_loss: float = Field(default=-0.02, gt=-1, lt=0)
 
+    # --- strategy ---
+    #: A candidate replaces the weakest holding when its expected return x confidence beats
+    #: the holding's by this margin and the holding is at least STRATEGY_MIN_HOLDING_DAYS old.
+    strategy_rebalance_margin: float = Field(default=0.002, ge=0, le=1)
+    strategy_min_holding_days: int = Field(default=3, ge=0, le=250)
+    #: Volatility sizing: a position's one-sigma daily move is about this share of equity.
+    strategy_risk_budget: float = Field(default=0.002, gt=0, le=0.1)
+
     # --- AI signals (the seed's defaults) ---
     ai_signal_buy_threshold: float = Field(default=0.005, gt=0)
     ai_signal_sell_threshold: float = Field(default=-0.005, lt=0)

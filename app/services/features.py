@@ -1,0 +1,217 @@
+"""Features and labels for the return models, from daily bars only.
+
+Why these rules:
+- Strictly causal: the feature row at session t uses bars dated <= t only (close_t included: the
+  decision is taken after the close). Truncating the data at t never changes the row at t.
+- Finite memory: every feature needs at most ``MAX_LOOKBACK`` (120) bars, so a live prediction
+  from the last 120 bars equals the backtest's row computed from 17 years of history. That is why
+  MACD uses truncated, renormalised EMA kernels and RSI uses simple (Cutler) averages instead of
+  Wilder's infinite-memory smoothing.
+- The label is what a trade earns under our execution: a decision after the close of t is filled
+  at the open of t+1 and closed at the open of t+2, so ``label_t = open_{t+2} / open_{t+1} - 1``.
+  ``label_end`` is the date of that second open: the label becomes known when that session opens.
+  The last two rows of every symbol therefore have NaN labels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import date, datetime
+
+import numpy as np
+import pandas as pd
+
+from app.domain import BarFrame
+
+__all__ = [
+    "FEATURE_COLUMNS",
+    "LABEL_COLUMN",
+    "LABEL_END_COLUMN",
+    "LABEL_HORIZON",
+    "MAX_LOOKBACK",
+    "build_features",
+    "latest_features",
+]
+
+#: Bars (including t) any feature row needs; rows with less history are dropped.
+MAX_LOOKBACK = 120
+#: Sessions from the decision to the end of the labelled trade (open_{t+2}).
+LABEL_HORIZON = 2
+LABEL_COLUMN = "label"
+LABEL_END_COLUMN = "label_end"
+
+_RETURN_HORIZONS = (1, 2, 5, 10, 20, 60)
+_VOL_WINDOWS = (5, 20, 60)
+# Truncated EMA windows: (25/27)^96 and (11/13)^96 leave < 0.1 % weight out; the MACD signal
+# EMA on top needs 25 more bars, so MACD uses 96 + 25 - 1 = 120 bars.
+_MACD_FAST, _MACD_SLOW, _MACD_SIGNAL = 12, 26, 9
+_MACD_WINDOW, _MACD_SIGNAL_WINDOW = 96, 25
+#: Features also ranked across symbols per date (pooled models learn relative strength).
+_RANKED = ("ret_1", "ret_5", "ret_20", "vol_20", "volume_z_20", "rsi_14")
+
+_BASE_COLUMNS = [
+    *(f"ret_{h}" for h in _RETURN_HORIZONS),
+    *(f"vol_{w}" for w in _VOL_WINDOWS),
+    "rsi_14",
+    "macd",
+    "macd_signal",
+    "macd_hist",
+    "bb_pct_b_20",
+    "bb_width_20",
+    "volume_z_20",
+    "gap",
+    "intraday",
+    "range",
+    "dist_high_120",
+    "dist_low_120",
+    "rel_ret_20_spy",
+    "corr_spy_60",
+    "beta_spy_60",
+]
+#: Model inputs, in the order models see them.
+FEATURE_COLUMNS: list[str] = [*_BASE_COLUMNS, *(f"cs_rank_{name}" for name in _RANKED)]
+
+
+def _truncated_ema(values: np.ndarray, span: int, window: int) -> np.ndarray:
+    """EMA with its kernel cut at `window` bars and renormalised: finite, start-independent."""
+    alpha = 2.0 / (span + 1.0)
+    weights = (1.0 - alpha) ** np.arange(window)
+    weights /= weights.sum()
+    out = np.full(len(values), np.nan)
+    if len(values) >= window:
+        # convolve flips the kernel, so weights[0] lands on the newest bar of each window.
+        out[window - 1 :] = np.convolve(values, weights, mode="valid")
+    return out
+
+
+def _symbol_features(bars: BarFrame, spy: BarFrame | None) -> pd.DataFrame:
+    """One symbol's feature rows (all bars, warm-up rows included) plus label columns."""
+    o = bars["open"].astype(float)
+    h = bars["high"].astype(float)
+    low = bars["low"].astype(float)
+    c = bars["close"].astype(float)
+    v = bars["volume"].astype(float)
+    out = pd.DataFrame(index=bars.index)
+
+    for n in _RETURN_HORIZONS:
+        out[f"ret_{n}"] = c / c.shift(n) - 1.0
+    log_ret = np.log(c / c.shift(1))
+    for w in _VOL_WINDOWS:
+        out[f"vol_{w}"] = log_ret.rolling(w, min_periods=w).std()
+
+    diff = c.diff()
+    gain = diff.clip(lower=0.0).rolling(14, min_periods=14).mean()
+    loss = (-diff).clip(lower=0.0).rolling(14, min_periods=14).mean()
+    total = gain + loss
+    out["rsi_14"] = (gain / total.where(total > 0)).fillna(0.5).where(total.notna())
+
+    close_np = c.to_numpy()
+    fast = _truncated_ema(close_np, _MACD_FAST, _MACD_WINDOW)
+    slow = _truncated_ema(close_np, _MACD_SLOW, _MACD_WINDOW)
+    macd = (fast - slow) / close_np
+    signal = _truncated_ema(macd, _MACD_SIGNAL, _MACD_SIGNAL_WINDOW)
+    out["macd"] = macd
+    out["macd_signal"] = signal
+    out["macd_hist"] = macd - signal
+
+    ma20 = c.rolling(20, min_periods=20).mean()
+    sd20 = c.rolling(20, min_periods=20).std(ddof=0)
+    band = (4.0 * sd20).where(sd20 > 0)
+    out["bb_pct_b_20"] = (c - (ma20 - 2.0 * sd20)) / band
+    out["bb_width_20"] = 4.0 * sd20 / ma20
+
+    log_vol = np.log1p(v.clip(lower=0.0))
+    vol_sd = log_vol.rolling(20, min_periods=20).std()
+    out["volume_z_20"] = (log_vol - log_vol.rolling(20, min_periods=20).mean()) / vol_sd.where(
+        vol_sd > 0
+    )
+
+    out["gap"] = o / c.shift(1) - 1.0
+    out["intraday"] = c / o - 1.0
+    out["range"] = (h - low) / c
+    out["dist_high_120"] = c / h.rolling(MAX_LOOKBACK, min_periods=MAX_LOOKBACK).max() - 1.0
+    out["dist_low_120"] = c / low.rolling(MAX_LOOKBACK, min_periods=MAX_LOOKBACK).min() - 1.0
+
+    if spy is not None and not spy.empty:
+        spy_close = spy["close"].astype(float)
+        # SPY quantities are computed on SPY's own sessions, then aligned by date.
+        spy_ret20 = (spy_close / spy_close.shift(20) - 1.0).reindex(bars.index)
+        spy_log_ret = np.log(spy_close / spy_close.shift(1)).reindex(bars.index)
+        out["rel_ret_20_spy"] = out["ret_20"] - spy_ret20
+        out["corr_spy_60"] = log_ret.rolling(60, min_periods=60).corr(spy_log_ret)
+        spy_var = spy_log_ret.rolling(60, min_periods=60).var()
+        cov = log_ret.rolling(60, min_periods=60).cov(spy_log_ret)
+        out["beta_spy_60"] = cov / spy_var.where(spy_var > 0)
+    else:
+        out["rel_ret_20_spy"] = np.nan
+        out["corr_spy_60"] = np.nan
+        out["beta_spy_60"] = np.nan
+
+    out[LABEL_COLUMN] = o.shift(-2) / o.shift(-1) - 1.0
+    index_dates = pd.Series(bars.index, index=bars.index)
+    out[LABEL_END_COLUMN] = index_dates.shift(-LABEL_HORIZON)
+    # Warm-up rows would carry partly-defined features that live prediction never sees.
+    return out.iloc[MAX_LOOKBACK - 1 :].replace([np.inf, -np.inf], np.nan)
+
+
+def _add_cross_sectional_ranks(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rank a few features across symbols per date into [0, 1] (0.5 when alone)."""
+    grouped = frame.groupby(level="date")
+    for name in _RANKED:
+        ranks = grouped[name].rank(method="average")
+        counts = grouped[name].transform("count")
+        scaled = (ranks - 1.0) / (counts - 1.0).where(counts > 1)
+        frame[f"cs_rank_{name}"] = scaled.where(counts > 1, 0.5).where(frame[name].notna())
+    return frame
+
+
+def _empty_frame() -> pd.DataFrame:
+    index = pd.MultiIndex.from_arrays(
+        [pd.DatetimeIndex([], name="date"), pd.Index([], dtype=object, name="symbol")]
+    )
+    frame = pd.DataFrame(index=index, columns=[*FEATURE_COLUMNS, LABEL_COLUMN], dtype=float)
+    frame[LABEL_END_COLUMN] = pd.Series(pd.DatetimeIndex([]), index=index)
+    return frame
+
+
+def build_features(bars: Mapping[str, BarFrame], spy: BarFrame | None) -> pd.DataFrame:
+    """Long-format features: MultiIndex (date, symbol), FEATURE_COLUMNS, ``label``, ``label_end``.
+
+    Rows exist from each symbol's MAX_LOOKBACK-th bar on; the last two rows per symbol have NaN
+    labels (and NaT label_end). `spy` feeds the relative-strength features (NaN when None).
+    """
+    parts: list[pd.DataFrame] = []
+    for symbol, frame in bars.items():
+        if len(frame) < MAX_LOOKBACK:
+            continue
+        part = _symbol_features(frame.sort_index(), spy.sort_index() if spy is not None else None)
+        part.index = pd.MultiIndex.from_arrays(
+            [pd.DatetimeIndex(part.index, name="date"), [symbol] * len(part)],
+            names=["date", "symbol"],
+        )
+        parts.append(part)
+    if not parts:
+        return _empty_frame()
+    frame = pd.concat(parts).sort_index()
+    frame = _add_cross_sectional_ranks(frame)
+    return frame[[*FEATURE_COLUMNS, LABEL_COLUMN, LABEL_END_COLUMN]]
+
+
+def latest_features(
+    bars: Mapping[str, BarFrame], spy: BarFrame | None, as_of: date | datetime | str
+) -> pd.DataFrame:
+    """Feature rows at `as_of`, indexed by symbol, from the last MAX_LOOKBACK bars <= as_of.
+
+    A symbol without a bar on `as_of` (or with too little history) is left out: a decision on a
+    stale bar would be a decision on the wrong day.
+    """
+    day = pd.Timestamp(as_of).normalize()
+    clipped = {sym: frame.loc[:day].tail(MAX_LOOKBACK) for sym, frame in bars.items()}
+    spy_clipped = spy.loc[:day].tail(MAX_LOOKBACK) if spy is not None else None
+    frame = build_features(clipped, spy_clipped)
+    if frame.empty:
+        rows = frame.droplevel("date")
+    else:
+        dates = frame.index.get_level_values("date")
+        rows = frame[dates == day].droplevel("date")
+    return rows[FEATURE_COLUMNS]
