@@ -20,7 +20,10 @@ from app.config import Settings, load_settings
 from app.container import EXTENSION_KEY, Services
 from app.extensions import api, db, jwt, limiter
 from app.logging_setup import configure_logging
+from app.services.ai_service import ModelStore
 from app.services.auth_service import TokenBlocklist, UserService
+from app.services.cycle_lock import CycleLock
+from app.services.notifier import Notifier
 from app.services.response_cache import ResponseCache
 from app.services.venue import build_venue
 
@@ -54,6 +57,9 @@ def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
         celery=celery,
         venue=build_venue(settings, db),
         cache=ResponseCache(redis),
+        notifier=Notifier(settings.discord_webhook_url),
+        models=ModelStore(settings.models_dir),
+        cycle_lock=CycleLock(redis, settings.database_dir),
     )
     register_api(app)
     register_cli(app)

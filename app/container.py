@@ -10,9 +10,14 @@ from flask import current_app
 from redis import Redis
 
 from app.config import Settings
+from app.services.ai_service import ModelStore
 from app.services.auth_service import TokenBlocklist, UserService
+from app.services.cycle_lock import CycleLock
 from app.services.database_service import Database
+from app.services.notifier import Notifier
 from app.services.response_cache import ResponseCache
+from app.services.signal_service import ModelSignalSource
+from app.services.trading_service import TradingService
 from app.services.venue import Venue
 
 EXTENSION_KEY = "alpha_trader"
@@ -28,6 +33,21 @@ class Services:
     celery: Celery
     venue: Venue
     cache: ResponseCache
+    notifier: Notifier
+    models: ModelStore
+    cycle_lock: CycleLock
+
+    def trading(self) -> TradingService:
+        """A trading service over this app's venue, model store and alerts."""
+        source = ModelSignalSource(self.models, self.settings, self.settings.model_max_age_days)
+        return TradingService(
+            settings=self.settings,
+            db=self.db,
+            venue=self.venue,
+            signal_source=source,
+            notifier=self.notifier,
+            lock=self.cycle_lock,
+        )
 
 
 def services() -> Services:

@@ -8,7 +8,7 @@ from typing import Any
 from flask import Flask, Response, request
 from flask_jwt_extended import verify_jwt_in_request
 
-from app.api import account, auth, health, market, tasks
+from app.api import account, auth, dashboard, health, history, market, risk, tasks, trading
 from app.api.errors import error_response
 from app.container import services
 from app.extensions import api, jwt
@@ -17,8 +17,9 @@ PUBLIC_ENDPOINTS = frozenset({"auth.login", "auth.refresh", "health.health", "pr
 
 
 def register_api(app: Flask) -> None:
-    for blueprint in (auth.blp, health.blp, tasks.blp, account.blp, market.blp):
-        api.register_blueprint(blueprint)
+    blueprints = (auth, health, tasks, account, market, trading, risk, history, dashboard)
+    for module in blueprints:
+        api.register_blueprint(module.blp)
     app.before_request(_require_access_token)
     _register_jwt_callbacks()
 

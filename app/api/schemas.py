@@ -106,3 +106,32 @@ class BarSchema(Schema):
 class BarsSchema(Schema):
     symbol = fields.String()
     bars = fields.List(fields.Nested(BarSchema))
+
+
+class HistoryQuerySchema(Schema):
+    symbol = fields.String(validate=validate.Regexp(r"^[A-Za-z][A-Za-z0-9.]{0,9}$"))
+    start = fields.Date()
+    end = fields.Date()
+    page = fields.Integer(load_default=1, validate=validate.Range(min=1, max=1_000_000))
+    per_page = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))
+
+
+class OrdersQuerySchema(HistoryQuerySchema):
+    status = fields.String(
+        validate=validate.OneOf(
+            ["pending", "new", "partially_filled", "filled", "canceled", "rejected", "expired"]
+        )
+    )
+
+
+class HaltSchema(Schema):
+    reason = fields.String(load_default="kill switch", validate=validate.Length(min=1, max=200))
+    cancel_orders = fields.Boolean(load_default=False)
+    flatten = fields.Boolean(load_default=False)
+    hours = fields.Float(validate=validate.Range(min=0.01, max=24 * 365))
+
+
+class ResumeSchema(Schema):
+    reason = fields.String(
+        load_default="resumed by an operator", validate=validate.Length(min=1, max=200)
+    )

@@ -95,9 +95,15 @@ class SimExchange:
         with self._locked() as (_session, row):
             return row.session_day
 
-    def advance(self) -> date:
-        """Move to the next session; start-of-day equity is taken at the new session's prices."""
+    def advance(self, from_session: date | None = None) -> date:
+        """Move to the next session; start-of-day equity is taken at the new session's prices.
+
+        With `from_session`, only a replay still at that session moves: a cycle run twice for
+        one session advances the replay once.
+        """
         with self._locked() as (_session, row):
+            if from_session is not None and row.session_day != from_session:
+                return row.session_day
             row.session_day = self._calendar.next_session(row.session_day)
             broker = self._broker(row)
             self._mark(broker)

@@ -1,0 +1,306 @@
+"""The trading cycle: reconcile → data → predict → decide → risk gate → act → record → tell.
+
+The decision itself is `strategy.decide`, a pure function the backtester reuses unchanged; this
+module wires it to the broker, the database and the alerts, and makes it safe to run twice: a
+lock keeps cycles apart, and deterministic client_order_ids plus the open-order check make an
+overlap, a redelivered task or a restart after a crash send no second order.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, Protocol
+
+from sqlalchemy import select
+
+from app.config import Settings, TradingMode
+from app.domain import BarFrame, Order, OrderRequest, OrderStatus, Side, Signal, SignalAction
+from app.orm import EquitySnapshot, OrderRecord, SignalRecord
+from app.services.cycle_lock import CycleLock
+from app.services.database_service import Database
+from app.services.notifier import Notifier
+from app.services.order_service import OPEN_STATUSES, OrderService
+from app.services.risk_manager import RiskLimits, RiskStateStore, daily_pnl
+from app.services.sim_exchange import SimExchange
+from app.services.strategy import DecisionInputs, MarketSnapshot, StrategyConfig, decide
+from app.services.venue import Venue
+
+log = logging.getLogger(__name__)
+
+STRATEGY = "alpha"
+LOOKBACK_CALENDAR_DAYS = 200  # covers the 120-session feature window with room for holidays
+
+
+class SignalSource(Protocol):
+    """Turns bars into signals; returns the signals and, when it cannot, why not."""
+
+    def signals(
+        self, bars: Mapping[str, BarFrame], session: date
+    ) -> tuple[dict[str, Signal], str | None]: ...
+
+
+def client_order_id(session: date, cycle_key: str, symbol: str, side: Side) -> str:
+    """The same order of the same cycle always gets the same id, so it is never sent twice."""
+    return f"{STRATEGY}-{session:%Y%m%d}-{cycle_key}-{symbol}-{side.value}"
+
+
+def cycle_key_for(now: datetime, interval_minutes: int) -> str:
+    minute = now.minute - now.minute % interval_minutes
+    return f"{now.hour:02d}{minute:02d}"
+
+
+@dataclass
+class CycleResult:
+    status: str
+    session: str | None = None
+    cycle_key: str | None = None
+    orders: list[dict[str, Any]] = field(default_factory=list)
+    denied: list[dict[str, Any]] = field(default_factory=list)
+    signals: int = 0
+    events: list[str] = field(default_factory=list)
+    reconciled: list[str] = field(default_factory=list)
+    problem: str | None = None
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class TradingService:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        db: Database,
+        venue: Venue,
+        signal_source: SignalSource,
+        notifier: Notifier,
+        lock: CycleLock,
+    ) -> None:
+        self._settings = settings
+        self._db = db
+        self._venue = venue
+        self._signals = signal_source
+        self._notifier = notifier
+        self._lock = lock
+        self._orders = OrderService(db, venue.broker)
+        self._risk = RiskStateStore(db)
+        self._limits = RiskLimits.from_settings(settings)
+        self._config = StrategyConfig.from_settings(settings)
+
+    def run_cycle(
+        self, *, now: datetime | None = None, cycle_key: str | None = None
+    ) -> CycleResult:
+        started = time.perf_counter()
+        with self._lock.hold() as owned:
+            if not owned:
+                log.info("another trading cycle is running: skipped")
+                return CycleResult(status="skipped_locked")
+            result = self._run(now, cycle_key)
+        result.seconds = round(time.perf_counter() - started, 3)
+        return result
+
+    def _run(self, now: datetime | None, cycle_key: str | None) -> CycleResult:
+        broker = self._venue.broker
+        clock = broker.get_clock()
+        if not clock.is_open:
+            log.info("market closed (next open %s): cycle is a no-op", clock.next_open)
+            return CycleResult(status="market_closed")
+        now = now or clock.timestamp
+        session = self._venue.today()
+        sim = self._settings.trading_mode is TradingMode.SIM
+        key = cycle_key or ("eod" if sim else cycle_key_for(now, 10))
+        result = CycleResult(status="done", session=session.isoformat(), cycle_key=key)
+
+        result.reconciled = self.reconcile()
+        account = broker.get_account()
+        positions = broker.get_positions()
+        open_orders = broker.get_open_orders()
+        symbols = sorted(set(self._settings.watchlist) | {p.symbol for p in positions})
+        bars = self._venue.market.get_daily_bars(
+            symbols, session - timedelta(days=LOOKBACK_CALENDAR_DAYS), session
+        )
+        signals, problem = self._signals.signals(bars, session)
+        if problem:
+            result.problem = problem
+            self._notifier.notify("No trading signals", problem, "warning")
+        result.signals = len(signals)
+        prices = {s: float(f["close"].iloc[-1]) for s, f in bars.items() if len(f)}
+        prices.update({p.symbol: p.current_price for p in positions if p.current_price > 0})
+
+        inputs = DecisionInputs(
+            account=account,
+            positions=positions,
+            open_orders=[*open_orders, *self._open_orders_in_database()],
+            market=MarketSnapshot(bars=bars, prices=prices),
+            signals=signals,
+            risk_state=self._risk.load(),
+            now=now,
+            session=session,
+            held_since=self._held_since({p.symbol for p in positions}),
+        )
+        decision = decide(inputs, self._limits, self._config)
+        self._risk.save(decision.risk_state)
+        for event in decision.events:
+            detail = decision.risk_state.halt_reason or event
+            self._risk.record_event(event, detail)
+            self._notifier.notify(f"Risk: {event}", detail, "error")
+        result.events = list(decision.events)
+
+        for order, verdict in decision.denied:
+            result.denied.append(
+                {
+                    "symbol": order.symbol,
+                    "side": order.side.value,
+                    "reason": verdict.reason,
+                    "rule": verdict.rule,
+                }
+            )
+        for order in decision.orders:
+            request = OrderRequest(
+                symbol=order.symbol,
+                side=order.side,
+                client_order_id=client_order_id(session, key, order.symbol, order.side),
+                qty=order.qty,
+            )
+            placed = self._orders.place(
+                request, reason=order.reason, session_date=session, cycle_id=key
+            )
+            result.orders.append(
+                {
+                    "client_order_id": request.client_order_id,
+                    "symbol": order.symbol,
+                    "side": order.side.value,
+                    "qty": order.qty,
+                    "reason": order.reason,
+                    "status": placed.order.status.value if placed.order else "unknown",
+                    "sent": placed.sent,
+                    "error": placed.error,
+                }
+            )
+            self._tell_order(order.reason, placed.order, placed.error, request)
+        self._record(signals, session, account, positions, decision.risk_state)
+        if sim and isinstance(broker, SimExchange):
+            broker.advance(from_session=session)
+        log.info(
+            "cycle %s %s: %d signals, %d orders, %d denied",
+            session,
+            key,
+            len(signals),
+            len(result.orders),
+            len(result.denied),
+        )
+        return result
+
+    def reconcile(self) -> list[str]:
+        """Bring the database in line with the broker (the truth); each change is counted."""
+        changed = self._orders.reconcile_open_orders()
+        for order in self._venue.broker.get_open_orders():
+            with self._db.session() as session:
+                known = session.scalar(
+                    select(OrderRecord.id).where(
+                        OrderRecord.client_order_id == order.client_order_id
+                    )
+                )
+            if known is None:
+                self._orders.sync(order.client_order_id)
+                changed.append(order.client_order_id)
+                self._risk.record_event(
+                    "reconcile_unknown_order",
+                    f"open order {order.client_order_id} for {order.symbol} placed outside the bot",
+                    order.symbol,
+                )
+        if changed:
+            self._notifier.notify(
+                "Reconciliation", f"{len(changed)} order(s) updated from the broker", "warning"
+            )
+        return changed
+
+    def _open_orders_in_database(self) -> list[Order]:
+        with self._db.session() as session:
+            rows = session.scalars(
+                select(OrderRecord).where(OrderRecord.status.in_(OPEN_STATUSES))
+            ).all()
+        return [
+            Order(r.client_order_id, r.symbol, Side(r.side), OrderStatus(r.status), qty=r.qty)
+            for r in rows
+        ]
+
+    def _held_since(self, held: set[str]) -> dict[str, date]:
+        """Session of the first buy since each holding was last flat."""
+        since: dict[str, date] = {}
+        with self._db.session() as session:
+            rows = session.execute(
+                select(OrderRecord.symbol, OrderRecord.side, OrderRecord.session_date)
+                .where(OrderRecord.symbol.in_(held), OrderRecord.filled_qty > 0)
+                .order_by(OrderRecord.created_at)
+            ).all()
+        for symbol, side, day in rows:
+            if day is None:
+                continue
+            if side == Side.SELL.value:
+                since.pop(symbol, None)
+            else:
+                since.setdefault(symbol, day)
+        return since
+
+    def _record(
+        self,
+        signals: Mapping[str, Signal],
+        session_day: date,
+        account: Any,
+        positions: list[Any],
+        state: Any,
+    ) -> None:
+        with self._db.session() as session:
+            session.add_all(
+                SignalRecord(
+                    symbol=s.symbol,
+                    action=s.action.value,
+                    predicted_return=s.predicted_return,
+                    confidence=s.confidence,
+                    dispersion=s.dispersion,
+                    model_version=s.model_version,
+                    as_of=session_day,
+                )
+                for s in signals.values()
+                if s.action is not SignalAction.HOLD or len(signals) <= 64
+            )
+            account = self._venue.broker.get_account()
+            held = self._venue.broker.get_positions()
+            session.add(
+                EquitySnapshot(
+                    taken_at=datetime.now(UTC),
+                    equity=account.equity,
+                    cash=account.cash,
+                    exposure=sum(abs(p.market_value) for p in held) / account.equity
+                    if account.equity > 0
+                    else 0.0,
+                    positions=len(held),
+                    daily_pnl=daily_pnl(state, account),
+                )
+            )
+
+    def _tell_order(
+        self, reason: str, order: Order | None, error: str | None, request: OrderRequest
+    ) -> None:
+        kind = reason.split(":")[0]
+        if order is None:
+            self._notifier.notify(
+                f"Order {request.side.value} {request.symbol} not confirmed",
+                error or "unknown outcome: reconciliation will settle it",
+                "error",
+            )
+            return
+        if order.status is OrderStatus.FILLED or order.filled_qty > 0:
+            level = "warning" if kind == "stop_loss" else "success"
+            price = f" at {order.filled_avg_price:.2f}" if order.filled_avg_price else ""
+            self._notifier.notify(
+                f"{kind.replace('_', ' ').title()}: {request.side.value} {request.symbol}",
+                f"{order.filled_qty:g} shares{price}. {reason}",
+                level,
+            )
