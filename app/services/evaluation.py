@@ -71,7 +71,7 @@ def summarise(
     reliability_bins: int = 10,
     thresholds: SignalThresholds | None = None,
 ) -> dict[str, Any]:
-    """Figures of predictions (columns mean, dispersion, confidence, label) indexed (date, symbol)."""
+    """Figures of scored rows: columns mean, dispersion, confidence, label; index (date, symbol)."""
     thresholds = thresholds or Thresholds()
     rows = scored.dropna(subset=["mean", LABEL_COLUMN])
     ics = daily_ic(rows)

@@ -14,12 +14,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Protocol
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
 
 from app.config import Settings, TradingMode
 from app.domain import BarFrame, Order, OrderRequest, OrderStatus, Side, Signal, SignalAction
-from app.orm import EquitySnapshot, OrderRecord, SignalRecord
+from app.orm import EquitySnapshot, OrderRecord, RiskEvent, SignalRecord
 from app.services.cycle_lock import CycleLock
 from app.services.database_service import Database
 from app.services.notifier import Notifier
@@ -32,6 +33,7 @@ from app.services.venue import Venue
 log = logging.getLogger(__name__)
 
 STRATEGY = "alpha"
+NEW_YORK = ZoneInfo("America/New_York")
 LOOKBACK_CALENDAR_DAYS = 200  # covers the 120-session feature window with room for holidays
 
 
@@ -49,6 +51,8 @@ def client_order_id(session: date, cycle_key: str, symbol: str, side: Side) -> s
 
 
 def cycle_key_for(now: datetime, interval_minutes: int) -> str:
+    """The schedule slot (UTC, like the beat schedule) that `now` falls in."""
+    now = now.astimezone(UTC)
     minute = now.minute - now.minute % interval_minutes
     return f"{now.hour:02d}{minute:02d}"
 
@@ -111,7 +115,7 @@ class TradingService:
             log.info("market closed (next open %s): cycle is a no-op", clock.next_open)
             return CycleResult(status="market_closed")
         now = now or clock.timestamp
-        session = self._venue.today()
+        session = clock.timestamp.astimezone(NEW_YORK).date()  # the broker's clock decides
         sim = self._settings.trading_mode is TradingMode.SIM
         key = cycle_key or ("eod" if sim else cycle_key_for(now, 10))
         result = CycleResult(status="done", session=session.isoformat(), cycle_key=key)
@@ -214,11 +218,35 @@ class TradingService:
                     f"open order {order.client_order_id} for {order.symbol} placed outside the bot",
                     order.symbol,
                 )
+        self._report_unknown_positions()
         if changed:
             self._notifier.notify(
                 "Reconciliation", f"{len(changed)} order(s) updated from the broker", "warning"
             )
         return changed
+
+    def _report_unknown_positions(self) -> None:
+        """A position the bot never traded was opened by hand: report it once."""
+        held = {p.symbol for p in self._venue.broker.get_positions()}
+        if not held:
+            return
+        with self._db.session() as session:
+            traded = set(
+                session.scalars(select(OrderRecord.symbol).where(OrderRecord.symbol.in_(held)))
+            )
+            reported = set(
+                session.scalars(
+                    select(RiskEvent.symbol).where(
+                        RiskEvent.kind == "reconcile_unknown_position", RiskEvent.symbol.in_(held)
+                    )
+                )
+            )
+        for symbol in sorted(held - traded - reported):
+            self._risk.record_event(
+                "reconcile_unknown_position",
+                f"position in {symbol} was not opened by the bot",
+                symbol,
+            )
 
     def _open_orders_in_database(self) -> list[Order]:
         with self._db.session() as session:
