@@ -59,7 +59,7 @@ def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
         cache=ResponseCache(redis),
         notifier=Notifier(settings.discord_webhook_url),
         models=ModelStore(settings.models_dir),
-        cycle_lock=CycleLock(redis, settings.database_dir),
+        cycle_lock=CycleLock(redis, settings.database_dir, ttl=settings.trading_lock_ttl_seconds),
     )
     register_api(app)
     register_cli(app)

@@ -12,18 +12,21 @@ from app.config import Settings
 TRAINING_QUEUE = "training"
 
 
-def beat_schedule() -> dict[str, dict[str, Any]]:
+def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
     """The seed's schedule; nightly tuning and training are chained in one entry, not both
-    at 23:00 at once."""
+    at 23:00 at once. Every entry expires before its next run, so a backlog never piles up."""
+    every = settings.trading_cycle_minutes
     return {
         "smart-trading-pipeline": {
             "task": "app.tasks.smart_trading_pipeline",
-            "schedule": crontab(minute="*/10", hour="11-23", day_of_week="mon-fri"),
-            "options": {"expires": 9 * 60},
+            "schedule": crontab(
+                minute=f"*/{every}", hour=settings.trading_hours_utc, day_of_week="mon-fri"
+            ),
+            "options": {"expires": max(30, every * 60 - 60)},
         },
         "nightly-tune-then-train": {
             "task": "app.tasks.nightly_tune_then_train",
-            "schedule": crontab(hour=23, minute=0, day_of_week="mon-fri"),
+            "schedule": crontab(hour=settings.nightly_hour_utc, minute=0, day_of_week="mon-fri"),
             "options": {"expires": 60 * 60, "queue": TRAINING_QUEUE},
         },
     }
@@ -61,6 +64,6 @@ def celery_settings(settings: Settings) -> dict[str, Any]:
         },
         "task_always_eager": settings.celery_always_eager,
         "task_eager_propagates": settings.celery_always_eager,
-        "beat_schedule": beat_schedule(),
+        "beat_schedule": beat_schedule(settings),
         "beat_schedule_filename": str(settings.database_dir / "celerybeat-schedule"),
     }

@@ -105,6 +105,14 @@ class Settings(BaseSettings):
     risk_take_profit_pct: float = Field(default=0.10, gt=0)
     risk_max_daily_loss: float = Field(default=-0.02, gt=-1, lt=0)
 
+    # --- schedule (UTC) ---
+    trading_cycle_minutes: int = Field(default=10, ge=1, le=60)
+    trading_hours_utc: str = Field(default="11-23", pattern=r"^\d{1,2}-\d{1,2}$")
+    #: The cycle lock's time to live; shorter than the interval so a dead worker's lock lapses
+    #: before the next cycle.
+    trading_lock_ttl_seconds: float = Field(default=540, gt=0)
+    nightly_hour_utc: int = Field(default=23, ge=0, le=23)
+
     # --- strategy ---
     #: A candidate replaces the weakest holding when its expected return x confidence beats
     #: the holding's by this margin and the holding is at least STRATEGY_MIN_HOLDING_DAYS old.
@@ -161,6 +169,10 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_mode(self) -> Settings:
+        if self.trading_lock_ttl_seconds >= self.trading_cycle_minutes * 60:
+            raise _KeyError(
+                "trading_lock_ttl_seconds", "must be shorter than TRADING_CYCLE_MINUTES"
+            )
         if self.ai_signal_sell_threshold >= self.ai_signal_buy_threshold:
             raise _KeyError("ai_signal_sell_threshold", "must be below AI_SIGNAL_BUY_THRESHOLD")
         if self.risk_max_position_size > self.risk_max_portfolio_exposure:

@@ -12,9 +12,12 @@ import logging
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 import pandas as pd
-from sqlalchemy import delete, select
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from app.domain import BAR_COLUMNS, BarFrame, MarketData
 from app.orm import BarCoverage, BarRecord
@@ -85,28 +88,38 @@ class CachedMarketData:
     def _store(
         self, symbols: list[str], fetched: dict[str, BarFrame], start: date, end: date
     ) -> None:
+        """Upsert clean bars and widen coverage; safe when processes fill the same span."""
+        rows: list[dict[str, object]] = []
+        for symbol in symbols:
+            frame = fetched.get(symbol)
+            if frame is None or frame.empty:
+                continue
+            clean = validate_bars(symbol, frame, self._calendar).clean_frame
+            values = clean[list(BAR_COLUMNS)].to_numpy(dtype=float)
+            rows.extend(
+                {
+                    "symbol": symbol,
+                    "day": ts.date(),
+                    **dict(zip(BAR_COLUMNS, map(float, v), strict=True)),
+                }
+                for ts, v in zip(clean.index, values, strict=True)
+            )
         with self._db.session() as session:
+            dialect = session.get_bind().dialect.name
+            for i in range(0, len(rows), 5000):
+                session.execute(
+                    _upsert(dialect, BarRecord, ["symbol", "day"], list(BAR_COLUMNS)),
+                    rows[i : i + 5000],
+                )
             for symbol in symbols:
-                frame = fetched.get(symbol)
-                if frame is not None and not frame.empty:
-                    clean = validate_bars(symbol, frame, self._calendar).clean_frame
-                    session.execute(
-                        delete(BarRecord).where(
-                            BarRecord.symbol == symbol, BarRecord.day.between(start, end)
-                        )
-                    )
-                    session.add_all(
-                        BarRecord(
-                            symbol=symbol,
-                            day=ts.date(),
-                            **{col: float(row[col]) for col in BAR_COLUMNS},
-                        )
-                        for ts, row in clean.iterrows()
-                    )
-                cover = session.get(BarCoverage, symbol, with_for_update=True)
-                if cover is None:
-                    session.add(BarCoverage(symbol=symbol, first_day=start, last_day=end))
-                else:
+                session.execute(
+                    _upsert(dialect, BarCoverage, ["symbol"], []),
+                    [{"symbol": symbol, "first_day": start, "last_day": end}],
+                )
+                cover = session.get(
+                    BarCoverage, symbol, with_for_update=True, populate_existing=True
+                )
+                if cover is not None:
                     cover.first_day = min(cover.first_day, start)
                     cover.last_day = max(cover.last_day, end)
 
@@ -134,6 +147,17 @@ class CachedMarketData:
             extra = live.get(symbol)
             if extra is not None and not extra.empty:
                 frames[symbol] = pd.concat([frames[symbol], extra[list(BAR_COLUMNS)]])
+
+
+def _upsert(dialect: str, model: type, keys: list[str], update: list[str]) -> Any:
+    """INSERT ... ON CONFLICT for PostgreSQL and SQLite: update `update`, or do nothing."""
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    statement = insert(model)
+    if not update:
+        return statement.on_conflict_do_nothing(index_elements=keys)
+    return statement.on_conflict_do_update(
+        index_elements=keys, set_={col: statement.excluded[col] for col in update}
+    )
 
 
 def to_frame(rows: Sequence[BarRecord]) -> BarFrame:

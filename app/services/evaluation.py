@@ -245,7 +245,7 @@ def evaluate(
                 "n_val_rows": meta["n_val_rows"],
                 "n_models": len(bundle.ensembles),
                 "n_test_rows": len(test),
-                "validation": meta["validation"],
+                "validation": {k: _finite(v) for k, v in meta["validation"].items()},
                 "test_ic_mean": _finite(float(window_ic["ic"].mean())) if len(window_ic) else None,
                 "train_seconds": round(train_seconds, 3),
                 "predict_seconds": round(predict_seconds, 3),
@@ -253,6 +253,7 @@ def evaluate(
         )
         bar.set_postfix(train_s=f"{train_seconds:.1f}", ic=records[-1]["test_ic_mean"])
     scored_all = pd.concat(scored_parts)
+    ics = daily_ic(scored_all)
     return {
         "settings": {
             "mode": mode,
@@ -271,6 +272,10 @@ def evaluate(
         },
         "metrics": summarise(scored_all, reliability_bins=reliability_bins, thresholds=thresholds),
         "windows": records,
+        "daily_ic": [
+            {"date": day.date().isoformat(), "ic": _finite(ic), "rank_ic": _finite(rank_ic)}
+            for day, ic, rank_ic in zip(ics.index, ics["ic"], ics["rank_ic"], strict=True)
+        ],
         "timings": {
             "features_seconds": round(feature_seconds, 3),
             "train_seconds": round(sum(r["train_seconds"] for r in records), 3),

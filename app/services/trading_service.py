@@ -117,7 +117,9 @@ class TradingService:
         now = now or clock.timestamp
         session = clock.timestamp.astimezone(NEW_YORK).date()  # the broker's clock decides
         sim = self._settings.trading_mode is TradingMode.SIM
-        key = cycle_key or ("eod" if sim else cycle_key_for(now, 10))
+        key = cycle_key or (
+            "eod" if sim else cycle_key_for(now, self._settings.trading_cycle_minutes)
+        )
         result = CycleResult(status="done", session=session.isoformat(), cycle_key=key)
 
         result.reconciled = self.reconcile()
