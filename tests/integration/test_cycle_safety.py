@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 from celery import Celery
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from app import create_app
 from app.extensions import db
-from app.orm import OrderRecord
+from app.orm import Base, OrderRecord
 from app.services.ai_service import ModelStore, train
 from app.services.market_data import CsvMarketData
 from tests import support
@@ -72,19 +72,8 @@ def stack(
         app = create_app(settings)
         yield {"fake": fake, "settings": settings, "app": app, "tmp": tmp_path}
         with db.session() as session:
-            for table in (
-                "fills",
-                "orders",
-                "risk_events",
-                "risk_state",
-                "equity_snapshots",
-                "signals",
-                "task_runs",
-                "bars",
-                "bar_coverage",
-                "users",
-            ):
-                session.execute(__import__("sqlalchemy").text(f"DELETE FROM {table}"))
+            for table in reversed(Base.metadata.sorted_tables):
+                session.execute(delete(table))
 
 
 def start_worker(settings: dict[str, str], log: Path, concurrency: int) -> support.Process:

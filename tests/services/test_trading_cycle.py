@@ -141,7 +141,8 @@ def test_halt_survives_a_restart(
     assert RiskStateStore(db).load().state is TradingState.HALTED
     result = trading(restarted, FixedSignals({"AAPL": 0.02})).run_cycle()
     assert result.orders == []
-    assert result.denied and result.denied[0]["rule"] == "trading_state"
+    assert result.denied
+    assert result.denied[0]["rule"] == "trading_state"
     RiskStateStore(db).resume()
     assert [
         o["symbol"] for o in trading(restarted, FixedSignals({"AAPL": 0.02})).run_cycle().orders
