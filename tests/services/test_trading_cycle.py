@@ -183,3 +183,28 @@ def test_orders_and_positions_opened_by_hand_are_reconciled(
     assert {r.client_order_id: r.status for r in order_rows()} == {"by-hand-1": "filled"}
     with db.session() as session:  # each mismatch is reported once, not every cycle
         assert session.scalar(select(func.count()).select_from(RiskEvent)) == 2
+
+
+def test_fills_and_halts_reach_discord(make_app: Callable[..., Flask], fake: FakeAlpaca) -> None:
+    from tests.services.test_notifier import Receiver
+
+    receiver = Receiver()
+    try:
+        app = make_app(
+            **PAPER,
+            ALPACA_BASE_URL=fake.base_url,
+            ALPACA_DATA_URL=fake.base_url,
+            WATCHLIST=WATCH,
+            DISCORD_WEBHOOK_URL=receiver.url,
+        )
+        trading(app, FixedSignals({"AAPL": 0.02})).run_cycle()
+        fake.cash -= 3_000.0  # a -3 % day against the start-of-day equity
+        fake.set_clock(OPEN.replace(minute=20))
+        trading(app, FixedSignals({})).run_cycle()
+        with app.app_context():
+            assert services().notifier.flush(10)
+        titles = [r["embeds"][0]["title"] for r in receiver.received]
+        assert "Entry: buy AAPL" in titles
+        assert "Risk: daily_loss_halt" in titles
+    finally:
+        receiver.close()
