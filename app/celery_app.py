@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from celery import Celery, Task
-from celery.signals import worker_process_init
+from celery.signals import worker_process_init, worker_ready
 from flask import Flask
 
 from app.celery_config import celery_settings
-from app.config import Settings
+from app.config import Settings, TradingMode
 from app.extensions import db
 
 
@@ -23,6 +24,21 @@ def celery_init_app(app: Flask, settings: Settings) -> Celery:
     celery.config_from_object(celery_settings(settings))
     celery.set_default()
     app.extensions["celery"] = celery
+
+    @worker_ready.connect(weak=False)
+    def _train_when_sim_has_no_model(**_kwargs: Any) -> None:
+        """Sim mode out of the box: a worker that finds no model trains one first."""
+        if settings.trading_mode is not TradingMode.SIM or not settings.sim_auto_train:
+            return
+        with app.app_context():
+            from app.container import services
+            from app.tasks import start_batch_training
+
+            svc = services()
+            if svc.models.current_version() is None:
+                task_id = start_batch_training(svc, None, requested_by="sim start-up")
+                logging.getLogger(__name__).info("no model yet: training one (task %s)", task_id)
+
     return celery
 
 

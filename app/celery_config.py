@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from celery.schedules import crontab
 from kombu.entity import Queue
 
-from app.config import Settings
+from app.config import Settings, TradingMode
 
 TRAINING_QUEUE = "training"
 
@@ -16,13 +17,17 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
     """The seed's schedule; nightly tuning and training are chained in one entry, not both
     at 23:00 at once. Every entry expires before its next run, so a backlog never piles up."""
     every = settings.trading_cycle_minutes
+    if settings.trading_mode is TradingMode.SIM:
+        cycle: Any = timedelta(seconds=settings.sim_cycle_seconds)
+        cycle_expires = max(1.0, settings.sim_cycle_seconds - 1)
+    else:
+        cycle = crontab(minute=f"*/{every}", hour=settings.trading_hours_utc, day_of_week="mon-fri")
+        cycle_expires = max(30, every * 60 - 60)
     return {
         "smart-trading-pipeline": {
             "task": "app.tasks.smart_trading_pipeline",
-            "schedule": crontab(
-                minute=f"*/{every}", hour=settings.trading_hours_utc, day_of_week="mon-fri"
-            ),
-            "options": {"expires": max(30, every * 60 - 60)},
+            "schedule": cycle,
+            "options": {"expires": cycle_expires},
         },
         "nightly-tune-then-train": {
             "task": "app.tasks.nightly_tune_then_train",

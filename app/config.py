@@ -78,6 +78,10 @@ class Settings(BaseSettings):
     sim_slippage_bps: float = Field(default=5.0, ge=0, le=100)
     #: Seed of the synthetic market used when DATA_DIR is unset.
     sim_seed: int = 42
+    #: In sim mode beat runs a cycle (one replayed session) this often, whatever the wall clock.
+    sim_cycle_seconds: float = Field(default=20.0, ge=1, le=3600)
+    #: In sim mode a worker that finds no model trains one at start.
+    sim_auto_train: bool = True
 
     # --- API ---
     #: How long account, positions and prices answers are reused, so many API clients do not
@@ -126,6 +130,12 @@ class Settings(BaseSettings):
     ai_signal_sell_threshold: float = Field(default=-0.005, lt=0)
     ai_confidence_threshold: float = Field(default=0.7, ge=0, le=1)
     model_max_age_days: int = Field(default=7, ge=1, le=365)
+    #: pooled: one cross-sectional model over every symbol; per-symbol: one model each.
+    model_mode: str = Field(default="pooled", pattern="^(pooled|per-symbol|per_symbol)$")
+    #: Years of daily bars each training uses, ending the session before "today".
+    train_years: float = Field(default=5.0, ge=1, le=20)
+    #: Optuna storage URL; default: the service's database.
+    optuna_storage: str | None = None
 
     watchlist: Annotated[tuple[str, ...], NoDecode] = tuple(DEFAULT_WATCHLIST.split(","))
 
@@ -226,6 +236,11 @@ class Settings(BaseSettings):
     @property
     def effective_jwt_secret(self) -> str:
         return self.jwt_secret_key or self.secret_key
+
+    @property
+    def ai_mode(self) -> str:
+        """MODEL_MODE as the AI service spells it (pooled | per_symbol)."""
+        return self.model_mode.replace("-", "_")
 
     @property
     def sql_url(self) -> str:

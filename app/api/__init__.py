@@ -8,7 +8,18 @@ from typing import Any
 from flask import Flask, Response, request
 from flask_jwt_extended import verify_jwt_in_request
 
-from app.api import account, auth, dashboard, health, history, market, risk, tasks, trading
+from app.api import (
+    account,
+    auth,
+    dashboard,
+    health,
+    history,
+    market,
+    risk,
+    tasks,
+    trading,
+    training,
+)
 from app.api.errors import error_response
 from app.container import services
 from app.extensions import api, jwt
@@ -17,7 +28,7 @@ PUBLIC_ENDPOINTS = frozenset({"auth.login", "auth.refresh", "health.health", "pr
 
 
 def register_api(app: Flask) -> None:
-    blueprints = (auth, health, tasks, account, market, trading, risk, history, dashboard)
+    blueprints = (auth, health, tasks, account, market, trading, training, risk, history, dashboard)
     for module in blueprints:
         api.register_blueprint(module.blp)
     app.before_request(_require_access_token)

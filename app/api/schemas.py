@@ -135,3 +135,17 @@ class ResumeSchema(Schema):
     reason = fields.String(
         load_default="resumed by an operator", validate=validate.Length(min=1, max=200)
     )
+
+
+class TrainingSchema(Schema):
+    mode = fields.String(validate=validate.OneOf(["pooled", "per-symbol", "per_symbol"]))
+
+
+class OptimizeSchema(Schema):
+    symbols = fields.List(
+        fields.String(validate=validate.Regexp(r"^[A-Za-z][A-Za-z0-9.]{0,9}$")),
+        validate=validate.Length(min=1, max=500),
+    )
+    n_trials = fields.Integer(load_default=20, validate=validate.Range(min=1, max=1000))
+    timeout = fields.Integer(load_default=600, validate=validate.Range(min=10, max=86_400))
+    mode = fields.String(validate=validate.OneOf(["pooled", "per-symbol", "per_symbol"]))

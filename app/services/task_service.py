@@ -29,13 +29,20 @@ def start(
     queue: str | None = None,
 ) -> str:
     task_id = str(uuid.uuid4())
-    with db.session() as session:
-        session.add(TaskRun(task_id=task_id, name=name, params=kwargs, requested_by=requested_by))
+    record(db, task_id, name, kwargs, requested_by)
     options: dict[str, Any] = {"task_id": task_id}
     if queue:
         options["queue"] = queue
     celery.send_task(name, kwargs=kwargs, **options)
     return task_id
+
+
+def record(
+    db: Database, task_id: str, name: str, params: dict[str, Any], requested_by: str | None
+) -> None:
+    """Remember a task handed out to a user, before it is sent."""
+    with db.session() as session:
+        session.add(TaskRun(task_id=task_id, name=name, params=params, requested_by=requested_by))
 
 
 def describe(db: Database, celery: Celery, task_id: str) -> dict[str, Any]:
@@ -54,8 +61,12 @@ def describe(db: Database, celery: Celery, task_id: str) -> dict[str, Any]:
         "result": None,
         "error": None,
     }
+    subtasks = (run.params or {}).get("subtasks") or []
     if state == PROGRESS and isinstance(info, dict):
         body["progress"] = info
+    elif state == "PENDING" and subtasks:
+        ready = sum(celery.AsyncResult(sid).ready() for sid in subtasks)
+        body["progress"] = {"stage": "data", "done": ready, "total": len(subtasks)}
     elif state == "SUCCESS":
         body["result"] = info
         body["progress"] = {"done": 1, "total": 1}

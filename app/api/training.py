@@ -1,0 +1,54 @@
+"""Training and hyperparameter tuning, as background tasks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask_jwt_extended import get_jwt_identity
+from flask_smorest import Blueprint
+
+from app.api.schemas import OptimizeSchema, TaskStartedSchema, TrainingSchema
+from app.api.tasks import started
+from app.celery_config import TRAINING_QUEUE
+from app.container import services
+from app.errors import ValidationError
+from app.services import task_service
+
+blp = Blueprint("training", __name__, url_prefix="/api", description="Model training and tuning")
+
+
+@blp.route("/training/start/batch", methods=["POST"])
+@blp.arguments(TrainingSchema, required=False)
+@blp.response(202, TaskStartedSchema)
+def start_batch(body: dict[str, Any]) -> dict[str, str]:
+    """Train the watchlist: a group of per-symbol data tasks chorded into one fit."""
+    from app.tasks import start_batch_training
+
+    return started(start_batch_training(services(), body.get("mode"), get_jwt_identity()))
+
+
+@blp.route("/hyperparameter/optimize/", methods=["POST"])
+@blp.arguments(OptimizeSchema, required=False)
+@blp.response(202, TaskStartedSchema)
+def optimize(body: dict[str, Any]) -> dict[str, str]:
+    svc = services()
+    symbols = [s.upper() for s in body.get("symbols") or svc.settings.watchlist]
+    known = set(svc.venue.symbols() if svc.venue.symbols else symbols)
+    unknown = sorted(set(symbols) - known)
+    if unknown:
+        raise ValidationError(f"unknown symbols {unknown}", field="symbols")
+    kwargs = {
+        "symbols": symbols,
+        "n_trials": body.get("n_trials", 20),
+        "timeout": body.get("timeout", 600),
+        "mode": body.get("mode"),
+    }
+    task_id = task_service.start(
+        svc.db,
+        svc.celery,
+        "app.tasks.optimize_hyperparameters_for_watchlist",
+        kwargs,
+        get_jwt_identity(),
+        queue=TRAINING_QUEUE,
+    )
+    return started(task_id)
