@@ -705,6 +705,11 @@ class SyntheticMarketData(_FrameSource):
     each component a GARCH(1,1) series with Student-t(4) shocks. SPY is the market factor plus
     a sliver of noise (~1 % daily vol); stocks land at 1 to 3 %. The same seed, symbols and dates
     give identical frames; each symbol's path depends only on the seed, its name and the dates.
+
+    The idiosyncratic part mean-reverts day to day (AR(1) with coefficient `reversal`, a
+    short-term reversal much stronger than real markets show): the demo market has something
+    a model can learn, so sim mode trades with the default thresholds. Real data gives the
+    honest figures (README).
     """
 
     def __init__(
@@ -714,8 +719,12 @@ class SyntheticMarketData(_FrameSource):
         end: DateLike = date(2021, 12, 31),
         seed: int = 42,
         calendar: NyseCalendar | None = None,
+        reversal: float = -0.6,
     ) -> None:
         super().__init__()
+        if not -1 < reversal < 1:
+            raise ValidationError("reversal must be inside (-1, 1)", field="reversal")
+        self._reversal = reversal
         self._calendar = calendar or NyseCalendar()
         syms = [_norm_symbol(s) for s in symbols]
         self._symbols = list(dict.fromkeys(["SPY", *syms]))
@@ -766,7 +775,12 @@ class SyntheticMarketData(_FrameSource):
             price0 = rng.uniform(20.0, 300.0)
             base_volume = rng.uniform(2e6, 6e7)
         sigma = math.sqrt((beta * _MARKET_VOL) ** 2 + (gamma * _SECTOR_VOL) ** 2 + idio_vol**2)
-        idio = _garch_t(rng, n, idio_vol)
+        shocks = _garch_t(rng, n, idio_vol * math.sqrt(1 - self._reversal**2))
+        idio = np.empty(n)
+        previous = 0.0
+        for t in range(n):
+            previous = self._reversal * previous + shocks[t]
+            idio[t] = previous
         r = drift + beta * self._market + gamma * sector + idio
 
         # Split each day's return into overnight gap and intraday move; close-to-close stays r.

@@ -72,8 +72,11 @@ from app.services.features import (
 __all__ = [
     "N_TRIALS_RANGE",
     "TIMEOUT_RANGE",
+    "TUNED_PARAMS",
     "SearchSpace",
+    "daily_rank_ic",
     "load_best_params",
+    "make_folds",
     "make_storage",
     "optimize",
     "storage_url_for",
@@ -432,6 +435,7 @@ def _objective(
     space: SearchSpace,
     n_lgbm: int,
     n_xgb: int,
+    window: Mapping[str, Any],
 ) -> Callable[[optuna.Trial], float]:
     dates = rows.index.get_level_values("date").to_numpy()
     labels = rows[LABEL_COLUMN].to_numpy(dtype=np.float64)
@@ -439,6 +443,8 @@ def _objective(
     def objective(trial: optuna.Trial) -> float:
         trial.set_user_attr("pid", os.getpid())
         trial.set_user_attr("host", socket.gethostname())
+        for key, value in window.items():
+            trial.set_user_attr(key, value)
         params = to_train_params(space.suggest(trial))
         fold_ics: list[float] = []
         for step, fold in enumerate(folds):
@@ -524,6 +530,9 @@ def _write_best(
             "n_complete": sum(t.state == optuna.trial.TrialState.COMPLETE for t in finished),
             "params": best.params,
             "train_params": to_train_params(best.params),
+            "best_trial_window": {
+                key: best.user_attrs.get(key) for key in ("train_start", "train_end", "n_symbols")
+            },
             "objective": dict(setup),
             "written_at": datetime.now(UTC).isoformat(),
         }
@@ -583,10 +592,12 @@ def optimize(
     """Run up to `n_trials` trials (or until `timeout` s) of the shared study; write best params.
 
     Any number of processes may call this at once with the same `storage_url` and study name.
-    The objective's setup (mode, data window, symbols, folds, members) is stored with the
-    study; joining a study set up differently raises ValidationError(field="study_name"),
-    because scores from different data are not comparable. `features` (from
-    ``build_features``) skips recomputation; rows after `train_end` are never used.
+    The objective's structure (score, mode, folds, members) is stored with the study; joining
+    with another structure raises ValidationError(field="study_name"): those scores are not
+    comparable. The data window may move (a nightly retune's window advances a day): every
+    trial records the window it was scored on, and TPE keeps learning from earlier nights'
+    trials, scored on nearly the same data. `features` (from ``build_features``) skips
+    recomputation; rows whose label ends after `train_end` are never used.
     """
     _check_budget("n_trials", n_trials, N_TRIALS_RANGE, integral=True)
     _check_budget("timeout", timeout, TIMEOUT_RANGE, integral=False)
@@ -611,13 +622,21 @@ def optimize(
         raise _fail("bars", f"rank IC needs >= {MIN_SYMBOLS_PER_DATE} symbols, got {symbols}")
     folds = make_folds(rows, n_folds)
     dates = rows.index.get_level_values("date")
-    setup = {
+    structure = {
         "version": _OBJECTIVE_VERSION,
         "score": "mean over folds of mean daily cross-sectional Spearman rank IC",
         "mode": mode,
+        "n_folds": n_folds,
+        "members": {"lightgbm": n_lgbm, "xgboost": n_xgb},
+    }
+    window = {
         "train_start": dates.min().date().isoformat(),
         "train_end": end.date().isoformat(),
-        "n_folds": n_folds,
+        "n_symbols": len(symbols),
+    }
+    setup = {
+        **structure,
+        **window,
         "folds": [
             {
                 "last_train_label_end": f.last_train_label_end.date().isoformat(),
@@ -627,7 +646,6 @@ def optimize(
             for f in folds
         ],
         "symbols": symbols,
-        "members": {"lightgbm": n_lgbm, "xgboost": n_xgb},
     }
 
     storage = make_storage(storage_url)
@@ -644,16 +662,14 @@ def optimize(
         )
         stored = study.user_attrs.get("objective")
         if stored is None:
-            study.set_user_attr("objective", setup)
-        elif stored != setup:
+            study.set_user_attr("objective", structure)
+        elif stored != structure:
             raise _fail(
                 "study_name",
-                f"study {name!r} was set up for another objective or data window "
-                f"(train_end {stored.get('train_end')}, symbols {len(stored.get('symbols', []))});"
-                " use a new study name",
+                f"study {name!r} tunes another objective ({stored}); use a new study name",
             )
         mine: list[optuna.trial.FrozenTrial] = []
-        objective = _objective(rows, folds, mode, space, n_lgbm, n_xgb)
+        objective = _objective(rows, folds, mode, space, n_lgbm, n_xgb, window)
         setup_seconds = time.perf_counter() - wall0
         t0 = time.perf_counter()
         study.optimize(

@@ -189,6 +189,9 @@ class TradingService:
                 }
             )
             self._tell_order(order.reason, placed.order, placed.error, request)
+            kind = order.reason.split(":")[0]
+            if kind in {"stop_loss", "take_profit"} and placed.order is not None:
+                self._risk.record_event(kind, order.reason, order.symbol)
         self._record(signals, session, account, positions, decision.risk_state)
         if sim and isinstance(broker, SimExchange):
             broker.advance(from_session=session)
