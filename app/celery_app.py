@@ -24,6 +24,7 @@ def celery_init_app(app: Flask, settings: Settings) -> Celery:
     celery.config_from_object(celery_settings(settings))
     celery.set_default()
     app.extensions["celery"] = celery
+    celery.loader.import_default_modules()  # register the tasks in the API process too
 
     @worker_ready.connect(weak=False)
     def _train_when_sim_has_no_model(**_kwargs: Any) -> None:

@@ -69,6 +69,7 @@ def celery_settings(settings: Settings) -> dict[str, Any]:
         },
         "task_always_eager": settings.celery_always_eager,
         "task_eager_propagates": settings.celery_always_eager,
+        "task_store_eager_result": settings.celery_always_eager,
         "beat_schedule": beat_schedule(settings),
         "beat_schedule_filename": str(settings.database_dir / "celerybeat-schedule"),
     }

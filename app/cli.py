@@ -10,6 +10,7 @@ from flask import Flask
 from flask.cli import AppGroup, with_appcontext
 from tqdm import tqdm
 
+from app.ai_cli import register_ai_cli
 from app.api.market import parse_symbol
 from app.container import services
 from app.domain import MarketData
@@ -25,6 +26,7 @@ def register_cli(app: Flask) -> None:
     app.cli.add_command(db_group)
     app.cli.add_command(create_user)
     app.cli.add_command(data_group)
+    register_ai_cli(app)
 
 
 db_group = AppGroup("db", help="Database schema migrations (Alembic).")

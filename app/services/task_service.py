@@ -33,7 +33,11 @@ def start(
     options: dict[str, Any] = {"task_id": task_id}
     if queue:
         options["queue"] = queue
-    celery.send_task(name, kwargs=kwargs, **options)
+    task = celery.tasks.get(name)
+    if task is not None:  # registered here: apply_async honours eager mode
+        task.apply_async(kwargs=kwargs, **options)
+    else:
+        celery.send_task(name, kwargs=kwargs, **options)
     return task_id
 
 

@@ -121,6 +121,7 @@ def test_small_study_on_real_data_writes_best_params_that_train_uses(
     finally:
         storage.engine.dispose()
     assert {t.user_attrs["pid"] for t in trials} == {os.getpid()}
+    assert {t.user_attrs["train_end"] for t in trials} == {TRAIN_END}
     assert all(1 <= len(t.user_attrs["fold_rank_ic"]) <= N_FOLDS for t in trials)
 
     path = best_dir / "pooled.json"
@@ -142,11 +143,13 @@ def test_small_study_on_real_data_writes_best_params_that_train_uses(
     assert lgbm["lambda_l2"] == xgbp["lambda"] == tuned["reg_lambda"]
     assert lgbm["feature_fraction"] == xgbp["colsample_bytree"] == tuned["colsample"]
 
-    # The same study resumes; a study set up on another window is refused.
-    again = optimize(bars, spy, n_trials=1, train_end=TRAIN_END, seed=8, **common)
+    # The study resumes on a window that moved (a nightly retune); each trial records its
+    # window. Another objective structure (fold count) is refused.
+    again = optimize(bars, spy, n_trials=1, train_end="2018-12-28", seed=8, **common)
     assert (again["n_trials_done"], again["n_trials_total"]) == (1, 5)
+    assert again["setup"]["folds"][-1]["val_end"] < "2018-12-28"
     with pytest.raises(ValidationError) as info:
-        optimize(bars, spy, n_trials=1, train_end="2018-06-29", **common)
+        optimize(bars, spy, n_trials=1, train_end=TRAIN_END, **{**common, "n_folds": 4})
     assert info.value.field == "study_name"
 
 
