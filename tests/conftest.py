@@ -61,7 +61,11 @@ BACKENDS = ["sqlite", "postgres+redis"]
 def backend(request: pytest.FixtureRequest) -> dict[str, Any]:
     """Settings overrides for a backend: SQLite with the embedded broker, or PostgreSQL+Redis."""
     tmp: Path = request.getfixturevalue("tmp_path")
-    overrides: dict[str, Any] = {"DATABASE_DIR": str(tmp), "LOG_LEVEL": "WARNING"}
+    overrides: dict[str, Any] = {
+        "DATABASE_DIR": str(tmp),
+        "LOG_LEVEL": "WARNING",
+        "SIM_AUTO_TRAIN": False,  # workers started by tests do only what the test sends
+    }
     if request.param == "sqlite":
         overrides["DATABASE_URL"] = request.getfixturevalue("sqlite_url")
     else:

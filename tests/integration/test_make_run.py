@@ -21,7 +21,12 @@ def test_make_run_stack_serves_and_stops_on_ctrl_c(tmp_path) -> None:
     metrics_dir = tmp_path / "metrics"
     metrics_dir.mkdir()
     env = support.service_env(
-        DATABASE_DIR=str(tmp_path), PORT=str(port), PROMETHEUS_MULTIPROC_DIR=str(metrics_dir)
+        DATABASE_DIR=str(tmp_path),
+        MODELS_DIR=str(tmp_path / "models"),
+        BEST_PARAMS_DIR=str(tmp_path / "best_params"),
+        PORT=str(port),
+        PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
+        SIM_CYCLE_SECONDS="2",  # the default is 20 s; the loop is the same
     )
     migrate = subprocess.run(
         [str(support.BIN / "flask"), "--app", "app", "db", "upgrade"],
@@ -70,6 +75,25 @@ def test_make_run_stack_serves_and_stops_on_ctrl_c(tmp_path) -> None:
         assert state == "SUCCESS", stack.output()[-3000:]
         assert body["result"]["pong"] is True
         assert "beat: Starting" in stack.output()
+
+        # The whole loop offline: a model is trained at start, then every cycle replays a
+        # session: orders placed, positions held, risk events, a changing dashboard.
+        first = requests.get(f"{base}/api/dashboard/all_data", headers=headers, timeout=10).json()
+        deadline = time.monotonic() + 240
+        seen: dict[str, object] = {}
+        while time.monotonic() < deadline:
+            board = requests.get(f"{base}/api/dashboard/all_data", headers=headers, timeout=10)
+            seen = board.json()
+            orders = requests.get(f"{base}/api/orders", headers=headers, timeout=10).json()
+            if seen["positions"] and seen["risk"]["recent_events"] and orders["total"]:
+                break
+            time.sleep(2)
+        assert seen["positions"], stack.output()[-3000:]
+        assert seen["risk"]["recent_events"]
+        assert orders["total"] > 0
+        assert seen["as_of"] > first["as_of"]
+        assert seen["account"]["equity"] != first["account"]["equity"]
+        assert seen["model"]["version"]
     finally:
         pgid = stack.popen.pid
         os.killpg(pgid, signal.SIGINT)  # what Ctrl-C in the terminal sends
