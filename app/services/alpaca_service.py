@@ -43,7 +43,7 @@ import pandas as pd
 import requests
 from pydantic import ValidationError as PydanticValidationError
 
-from app import domain, errors
+from app import domain, errors, metrics
 from app.services.rate_limit import process_limiter
 
 with warnings.catch_warnings():
@@ -327,7 +327,8 @@ class _AlpacaBase:
     def _attempt(self, op: str, fn: Callable[[], T]) -> T:
         with self._stats_lock:
             self.calls[op] += 1
-        return fn()
+        with metrics.alpaca_call(op):  # per attempt: status, latency
+            return fn()
 
     def _delay(self, attempt: int, response: requests.Response | None) -> float:
         p = self.retry
@@ -348,6 +349,7 @@ class _AlpacaBase:
         with self._stats_lock:
             self.retry_sleeps += 1
             self.retry_wait_seconds += delay
+        metrics.record_alpaca_retry(delay)
         return True
 
     def _read(

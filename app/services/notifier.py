@@ -12,6 +12,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import requests
 
@@ -95,7 +96,7 @@ class Notifier:
                 self._queue.task_done()
 
     def _post(self, alert: Alert) -> None:
-        body = {
+        body: dict[str, Any] = {
             "username": "Alpha Trader",
             "embeds": [
                 {

@@ -14,6 +14,7 @@ from datetime import UTC, date, datetime
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
+from app import metrics
 from app.domain import Broker, Order, OrderRequest, OrderStatus
 from app.errors import BrokerUnavailable, OrderRejected
 from app.orm import FillRecord, OrderRecord
@@ -66,16 +67,22 @@ class OrderService:
         except IntegrityError:
             # Another run (overlap, redelivery, restart) already owns this id: never re-send.
             log.info("order %s already recorded; looking it up instead of sending", cid)
+            metrics.ORDERS_DUPLICATES_PREVENTED.inc()
             return Placement(cid, self.sync(cid), sent=False)
         try:
             order = self._broker.submit_market_order(request)
         except OrderRejected as exc:
+            metrics.record_order_rejected("broker", "rejected")
             self._update(cid, None, rejected=exc.message)
             return Placement(cid, None, sent=True, error=exc.message)
         except BrokerUnavailable as exc:
             # Unknown outcome: the row stays PENDING and reconciliation will ask the broker.
             log.warning("order %s: outcome unknown (%s); left PENDING for reconciliation", cid, exc)
+            metrics.ORDERS_UNCONFIRMED.inc()
             return Placement(cid, None, sent=True, error=exc.message)
+        metrics.record_order_submitted(str(request.side), reason)
+        if order.status is OrderStatus.REJECTED:
+            metrics.record_order_rejected("broker", "rejected")
         self._update(cid, order)
         return Placement(cid, order, sent=True)
 
@@ -105,6 +112,7 @@ class OrderService:
             if order is not None:
                 if order.status.value != status:
                     changed.append(cid)
+                    metrics.record_reconcile("order_status")
                 self._update(cid, order)
                 continue
             created = created_at if created_at.tzinfo else created_at.replace(tzinfo=UTC)
@@ -113,9 +121,12 @@ class OrderService:
             ):
                 self._update(cid, None, rejected="never reached the broker")
                 changed.append(cid)
+                metrics.record_reconcile("never_reached_broker")
+                metrics.record_order_rejected("broker", "never_reached_broker")
         return changed
 
     def _update(self, cid: str, order: Order | None, *, rejected: str | None = None) -> None:
+        fill: tuple[str, float, float, bool] | None = None  # counted once committed
         with self._db.session() as session:
             row = session.scalar(
                 select(OrderRecord).where(OrderRecord.client_order_id == cid).with_for_update()
@@ -160,3 +171,7 @@ class OrderService:
                 )
                 row.filled_qty = order.filled_qty
                 row.filled_avg_price = order.filled_avg_price
+                fill = (str(order.side), delta, price, order.status is OrderStatus.FILLED)
+        if fill is not None:
+            side, qty, price, now_filled = fill
+            metrics.record_fill(side, qty, price, now_filled=now_filled)

@@ -23,6 +23,8 @@ from typing import Any
 
 import redis
 
+from app import metrics
+
 log = logging.getLogger(__name__)
 
 #: Alpaca's documented per-account budget.
@@ -122,6 +124,7 @@ class SlidingWindowLimiter:
             if waited > 0:
                 self.waits += 1
                 self.total_wait += waited
+        metrics.record_rate_limit(waited)
         return waited
 
     def _try_acquire(self) -> float:

@@ -8,7 +8,7 @@ allowed: a halted bot must still be able to get out.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
@@ -300,13 +300,18 @@ class RiskStateStore:
         self.record_event("resume", reason)
         return state
 
-    def recent_events(self, limit: int = 20) -> list[Mapping[str, object]]:
+    def recent_events(self, limit: int = 20) -> list[dict[str, str | None]]:
         with self._db.session() as session:
             rows = session.scalars(
                 select(RiskEvent).order_by(RiskEvent.id.desc()).limit(limit)
             ).all()
             return [
-                {"kind": r.kind, "detail": r.detail, "symbol": r.symbol, "at": r.created_at}
+                {
+                    "kind": r.kind,
+                    "detail": r.detail,
+                    "symbol": r.symbol,
+                    "at": r.created_at.isoformat(),
+                }
                 for r in rows
             ]
 

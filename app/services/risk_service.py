@@ -49,10 +49,7 @@ def status(svc: Services) -> dict[str, Any]:
         "positions": len(positions),
         "daily_pnl": daily_pnl(state, account),
         "daily_pnl_pct": (account.equity / start - 1.0) if start else 0.0,
-        "recent_events": [
-            {**e, "at": e["at"].isoformat()}
-            for e in store.recent_events(10)  # type: ignore[union-attr]
-        ],
+        "recent_events": store.recent_events(10),
     }
 
 

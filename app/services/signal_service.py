@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from datetime import UTC, date, datetime
 
+from app import metrics
 from app.domain import BarFrame, Signal
 from app.services.ai_service import ModelStore, SignalThresholds, make_signal
 from app.services.features import latest_features
@@ -36,6 +37,7 @@ class ModelSignalSource:
         if bundle is None:
             return {}, NO_MODEL
         stale = self._store.is_stale(self._max_age_days, now=self._now())
+        metrics.record_model(self._store.metadata(), self._now())
         features = latest_features(bars, bars.get("SPY"), session)
         predictions = bundle.predict(features)
         version = bundle.version or "unknown"

@@ -58,10 +58,10 @@ class SimExchange:
 
     # -- domain.Broker -------------------------------------------------------------------------
     def get_account(self) -> Account:
-        return self._run(lambda b: (self._mark(b), b.get_account())[1], write=False)
+        return self._run(lambda b: self._marked(b).get_account(), write=False)
 
     def get_positions(self) -> list[Position]:
-        return self._run(lambda b: (self._mark(b), b.get_positions())[1], write=False)
+        return self._run(lambda b: self._marked(b).get_positions(), write=False)
 
     def get_open_orders(self) -> list[Order]:
         return self._run(lambda b: b.get_open_orders(), write=False)
@@ -142,6 +142,11 @@ class SimExchange:
     def _mark(self, broker: SimBroker) -> None:
         held = [p.symbol for p in broker.get_positions()]
         broker.mark({symbol: self._market.get_latest_price(symbol) for symbol in held})
+
+    def _marked(self, broker: SimBroker) -> SimBroker:
+        """The broker with its positions marked at the replay session's prices."""
+        self._mark(broker)
+        return broker
 
     @contextmanager
     def _locked(self) -> Iterator[tuple[Session, SimExchangeState]]:

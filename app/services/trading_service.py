@@ -16,11 +16,13 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
+from app import metrics
 from app.config import Settings, TradingMode
 from app.domain import BarFrame, Order, OrderRequest, OrderStatus, Side, Signal, SignalAction
-from app.orm import EquitySnapshot, OrderRecord, RiskEvent, SignalRecord
+from app.logging_setup import cycle_context
+from app.orm import EquitySnapshot, FillRecord, OrderRecord, RiskEvent, SignalRecord
 from app.services.cycle_lock import CycleLock
 from app.services.database_service import Database
 from app.services.notifier import Notifier
@@ -91,7 +93,9 @@ class TradingService:
         self._signals = signal_source
         self._notifier = notifier
         self._lock = lock
-        self._orders = OrderService(db, venue.broker)
+        # Every broker call the cycle makes is counted and timed, whatever the venue.
+        self._broker = metrics.InstrumentedBroker(venue.broker, venue.name)
+        self._orders = OrderService(db, self._broker)
         self._risk = RiskStateStore(db)
         self._limits = RiskLimits.from_settings(settings)
         self._config = StrategyConfig.from_settings(settings)
@@ -100,16 +104,23 @@ class TradingService:
         self, *, now: datetime | None = None, cycle_key: str | None = None
     ) -> CycleResult:
         started = time.perf_counter()
-        with self._lock.hold() as owned:
-            if not owned:
-                log.info("another trading cycle is running: skipped")
-                return CycleResult(status="skipped_locked")
-            result = self._run(now, cycle_key)
+        with cycle_context():  # every log line of this cycle carries its id
+            try:
+                with self._lock.hold() as owned:
+                    if not owned:
+                        log.info("another trading cycle is running: skipped")
+                        metrics.record_cycle("skipped_locked", time.perf_counter() - started)
+                        return CycleResult(status="skipped_locked")
+                    result = self._run(now, cycle_key)
+            except Exception:
+                metrics.record_cycle("error", time.perf_counter() - started)
+                raise
         result.seconds = round(time.perf_counter() - started, 3)
+        metrics.record_cycle(result.status, result.seconds)
         return result
 
     def _run(self, now: datetime | None, cycle_key: str | None) -> CycleResult:
-        broker = self._venue.broker
+        broker = self._broker
         clock = broker.get_clock()
         if not clock.is_open:
             log.info("market closed (next open %s): cycle is a no-op", clock.next_open)
@@ -135,6 +146,7 @@ class TradingService:
             result.problem = problem
             self._notifier.notify("No trading signals", problem, "warning")
         result.signals = len(signals)
+        metrics.record_signals(signals.values())
         prices = {s: float(f["close"].iloc[-1]) for s, f in bars.items() if len(f)}
         prices.update({p.symbol: p.current_price for p in positions if p.current_price > 0})
 
@@ -156,8 +168,10 @@ class TradingService:
             self._risk.record_event(event, detail)
             self._notifier.notify(f"Risk: {event}", detail, "error")
         result.events = list(decision.events)
+        metrics.record_risk_events(decision.events)
 
         for order, verdict in decision.denied:
+            metrics.record_order_rejected("risk", verdict.rule or "unspecified")
             result.denied.append(
                 {
                     "symbol": order.symbol,
@@ -192,9 +206,11 @@ class TradingService:
             kind = order.reason.split(":")[0]
             if kind in {"stop_loss", "take_profit"} and placed.order is not None:
                 self._risk.record_event(kind, order.reason, order.symbol)
+                metrics.record_risk_events([kind])
         self._record(signals, session, account, positions, decision.risk_state)
-        if sim and isinstance(broker, SimExchange):
-            broker.advance(from_session=session)
+        exchange = self._venue.broker
+        if sim and isinstance(exchange, SimExchange):
+            exchange.advance(from_session=session)
         log.info(
             "cycle %s %s: %d signals, %d orders, %d denied",
             session,
@@ -208,7 +224,7 @@ class TradingService:
     def reconcile(self) -> list[str]:
         """Bring the database in line with the broker (the truth); each change is counted."""
         changed = self._orders.reconcile_open_orders()
-        for order in self._venue.broker.get_open_orders():
+        for order in self._broker.get_open_orders():
             with self._db.session() as session:
                 known = session.scalar(
                     select(OrderRecord.id).where(
@@ -218,6 +234,7 @@ class TradingService:
             if known is None:
                 self._orders.sync(order.client_order_id)
                 changed.append(order.client_order_id)
+                metrics.record_reconcile("unknown_order")
                 self._risk.record_event(
                     "reconcile_unknown_order",
                     f"open order {order.client_order_id} for {order.symbol} placed outside the bot",
@@ -232,7 +249,7 @@ class TradingService:
 
     def _report_unknown_positions(self) -> None:
         """A position the bot never traded was opened by hand: report it once."""
-        held = {p.symbol for p in self._venue.broker.get_positions()}
+        held = {p.symbol for p in self._broker.get_positions()}
         if not held:
             return
         with self._db.session() as session:
@@ -247,6 +264,7 @@ class TradingService:
                 )
             )
         for symbol in sorted(held - traded - reported):
+            metrics.record_reconcile("unknown_position")
             self._risk.record_event(
                 "reconcile_unknown_position",
                 f"position in {symbol} was not opened by the bot",
@@ -303,8 +321,8 @@ class TradingService:
                 for s in signals.values()
                 if s.action is not SignalAction.HOLD or len(signals) <= 64
             )
-            account = self._venue.broker.get_account()
-            held = self._venue.broker.get_positions()
+            account = self._broker.get_account()
+            held = self._broker.get_positions()
             session.add(
                 EquitySnapshot(
                     taken_at=datetime.now(UTC),
@@ -317,6 +335,23 @@ class TradingService:
                     daily_pnl=daily_pnl(state, account),
                 )
             )
+            rows = session.execute(
+                select(
+                    FillRecord.symbol, FillRecord.side, FillRecord.qty, FillRecord.price
+                ).order_by(FillRecord.id)
+            ).all()
+            fills = [(symbol, side, qty, price) for symbol, side, qty, price in rows]
+            realized = metrics.realized_pnl(fills) - (
+                session.scalar(select(func.coalesce(func.sum(FillRecord.commission), 0.0))) or 0.0
+            )
+        metrics.record_portfolio(
+            self._venue.name,
+            account,
+            held,
+            state=state.state,
+            daily_pnl=daily_pnl(state, account),
+            realized_pnl=realized,
+        )
 
     def _tell_order(
         self, reason: str, order: Order | None, error: str | None, request: OrderRequest

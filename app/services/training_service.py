@@ -10,14 +10,14 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from datetime import date, timedelta
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy.exc import IntegrityError
 
 from app.config import Settings
 from app.domain import BarFrame, MarketData
 from app.orm import ModelRun
-from app.services.ai_service import ModelStore, train
+from app.services.ai_service import Mode, ModelStore, train
 from app.services.database_service import Database
 from app.services.market_data import NyseCalendar
 from app.services.optimizer_service import load_best_params, to_train_params
@@ -68,9 +68,9 @@ def fit_and_save(
     bundle = train(
         bars,
         bars["SPY"],
-        mode,
+        cast(Mode, mode),  # validated by Settings and the API
         end,
-        to_train_params(params) if params else None,  # type: ignore[arg-type]
+        to_train_params(params) if params else None,
     )
     report("save", 2, 3)
     version = store.save(

@@ -1,0 +1,92 @@
+"""POST /api/backtest/run starts a backtest task; GET /api/backtest/<id> answers its result."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import uuid4
+
+from flask import url_for
+from flask_jwt_extended import get_jwt_identity
+from flask_smorest import Blueprint
+
+from app.api.backtest_schemas import BacktestRunSchema, BacktestRunStatusSchema
+from app.api.schemas import TaskStartedSchema
+from app.celery_config import TRAINING_QUEUE
+from app.container import services
+from app.errors import NotFoundError, ValidationError
+from app.services import task_service
+from app.services.backtest_runs import BacktestRunStore, RunStatus
+from app.services.backtest_service import BacktestRequest, resolve_window
+from app.services.market_data import NyseCalendar
+
+blp = Blueprint(
+    "backtest", __name__, url_prefix="/api/backtest", description="Backtests of the live strategy"
+)
+
+TASK_NAME = "app.tasks.run_backtest"
+DEFAULT_DAYS = 90
+
+
+@blp.route("/run", methods=["POST"])
+@blp.arguments(BacktestRunSchema, error_status_code=400)
+@blp.response(202, TaskStartedSchema)
+def run(body: dict[str, Any]) -> dict[str, str]:
+    """Replay the live strategy over past bars (a background task on the training queue)."""
+    svc = services()
+    symbols = list(dict.fromkeys(s.upper() for s in body.get("symbols") or svc.settings.watchlist))
+    if svc.venue.symbols is not None:
+        unknown = sorted(set(symbols) - set(svc.venue.symbols()))
+        if unknown:
+            raise ValidationError(f"unknown symbols {unknown}", field="symbols")
+    calendar = NyseCalendar()
+    days = body.get("days")
+    if days is None and "start" not in body:
+        days = DEFAULT_DAYS
+    start, end = resolve_window(
+        days=days,
+        start=body.get("start"),
+        end=body.get("end"),
+        last_session=calendar.previous_session(svc.venue.today()),
+        calendar=calendar,
+    )
+    request = BacktestRequest(
+        symbols=tuple(symbols),
+        start=start,
+        end=end,
+        initial_capital=body["initial_capital"],
+        commission_bps=body.get("commission_bps"),
+        slippage_bps=body.get("slippage_bps"),
+        retrain_every=body["retrain_every"],
+        model=body["model"],
+        buy_threshold=body.get("buy_threshold"),
+        sell_threshold=body.get("sell_threshold"),
+        confidence_threshold=body.get("confidence_threshold"),
+    )
+    if request.model == "current" and svc.models.current_version() is None:
+        raise ValidationError("there is no trained model to use", field="model")
+    params = request.as_dict()
+    task_id = str(uuid4())
+    BacktestRunStore(svc.db).create(task_id, params)
+    task_service.record(svc.db, task_id, TASK_NAME, params, get_jwt_identity())
+    from app.backtest_tasks import run_backtest
+
+    run_backtest.apply_async(kwargs={"params": params}, task_id=task_id, queue=TRAINING_QUEUE)
+    return {"task_id": task_id, "status_url": url_for("backtest.get_run", task_id=task_id)}
+
+
+@blp.route("/<string:task_id>")
+@blp.response(200, BacktestRunStatusSchema)
+def get_run(task_id: str) -> dict[str, Any]:
+    """The stored run: status, parameters, progress while it runs, the report when done."""
+    svc = services()
+    run = BacktestRunStore(svc.db).get(task_id)
+    if run is None:
+        raise NotFoundError(f"no backtest {task_id!r}", field="task_id")
+    run["state"] = run["status"]
+    run["progress"] = None
+    if run["status"] in (RunStatus.PENDING, RunStatus.RUNNING):
+        result = svc.celery.AsyncResult(task_id)
+        run["state"] = result.state
+        if result.state == task_service.PROGRESS and isinstance(result.info, dict):
+            run["progress"] = result.info
+    return run
