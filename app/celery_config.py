@@ -29,6 +29,11 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             "schedule": cycle,
             "options": {"expires": cycle_expires},
         },
+        "daily-summary": {
+            "task": "app.tasks.daily_summary",
+            "schedule": crontab(hour=21, minute=15, day_of_week="mon-fri"),
+            "options": {"expires": 3600},
+        },
         "nightly-tune-then-train": {
             "task": "app.tasks.nightly_tune_then_train",
             "schedule": crontab(hour=settings.nightly_hour_utc, minute=0, day_of_week="mon-fri"),

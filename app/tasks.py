@@ -149,3 +149,11 @@ def nightly_tune_then_train() -> dict[str, Any]:
     ) | train_models_batch.si().set(queue=TRAINING_QUEUE)
     result = workflow.apply_async()
     return {"chain_id": result.id}
+
+
+@shared_task(name="app.tasks.daily_summary")
+def daily_summary() -> dict[str, Any]:
+    """After the close: the day in one Discord message."""
+    from app.services.summary_service import daily_summary as summarise
+
+    return summarise(services())

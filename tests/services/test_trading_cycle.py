@@ -208,3 +208,27 @@ def test_fills_and_halts_reach_discord(make_app: Callable[..., Flask], fake: Fak
         assert "Risk: daily_loss_halt" in titles
     finally:
         receiver.close()
+
+
+def test_daily_summary_reaches_discord(make_app: Callable[..., Flask], fake: FakeAlpaca) -> None:
+    from app.services.summary_service import daily_summary
+    from tests.services.test_notifier import Receiver
+
+    receiver = Receiver()
+    try:
+        app = make_app(
+            **PAPER,
+            ALPACA_BASE_URL=fake.base_url,
+            ALPACA_DATA_URL=fake.base_url,
+            WATCHLIST=WATCH,
+            DISCORD_WEBHOOK_URL=receiver.url,
+        )
+        trading(app, FixedSignals({"AAPL": 0.02})).run_cycle()
+        with app.app_context():
+            summary = daily_summary(services())
+            assert services().notifier.flush(10)
+        assert summary["positions"] == ["AAPL"]
+        assert receiver.received[-1]["embeds"][0]["title"].startswith("Daily summary")
+        assert "AAPL" in receiver.received[-1]["embeds"][0]["description"]
+    finally:
+        receiver.close()
