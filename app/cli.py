@@ -16,10 +16,9 @@ from app.container import services
 from app.domain import MarketData
 from app.errors import AppError
 from app.services import migrations
-from app.services.alpaca_service import AlpacaMarketData
 from app.services.bar_cache import CachedMarketData
 from app.services.market_data import CsvMarketData, rejection_counts
-from app.services.rate_limit import SlidingWindowLimiter
+from app.services.venue import alpaca_market_data
 
 
 def register_cli(app: Flask) -> None:
@@ -93,14 +92,7 @@ def data_download(symbols: str | None, start: datetime, end: datetime | None, ch
     settings = services().settings
     if not (settings.alpaca_api_key and settings.alpaca_api_secret):
         raise click.ClickException("ALPACA_API_KEY and ALPACA_API_SECRET are needed to download")
-    upstream = AlpacaMarketData(
-        settings.alpaca_api_key,
-        settings.alpaca_api_secret,
-        data_url=settings.alpaca_data_url,
-        feed=settings.alpaca_data_feed,
-        timeout=settings.alpaca_timeout_seconds,
-        limiter=SlidingWindowLimiter(redis_client=settings.redis_url),
-    )
+    upstream = alpaca_market_data(settings)
     _fill_cache(
         upstream, _symbols_option(symbols), start.date(), (end or datetime.now(UTC)).date(), chunk
     )

@@ -69,11 +69,28 @@ def _sim_venue(settings: Settings, db: Database) -> Venue:
     )
 
 
-def _alpaca_venue(settings: Settings, db: Database) -> Venue:
+def alpaca_market_data(
+    settings: Settings, limiter: SlidingWindowLimiter | None = None
+) -> AlpacaMarketData:
+    """Alpaca's market data client as configured; one limiter per account budget."""
     if not (settings.alpaca_api_key and settings.alpaca_api_secret):  # Settings enforces it
         raise ConfigError("ALPACA_API_KEY and ALPACA_API_SECRET are required")
+    return AlpacaMarketData(
+        settings.alpaca_api_key,
+        settings.alpaca_api_secret,
+        data_url=settings.alpaca_data_url,
+        feed=settings.alpaca_data_feed,
+        timeout=settings.alpaca_timeout_seconds,
+        limiter=limiter or SlidingWindowLimiter(redis_client=settings.redis_url),
+        retry=RetryPolicy(max_total_wait=settings.alpaca_retry_seconds),
+    )
+
+
+def _alpaca_venue(settings: Settings, db: Database) -> Venue:
     limiter = SlidingWindowLimiter(redis_client=settings.redis_url)
-    retry = RetryPolicy(max_total_wait=settings.alpaca_retry_seconds)
+    data = alpaca_market_data(settings, limiter)
+    assert settings.alpaca_api_key
+    assert settings.alpaca_api_secret
     broker = AlpacaBroker(
         settings.alpaca_api_key,
         settings.alpaca_api_secret,
@@ -81,16 +98,7 @@ def _alpaca_venue(settings: Settings, db: Database) -> Venue:
         base_url=settings.alpaca_base_url,
         timeout=settings.alpaca_timeout_seconds,
         limiter=limiter,
-        retry=retry,
-    )
-    data = AlpacaMarketData(
-        settings.alpaca_api_key,
-        settings.alpaca_api_secret,
-        data_url=settings.alpaca_data_url,
-        feed=settings.alpaca_data_feed,
-        timeout=settings.alpaca_timeout_seconds,
-        limiter=limiter,
-        retry=retry,
+        retry=RetryPolicy(max_total_wait=settings.alpaca_retry_seconds),
     )
     return Venue(
         name="alpaca-paper" if settings.alpaca_paper else "alpaca-live",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, date, datetime
+from typing import Any
 
 import pytest
 from flask import Flask
@@ -185,50 +186,44 @@ def test_orders_and_positions_opened_by_hand_are_reconciled(
         assert session.scalar(select(func.count()).select_from(RiskEvent)) == 2
 
 
-def test_fills_and_halts_reach_discord(make_app: Callable[..., Flask], fake: FakeAlpaca) -> None:
+@pytest.fixture
+def discord(make_app: Callable[..., Flask], fake: FakeAlpaca) -> Iterator[tuple[Flask, Any]]:
+    """A paper app whose alerts go to a loopback Discord webhook receiver."""
     from tests.services.test_notifier import Receiver
 
     receiver = Receiver()
-    try:
-        app = make_app(
-            **PAPER,
-            ALPACA_BASE_URL=fake.base_url,
-            ALPACA_DATA_URL=fake.base_url,
-            WATCHLIST=WATCH,
-            DISCORD_WEBHOOK_URL=receiver.url,
-        )
-        trading(app, FixedSignals({"AAPL": 0.02})).run_cycle()
-        fake.cash -= 3_000.0  # a -3 % day against the start-of-day equity
-        fake.set_clock(OPEN.replace(minute=20))
-        trading(app, FixedSignals({})).run_cycle()
-        with app.app_context():
-            assert services().notifier.flush(10)
-        titles = [r["embeds"][0]["title"] for r in receiver.received]
-        assert "Entry: buy AAPL" in titles
-        assert "Risk: daily_loss_halt" in titles
-    finally:
-        receiver.close()
+    app = make_app(
+        **PAPER,
+        ALPACA_BASE_URL=fake.base_url,
+        ALPACA_DATA_URL=fake.base_url,
+        WATCHLIST=WATCH,
+        DISCORD_WEBHOOK_URL=receiver.url,
+    )
+    yield app, receiver
+    receiver.close()
 
 
-def test_daily_summary_reaches_discord(make_app: Callable[..., Flask], fake: FakeAlpaca) -> None:
+def test_fills_and_halts_reach_discord(discord: tuple[Flask, Any], fake: FakeAlpaca) -> None:
+    app, receiver = discord
+    trading(app, FixedSignals({"AAPL": 0.02})).run_cycle()
+    fake.cash -= 3_000.0  # a -3 % day against the start-of-day equity
+    fake.set_clock(OPEN.replace(minute=20))
+    trading(app, FixedSignals({})).run_cycle()
+    with app.app_context():
+        assert services().notifier.flush(10)
+    titles = [r["embeds"][0]["title"] for r in receiver.received]
+    assert "Entry: buy AAPL" in titles
+    assert "Risk: daily_loss_halt" in titles
+
+
+def test_daily_summary_reaches_discord(discord: tuple[Flask, Any]) -> None:
     from app.services.summary_service import daily_summary
-    from tests.services.test_notifier import Receiver
 
-    receiver = Receiver()
-    try:
-        app = make_app(
-            **PAPER,
-            ALPACA_BASE_URL=fake.base_url,
-            ALPACA_DATA_URL=fake.base_url,
-            WATCHLIST=WATCH,
-            DISCORD_WEBHOOK_URL=receiver.url,
-        )
-        trading(app, FixedSignals({"AAPL": 0.02})).run_cycle()
-        with app.app_context():
-            summary = daily_summary(services())
-            assert services().notifier.flush(10)
-        assert summary["positions"] == ["AAPL"]
-        assert receiver.received[-1]["embeds"][0]["title"].startswith("Daily summary")
-        assert "AAPL" in receiver.received[-1]["embeds"][0]["description"]
-    finally:
-        receiver.close()
+    app, receiver = discord
+    trading(app, FixedSignals({"AAPL": 0.02})).run_cycle()
+    with app.app_context():
+        summary = daily_summary(services())
+        assert services().notifier.flush(10)
+    assert summary["positions"] == ["AAPL"]
+    assert receiver.received[-1]["embeds"][0]["title"].startswith("Daily summary")
+    assert "AAPL" in receiver.received[-1]["embeds"][0]["description"]
