@@ -48,7 +48,7 @@ def celery_settings(settings: Settings) -> dict[str, Any]:
         # kombu hands these to create_engine: wait on SQLite locks instead of failing.
         broker_options = {"connect_args": {"timeout": 30}}
     return {
-        "imports": ("app.tasks",),
+        "imports": ("app.tasks", "app.backtest_tasks"),
         "broker_url": settings.broker_url,
         "result_backend": settings.result_backend,
         "broker_transport_options": broker_options,

@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from app.ai_cli import register_ai_cli
 from app.api.market import parse_symbol
+from app.backtest_cli import backtest_command
 from app.container import services
 from app.domain import MarketData
 from app.errors import AppError
@@ -26,6 +27,7 @@ def register_cli(app: Flask) -> None:
     app.cli.add_command(create_user)
     app.cli.add_command(data_group)
     register_ai_cli(app)
+    app.cli.add_command(backtest_command)
 
 
 db_group = AppGroup("db", help="Database schema migrations (Alembic).")

@@ -11,6 +11,7 @@ from flask_jwt_extended import verify_jwt_in_request
 from app.api import (
     account,
     auth,
+    backtest,
     dashboard,
     health,
     history,
@@ -28,7 +29,19 @@ PUBLIC_ENDPOINTS = frozenset({"auth.login", "auth.refresh", "health.health", "pr
 
 
 def register_api(app: Flask) -> None:
-    blueprints = (auth, health, tasks, account, market, trading, training, risk, history, dashboard)
+    blueprints = (
+        auth,
+        health,
+        tasks,
+        account,
+        market,
+        trading,
+        training,
+        risk,
+        history,
+        dashboard,
+        backtest,
+    )
     for module in blueprints:
         api.register_blueprint(module.blp)
     app.before_request(_require_access_token)

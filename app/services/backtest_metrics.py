@@ -252,13 +252,12 @@ def compute_metrics(result: BacktestResult) -> dict[str, Any]:
                 performance["annualized_return"], figures["annualized_return"]
             ),
         }
-    reasons = Counter(t.exit_reason for t in result.trades)
     denied_rules = Counter(str(d["rule"]) for d in result.denied)
     return {
         "performance": performance,
         "benchmarks": benchmarks,
         "excess_return": excess,
-        "exit_reasons": dict(sorted(reasons.items())),
+        "exit_reasons": result.exit_reasons(),
         "denied_by_rule": dict(sorted(denied_rules.items())),
         "per_symbol": per_symbol_table(result.trades),
         "monthly_returns": monthly_returns(equity),

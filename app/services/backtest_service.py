@@ -232,6 +232,10 @@ class BacktestResult:
             [d.equity for d in self.days], index=pd.DatetimeIndex(self.sessions), name="equity"
         )
 
+    def exit_reasons(self) -> dict[str, int]:
+        """Trades by how they ended (stop_loss, take_profit, signal_sell, rebalance, open)."""
+        return dict(sorted(Counter(t.exit_reason for t in self.trades).items()))
+
     def params(self) -> dict[str, Any]:
         c = self.config
         return {

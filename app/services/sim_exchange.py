@@ -96,7 +96,8 @@ class SimExchange:
             return row.session_day
 
     def advance(self, from_session: date | None = None) -> date:
-        """Move to the next session; start-of-day equity is taken at the new session's prices.
+        """Move to the next session. The equity at this session's close becomes the next
+        session's start-of-day equity (Alpaca's last_equity), the base of the daily-loss rule.
 
         With `from_session`, only a replay still at that session moves: a cycle run twice for
         one session advances the replay once.
@@ -104,11 +105,11 @@ class SimExchange:
         with self._locked() as (_session, row):
             if from_session is not None and row.session_day != from_session:
                 return row.session_day
-            row.session_day = self._calendar.next_session(row.session_day)
             broker = self._broker(row)
             self._mark(broker)
             broker.start_day()
             row.book = broker.to_state()
+            row.session_day = self._calendar.next_session(row.session_day)
             return row.session_day
 
     def reset(self) -> None:

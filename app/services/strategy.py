@@ -14,6 +14,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 
+import numpy as np
+
 from app.config import Settings
 from app.domain import Account, BarFrame, Order, Position, RiskDecision, Side, Signal, SignalAction
 from app.services.risk_manager import (
@@ -185,7 +187,7 @@ def _rebalance(
         since = inputs.held_since.get(symbol)
         if since is None:
             return True
-        held = inputs.sessions_between.get(symbol, (inputs.session - since).days)
+        held = inputs.sessions_between.get(symbol, weekdays_between(since, inputs.session))
         return held >= config.min_holding_days
 
     eligible = [s for s in remaining if s not in busy and held_long_enough(s)]
@@ -224,6 +226,12 @@ def _entry(
         f"size {fraction:.2%} of equity" + (f" (daily vol {vol:.2%})" if vol is not None else "")
     )
     return ProposedOrder(symbol, Side.BUY, qty, price, reason)
+
+
+def weekdays_between(start: date, end: date) -> int:
+    """Trading days from `start` to `end`, counted as weekdays (holidays are rare enough that
+    the minimum holding period does not need the exchange calendar)."""
+    return int(np.busday_count(start, end))
 
 
 def daily_volatility(bars: BarFrame | None, lookback: int) -> float | None:

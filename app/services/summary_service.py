@@ -39,7 +39,7 @@ def daily_summary(svc: Services) -> dict[str, Any]:
         "orders": orders,
         "risk_state": state.state.value,
     }
-    held = ", ".join(summary["positions"]) or "none"
+    held = ", ".join(sorted(p.symbol for p in positions)) or "none"
     svc.notifier.notify(
         f"Daily summary {today}",
         f"Equity {account.equity:,.2f} (P&L {pnl:+,.2f}), cash {account.cash:,.2f}. "
