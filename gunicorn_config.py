@@ -3,6 +3,10 @@
 The app is loaded once in the master (preload_app) and each worker drops the inherited database
 pool after fork. Without Redis, one worker with threads keeps the login rate limit exact (its
 counters live in memory); with Redis, several workers share the counters and the blocklist.
+
+With PROMETHEUS_MULTIPROC_DIR set every worker writes its metrics there and /metrics, served by
+any worker, merges them; child_exit forgets a dead worker's live gauges. The directory must be
+emptied before the service starts (make run does; docker-compose mounts a tmpfs).
 """
 
 import os
@@ -21,12 +25,16 @@ errorlog = "-"
 
 
 def post_fork(server, worker):
+    """In the new worker: no inherited database connections; sample its CPU and memory."""
+    from app import metrics
     from app.extensions import db
 
     db.dispose()
+    metrics.start_process_sampler("api")
 
 
 def child_exit(server, worker):
+    """In the master, when a worker has gone: drop its live gauges (CPU, memory, in-flight)."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from prometheus_client import multiprocess
 

@@ -27,15 +27,11 @@ from prometheus_client import start_http_server
 
 from app import metrics
 from app.celery_config import celery_settings
-from app.config import Settings, TradingMode
-from app.errors import ConfigError
+from app.config import Settings, TradingMode, load_settings
 from app.extensions import db
 from app.logging_setup import app_handler, configure_logging
 
 log = logging.getLogger(__name__)
-
-#: Default port of the worker's metrics endpoint in docker-compose (prometheus.yml scrapes it).
-DEFAULT_METRICS_PORT = 9808
 
 
 def celery_init_app(app: Flask, settings: Settings) -> Celery:
@@ -84,28 +80,14 @@ def _keep_app_logging(loglevel: int | str | None = None, **_kwargs: Any) -> None
         logging.getLogger().setLevel(loglevel)
 
 
-def metrics_port() -> int | None:
-    """METRICS_PORT from the environment (unset or empty: no endpoint)."""
-    raw = os.environ.get("METRICS_PORT", "").strip()
-    if not raw:
-        return None
-    try:
-        port = int(raw)
-    except ValueError:
-        raise ConfigError(f"METRICS_PORT must be a port number, got {raw!r}") from None
-    if not 0 < port < 65536:
-        raise ConfigError(f"METRICS_PORT must be between 1 and 65535, got {port}")
-    return port
-
-
 @worker_ready.connect
 def _serve_worker_metrics(**_kwargs: Any) -> None:
     """The worker's /metrics: every pool child's files merged, served by the parent."""
     metrics.start_process_sampler("worker")
-    port = metrics_port()
+    settings = load_settings()
+    port, addr = settings.metrics_port, settings.metrics_addr
     if port is None:
         return
-    addr = os.environ.get("METRICS_ADDR", "0.0.0.0")  # noqa: S104 - a container's port
     try:
         start_http_server(port, addr=addr, registry=metrics.collector_registry())
     except OSError as exc:  # a busy port must not stop trading

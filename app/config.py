@@ -55,6 +55,10 @@ class Settings(BaseSettings):
     data_dir: Path | None = None
     models_dir: Path = BASE_DIR / "models"
     best_params_dir: Path = BASE_DIR / "best_params"
+    #: The Celery worker's own /metrics endpoint (docker: 9808); unset: none (make run's API
+    #: /metrics already merges the worker's metrics through PROMETHEUS_MULTIPROC_DIR).
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    metrics_addr: str = "0.0.0.0"  # noqa: S104 - the worker's port inside its container
     log_level: str = "INFO"
     log_json: bool = False
 

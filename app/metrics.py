@@ -589,6 +589,8 @@ def start_process_sampler(role: str, interval: float = 5.0) -> bool:
 
     Call it in each process that should appear (gunicorn worker, Celery parent and pool
     child); once per process, a forked child needs its own call. Returns whether it started.
+    Not in Celery's embedded beat: billiard closes the file descriptors it inherits, the
+    metric files' among them, so no metric can be written there.
     """
     global _sampler_pid
     if not multiprocess_dir() or _sampler_pid == os.getpid():
@@ -607,3 +609,20 @@ def start_process_sampler(role: str, interval: float = 5.0) -> bool:
 
     threading.Thread(target=loop, name=f"metrics-sampler-{role}", daemon=True).start()
     return True
+
+
+class _DefaultRegistryView:
+    """Makes the process's default registry (these metrics, process and GC collectors) part
+    of an app's /metrics registry when there is no multiprocess directory to merge from."""
+
+    def collect(self) -> Iterator[Any]:
+        yield from REGISTRY.collect()
+
+
+def app_registry() -> CollectorRegistry:
+    """The registry one Flask app's /metrics serves: its HTTP metrics, plus these metrics in
+    single-process mode (in multiprocess mode the exporter merges every process's files)."""
+    registry = CollectorRegistry(auto_describe=True)
+    if multiprocess_dir() is None:
+        registry.register(_DefaultRegistryView())  # type: ignore[arg-type]
+    return registry

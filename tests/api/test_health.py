@@ -40,3 +40,12 @@ def test_metrics_show_http_requests(client: FlaskClient) -> None:
     text = client.get("/metrics").get_data(as_text=True)
     assert "flask_http_request_duration_seconds_count" in text
     assert 'endpoint="health.health"' in text
+
+
+def test_metrics_include_trading_metrics_in_single_process_mode(client: FlaskClient) -> None:
+    from app import metrics
+
+    metrics.record_cycle("done", 0.5)
+    text = client.get("/metrics").get_data(as_text=True)
+    assert "alpha_cycles_total" in text
+    assert "process_resident_memory_bytes" in text or "python_gc_objects" in text
