@@ -31,7 +31,7 @@ QUICK = {"lightgbm": {"num_boost_round": 150}, "xgboost": {"num_boost_round": 15
 
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def paper_32(cycles: int, tmp: Path) -> None:

@@ -78,8 +78,8 @@ def main() -> None:
     print(
         f"median of {args.runs}: full training of 32 symbols x 5.5 years (pooled, 3+3 members, "
         f"{os.cpu_count()} cores) {med['train_seconds']:.1f} s wall, peak RSS "
-        f"{med['peak_rss_mb']:.0f} MB; prediction for 32 symbols p50 {med['predict_p50_ms']:.1f} ms,"
-        f" p95 {med['predict_p95_ms']:.1f} ms"
+        f"{med['peak_rss_mb']:.0f} MB; prediction for 32 symbols p50 "
+        f"{med['predict_p50_ms']:.1f} ms, p95 {med['predict_p95_ms']:.1f} ms"
     )
 
 
