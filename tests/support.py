@@ -143,6 +143,20 @@ class Process:
         return self.popen.returncode
 
 
+def migrate(env: Mapping[str, str]) -> str:
+    """`flask --app app db upgrade` as `make run` does it; returns its output."""
+    result = subprocess.run(
+        [str(BIN / "flask"), "--app", "app", "db", "upgrade"],
+        env=dict(env),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
 def service_env(**overrides: str) -> dict[str, str]:
     """The environment for a child process: this one's, minus settings a developer's shell
     or .env might carry, plus `overrides`."""

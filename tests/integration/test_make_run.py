@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
 
 import pytest
@@ -28,16 +27,8 @@ def test_make_run_stack_serves_and_stops_on_ctrl_c(tmp_path) -> None:
         PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
         SIM_CYCLE_SECONDS="2",  # the default is 20 s; the loop is the same
     )
-    migrate = subprocess.run(
-        [str(support.BIN / "flask"), "--app", "app", "db", "upgrade"],
-        env=env,
-        cwd=support.ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert migrate.returncode == 0, migrate.stderr
-    assert "created admin user 'admin'" in migrate.stdout
+    migrated = support.migrate(env)
+    assert "created admin user 'admin'" in migrated
 
     stack = support.Process(
         [str(support.BIN / "honcho"), "--procfile", "Procfile", "start"], env, tmp_path / "run.log"

@@ -14,7 +14,6 @@ import json
 import math
 import os
 import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -132,15 +131,7 @@ def observed_stack(
         SIM_AUTO_TRAIN="true",  # the worker trains a model at start, then cycles trade
         LOG_LEVEL="INFO",
     )
-    migrate = subprocess.run(
-        [str(support.BIN / "flask"), "--app", "app", "db", "upgrade"],
-        env=env,
-        cwd=support.ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert migrate.returncode == 0, migrate.stderr
+    support.migrate(env)
 
     def metrics_env(folder: str, **extra: str) -> dict[str, str]:
         path = tmp / folder

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -40,15 +39,7 @@ def test_halt_survives_restart_of_every_process(tmp_path: Path) -> None:
         PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "metrics"),
         SIM_CYCLE_SECONDS="2",
     )
-    migrate = subprocess.run(
-        [str(support.BIN / "flask"), "--app", "app", "db", "upgrade"],
-        env=env,
-        cwd=support.ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert migrate.returncode == 0, migrate.stderr
+    support.migrate(env)
     base = f"http://127.0.0.1:{port}"
 
     def login() -> dict[str, str]:

@@ -36,7 +36,7 @@ def broker(fake: FakeAlpaca) -> Iterator[AlpacaBroker]:
         "key",
         "secret",
         base_url=fake.base_url,
-        timeout=0.5,
+        timeout=2.0,  # the hang faults sleep 5 s; a loaded machine still answers in time
         retry=FAST,
         limiter=SlidingWindowLimiter(100_000, 60.0),
     )
