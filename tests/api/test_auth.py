@@ -8,7 +8,6 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
-from app.container import services
 from app.extensions import db
 from app.orm import User
 from tests.conftest import Auth
@@ -114,7 +113,6 @@ def test_configured_admin_password_replaces_the_demo_one(make_app: Callable[...,
     assert ok.status_code == 200
     demo = client.post("/api/auth/login", json={"username": "boss", "password": "password"})
     assert demo.status_code == 401
-    assert services  # the container is importable from tests for direct service access
 
 
 def test_login_is_rate_limited(make_app: Callable[..., Flask]) -> None:
