@@ -176,24 +176,35 @@ class Member(Protocol):
     def predict(self, X: FloatArray) -> FloatArray: ...
 
 
-class LightGBMMember:
-    """LightGBM booster on a seeded row subsample; early stopping on validation when given."""
+class _BoostedMember:
+    """What both members share: library defaults overlaid with `params`, boosting rounds and
+    early stopping taken out of the library params, threads capped, a seeded subsample."""
 
-    kind: ClassVar[str] = "lightgbm"
+    defaults: ClassVar[Mapping[str, Any]]
+    threads_key: ClassVar[str]
 
     def __init__(
         self, params: Mapping[str, Any] | None = None, seed: int = 0, subsample: float = 0.8
     ) -> None:
-        merged = {**DEFAULT_LGBM_PARAMS, **dict(params or {})}
+        merged = {**self.defaults, **dict(params or {})}
         self.num_boost_round = int(merged.pop("num_boost_round"))
         self.early_stopping_rounds = int(merged.pop("early_stopping_rounds"))
-        merged["num_threads"] = min(int(merged.get("num_threads", MAX_THREADS)), MAX_THREADS)
+        key = self.threads_key
+        merged[key] = min(int(merged.get(key, MAX_THREADS)), MAX_THREADS)
         merged["seed"] = seed
         self.params = merged
         self.seed = seed
         self.subsample = subsample
-        self.booster: lgb.Booster | None = None
         self.best_iteration = 0
+
+
+class LightGBMMember(_BoostedMember):
+    """LightGBM booster on a seeded row subsample; early stopping on validation when given."""
+
+    kind: ClassVar[str] = "lightgbm"
+    defaults = DEFAULT_LGBM_PARAMS
+    threads_key = "num_threads"
+    booster: lgb.Booster | None = None
 
     def fit(
         self,
@@ -236,24 +247,13 @@ class LightGBMMember:
         self.best_iteration = self.booster.current_iteration()
 
 
-class XGBoostMember:
+class XGBoostMember(_BoostedMember):
     """XGBoost booster (hist) on a seeded row subsample; early stopping on validation."""
 
     kind: ClassVar[str] = "xgboost"
-
-    def __init__(
-        self, params: Mapping[str, Any] | None = None, seed: int = 0, subsample: float = 0.8
-    ) -> None:
-        merged = {**DEFAULT_XGB_PARAMS, **dict(params or {})}
-        self.num_boost_round = int(merged.pop("num_boost_round"))
-        self.early_stopping_rounds = int(merged.pop("early_stopping_rounds"))
-        merged["nthread"] = min(int(merged.get("nthread", MAX_THREADS)), MAX_THREADS)
-        merged["seed"] = seed
-        self.params = merged
-        self.seed = seed
-        self.subsample = subsample
-        self.booster: xgb.Booster | None = None
-        self.best_iteration = 0
+    defaults = DEFAULT_XGB_PARAMS
+    threads_key = "nthread"
+    booster: xgb.Booster | None = None
 
     def fit(
         self,
