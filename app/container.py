@@ -17,7 +17,7 @@ from app.services.database_service import Database
 from app.services.notifier import Notifier
 from app.services.response_cache import ResponseCache
 from app.services.signal_service import ModelSignalSource
-from app.services.trading_service import TradingService
+from app.services.trading_service import SignalSource, TradingService
 from app.services.venue import Venue
 
 EXTENSION_KEY = "alpha_trader"
@@ -37,9 +37,12 @@ class Services:
     models: ModelStore
     cycle_lock: CycleLock
 
-    def trading(self) -> TradingService:
-        """A trading service over this app's venue, model store and alerts."""
-        source = ModelSignalSource(self.models, self.settings, self.settings.model_max_age_days)
+    def trading(self, signal_source: SignalSource | None = None) -> TradingService:
+        """A trading service over this app's venue and alerts; signals from the current model
+        unless another source is given."""
+        source = signal_source or ModelSignalSource(
+            self.models, self.settings, self.settings.model_max_age_days
+        )
         return TradingService(
             settings=self.settings,
             db=self.db,

@@ -56,15 +56,7 @@ def paper_app(make_app: Callable[..., Flask], fake: FakeAlpaca) -> Flask:
 
 def trading(app: Flask, source: FixedSignals) -> TradingService:
     with app.app_context():
-        svc = services()
-        return TradingService(
-            settings=svc.settings,
-            db=svc.db,
-            venue=svc.venue,
-            signal_source=source,
-            notifier=svc.notifier,
-            lock=svc.cycle_lock,
-        )
+        return services().trading(source)
 
 
 def order_rows() -> list[OrderRecord]:
