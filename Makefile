@@ -29,10 +29,11 @@ migrate: install
 	mkdir -p database logs
 	$(BIN)/flask --app app db upgrade
 
-run: export PROMETHEUS_MULTIPROC_DIR := $(METRICS_DIR)
+# The metrics folder is set in the recipe, not as a target-specific variable: make would pass
+# that to the `migrate` prerequisite too, whose `flask db upgrade` runs before the folder exists.
 run: migrate
 	rm -rf "$(METRICS_DIR)" && mkdir -p "$(METRICS_DIR)"
-	$(BIN)/honcho --procfile Procfile start
+	PROMETHEUS_MULTIPROC_DIR="$(METRICS_DIR)" $(BIN)/honcho --procfile Procfile start
 
 test: install-dev
 	$(BIN)/python -m pytest
@@ -41,4 +42,4 @@ lint: install-dev
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy app
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache "$(METRICS_DIR)"
