@@ -65,8 +65,14 @@ def celery_init_app(app: Flask, settings: Settings) -> Celery:
 
 @worker_process_init.connect
 def _dispose_pool_after_fork(**_kwargs: Any) -> None:
-    """Prefork children must not share the parent's database connections."""
+    """Prefork children must not share the parent's database connections.
+
+    Each child also leaves the worker's process group: a process manager (honcho, a terminal's
+    Ctrl-C) signals the whole group, and a child killed while it holds the pool's queue lock
+    left the parent waiting for that lock forever. The parent alone stops its children: a
+    running task finishes, or is left for reconciliation when the parent is killed."""
     db.dispose()
+    os.setpgid(0, 0)
     metrics.start_process_sampler("worker-pool")
 
 

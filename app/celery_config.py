@@ -11,6 +11,7 @@ from kombu.entity import Queue
 from app.config import Settings, TradingMode
 
 TRAINING_QUEUE = "training"
+EMBEDDED_TRANSPORT = "app.celery_broker:Transport"
 
 
 def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
@@ -50,6 +51,7 @@ def celery_settings(settings: Settings) -> dict[str, Any]:
     return {
         "imports": ("app.tasks", "app.backtest_tasks"),
         "broker_url": settings.broker_url,
+        "broker_transport": EMBEDDED_TRANSPORT if settings.uses_embedded_broker else None,
         "result_backend": settings.result_backend,
         "broker_transport_options": broker_options,
         "broker_connection_retry_on_startup": True,

@@ -257,12 +257,12 @@ class Settings(BaseSettings):
 
     @property
     def broker_url(self) -> str:
-        """Redis when configured; otherwise kombu's SQLAlchemy transport over SQLite."""
+        """Redis when configured; otherwise SQLite through `app.celery_broker.Transport`."""
         if self.celery_broker_url:
             return self.celery_broker_url
         if self.redis_url:
             return self.redis_url
-        return f"sqla+sqlite:///{self.database_dir / 'celery-broker.sqlite'}"
+        return f"sqlite:///{self.database_dir / 'celery-broker.sqlite'}"
 
     @property
     def result_backend(self) -> str:

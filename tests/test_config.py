@@ -35,7 +35,7 @@ def test_seed_defaults() -> None:
     assert s.watchlist == tuple(DEFAULT_WATCHLIST.split(","))
     assert len(s.watchlist) == 32
     assert s.sql_url.startswith("sqlite:///")
-    assert s.broker_url.startswith("sqla+sqlite:///")
+    assert s.broker_url.startswith("sqlite:///")
 
 
 def test_environment_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
