@@ -25,16 +25,16 @@ class Transport(sqlalchemy.Transport):  # type: ignore[misc]
 
     polling_interval = 0.2
 
-    def drain_events(self, connection: Any, timeout: float | None = None) -> Any:
+    def drain_events(self, connection: Any, timeout: float | None = None) -> Any:  # type: ignore[override]
         deadline = None if timeout is None else monotonic() + timeout
-        while True:
-            if _shutting_down():
-                raise TimeoutError()
+        while not _shutting_down():
             step = self.polling_interval
             if deadline is not None:
-                step = min(step, max(deadline - monotonic(), 0.0))
+                step = min(step, deadline - monotonic())
+                if step <= 0:
+                    break
             try:
-                return super().drain_events(connection, timeout=step or None)
+                return super().drain_events(connection, timeout=step)  # type: ignore[no-untyped-call]
             except TimeoutError:
-                if deadline is not None and monotonic() >= deadline:
-                    raise
+                continue
+        raise TimeoutError()
