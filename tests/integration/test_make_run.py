@@ -1,11 +1,16 @@
-"""What `make run` starts: migrations, then honcho running gunicorn and a Celery worker with
-embedded beat on the embedded (SQLite) broker; Ctrl-C stops them all."""
+"""The README's `make run`, run literally in a fresh clone of the committed HEAD, as a new user
+would: no .venv, nothing under logs/, no database. It must serve, trade in sim, and stop on
+Ctrl-C with every process gone and none SIGKILLed; then start again, and again after
+`make clean`. Replaying the steps by hand here once hid a crash every new user met."""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
+import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -15,85 +20,187 @@ from tests import support
 pytestmark = pytest.mark.integration
 
 
-def test_make_run_stack_serves_and_stops_on_ctrl_c(tmp_path) -> None:
-    port = support.free_port()
-    metrics_dir = tmp_path / "metrics"
-    metrics_dir.mkdir()
-    env = support.service_env(
-        DATABASE_DIR=str(tmp_path),
-        MODELS_DIR=str(tmp_path / "models"),
-        BEST_PARAMS_DIR=str(tmp_path / "best_params"),
-        PORT=str(port),
-        PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
-        SIM_CYCLE_SECONDS="2",  # the default is 20 s; the loop is the same
+def readme_command(name: str) -> list[str]:
+    """The README's set-up command that starts with `name`, split as a shell would."""
+    readme = (support.ROOT / "README.md").read_text()
+    block = readme.split("## Set up", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    for line in block.splitlines():
+        command = line.split("#", 1)[0].strip()
+        if command.startswith(name):
+            return command.split()
+    raise AssertionError(f"the README's set-up block has no `{name}`")
+
+
+def user_env(port: int) -> dict[str, str]:
+    """A new user's shell: none of this test run's virtualenv or settings, only a free port and
+    a quick sim cycle (the default is 20 s; the loop is the same)."""
+    from app.config import Settings
+
+    keys = {name.upper() for name in Settings.model_fields}
+    drop = keys | {"PYTHONPATH", "VIRTUAL_ENV", "PROMETHEUS_MULTIPROC_DIR", "MAKEFLAGS"}
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    env["PATH"] = os.pathsep.join(
+        p for p in env.get("PATH", "").split(os.pathsep) if Path(p) != support.BIN
     )
-    migrated = support.migrate(env)
-    assert "created admin user 'admin'" in migrated
+    env.update(PORT=str(port), SIM_CYCLE_SECONDS="2")
+    return env
 
-    stack = support.Process(
-        [str(support.BIN / "honcho"), "--procfile", "Procfile", "start"], env, tmp_path / "run.log"
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        support.wait_until(lambda: support.http_ok(f"{base}/health"), 90, "the API")
-        health = requests.get(f"{base}/health", timeout=5).json()
-        assert health["checks"] == {"database": "ok", "celery_broker": "ok"}
 
-        login = requests.post(
-            f"{base}/api/auth/login", json={"username": "admin", "password": "password"}, timeout=5
-        )
-        assert login.status_code == 200
-        headers = {"Authorization": f"Bearer {login.json()['access_token']}"}
-        assert (
-            requests.get(f"{base}/api/openapi.json", headers=headers, timeout=5).status_code == 200
-        )
-        assert requests.get(f"{base}/api/openapi.json", timeout=5).status_code == 401
-
-        metrics = requests.get(f"{base}/metrics", timeout=5).text
-        assert "flask_http_request_duration_seconds_count" in metrics
-
-        task_id = requests.post(f"{base}/api/tasks/ping", headers=headers, timeout=5).json()[
-            "task_id"
-        ]
-        deadline = time.monotonic() + 90
-        state = None
-        while time.monotonic() < deadline:
-            body = requests.get(f"{base}/api/tasks/{task_id}", headers=headers, timeout=5).json()
-            state = body["state"]
-            if state in {"SUCCESS", "FAILURE"}:
-                break
-            time.sleep(0.5)
-        assert state == "SUCCESS", stack.output()[-3000:]
-        assert body["result"]["pong"] is True
-        assert "beat: Starting" in stack.output()
-
-        # The whole loop offline: a model is trained at start, then every cycle replays a
-        # session: orders placed, positions held, risk events, a changing dashboard.
-        first = requests.get(f"{base}/api/dashboard/all_data", headers=headers, timeout=10).json()
-        deadline = time.monotonic() + 240
-        seen: dict[str, object] = {}
-        while time.monotonic() < deadline:
-            board = requests.get(f"{base}/api/dashboard/all_data", headers=headers, timeout=10)
-            seen = board.json()
-            orders = requests.get(f"{base}/api/orders", headers=headers, timeout=10).json()
-            if seen["positions"] and seen["risk"]["recent_events"] and orders["total"]:
-                break
-            time.sleep(2)
-        assert seen["positions"], stack.output()[-3000:]
-        assert seen["risk"]["recent_events"]
-        assert orders["total"] > 0
-        assert seen["as_of"] > first["as_of"]
-        assert seen["account"]["equity"] != first["account"]["equity"]
-        assert seen["model"]["version"]
-    finally:
-        pgid = stack.popen.pid
-        os.killpg(pgid, signal.SIGINT)  # what Ctrl-C in the terminal sends
+def session_pids(sid: int) -> set[int]:
+    """Every live process of a session: honcho's children start sessions of their own
+    (setsid), Celery's pool children leave their group; all stay descendants of make's session
+    or of those, so the whole tree is followed through parent ids."""
+    parents: dict[int, int] = {}
+    sessions: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
         try:
-            stack.popen.wait(40)
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if fields[0] == "Z":
+            continue
+        parents[int(entry.name)] = int(fields[1])
+        sessions[int(entry.name)] = int(fields[3])
+    tree = {pid for pid, s in sessions.items() if s == sid}
+    grew = True
+    while grew:
+        more = {pid for pid, ppid in parents.items() if ppid in tree} - tree
+        tree |= more
+        grew = bool(more)
+    return tree
+
+
+class MakeRun:
+    """`make run` in its own session, like a terminal's foreground job."""
+
+    def __init__(self, clone: Path, env: dict[str, str], log: Path) -> None:
+        self.log = log
+        self._file = log.open("ab")
+        self.popen = subprocess.Popen(
+            readme_command("make run"),
+            cwd=clone,
+            env=env,
+            stdout=self._file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def output(self) -> str:
+        self._file.flush()
+        return self.log.read_text(errors="replace")
+
+    def ctrl_c(self) -> None:
+        """What Ctrl-C does: SIGINT to the foreground process group; then everything must go."""
+        tree = session_pids(self.popen.pid)
+        assert len(tree) >= 5, "make, honcho, gunicorn and the Celery worker were running"
+        os.killpg(self.popen.pid, signal.SIGINT)
+        try:
+            self.popen.wait(30)
         finally:
-            stack.stop()
-    output = stack.output()
-    assert stack.popen.returncode is not None
-    with pytest.raises(ProcessLookupError):
-        os.killpg(pgid, 0)  # nothing of the group is left running
-    assert "Traceback" not in output, output[-3000:]
+            if self.popen.poll() is None:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+            self._file.close()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and (_alive(tree) or session_pids(self.popen.pid)):
+            time.sleep(0.2)
+        left = _alive(tree) | session_pids(self.popen.pid)
+        assert not left, f"still running after Ctrl-C: {sorted(left)}"
+        output = self.output()
+        assert "SIGINT received" in output
+        assert "SIGKILL" not in output, output[-3000:]
+        assert "Traceback" not in output, output[-3000:]
+
+
+def _alive(pids: set[int]) -> set[int]:
+    alive = set()
+    for pid in pids:
+        try:
+            state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            alive.add(pid)
+    return alive
+
+
+def login(base: str) -> dict[str, str]:
+    answer = requests.post(
+        f"{base}/api/auth/login", json={"username": "admin", "password": "password"}, timeout=10
+    )
+    assert answer.status_code == 200, answer.text
+    return {"Authorization": f"Bearer {answer.json()['access_token']}"}
+
+
+def start(clone: Path, env: dict[str, str], log: Path, base: str, timeout: float) -> MakeRun:
+    stack = MakeRun(clone, env, log)
+    try:
+        support.wait_until(lambda: support.http_ok(f"{base}/health"), timeout, "the API")
+    except AssertionError:
+        os.killpg(stack.popen.pid, signal.SIGKILL)
+        raise AssertionError(stack.output()[-5000:]) from None
+    health = requests.get(f"{base}/health", timeout=5).json()
+    assert health["checks"] == {"database": "ok", "celery_broker": "ok"}
+    return stack
+
+
+def assert_trades(base: str, headers: dict[str, str], stack: MakeRun) -> None:
+    """The whole loop offline: a model trained at start, then every cycle replays a session."""
+    task_id = requests.post(f"{base}/api/tasks/ping", headers=headers, timeout=5).json()["task_id"]
+    body: dict[str, object] = {}
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        body = requests.get(f"{base}/api/tasks/{task_id}", headers=headers, timeout=5).json()
+        if body["state"] in {"SUCCESS", "FAILURE"}:
+            break
+        time.sleep(0.5)
+    assert body.get("state") == "SUCCESS", stack.output()[-3000:]
+    assert requests.get(f"{base}/api/openapi.json", headers=headers, timeout=5).status_code == 200
+    assert requests.get(f"{base}/api/openapi.json", timeout=5).status_code == 401
+    assert "flask_http_request_duration_seconds_count" in requests.get(f"{base}/metrics").text
+
+    first = requests.get(f"{base}/api/dashboard/all_data", headers=headers, timeout=10).json()
+    seen: dict[str, object] = {}
+    orders: dict[str, object] = {}
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        seen = requests.get(f"{base}/api/dashboard/all_data", headers=headers, timeout=10).json()
+        orders = requests.get(f"{base}/api/orders", headers=headers, timeout=10).json()
+        if seen["positions"] and seen["risk"]["recent_events"] and orders["total"]:  # type: ignore[index]
+            break
+        time.sleep(2)
+    assert seen["positions"], stack.output()[-3000:]
+    assert orders["total"]
+    assert seen["as_of"] > first["as_of"]  # type: ignore[operator]
+    assert seen["model"]["version"]  # type: ignore[index]
+    assert "beat: Starting" in stack.output()
+
+
+def test_readme_make_run_in_a_fresh_clone(tmp_path: Path) -> None:
+    clone = tmp_path / "alpha"
+    subprocess.run(["git", "clone", "--quiet", str(support.ROOT), str(clone)], check=True)
+    assert not (clone / ".venv").exists()
+    assert {p.name for p in (clone / "logs").iterdir()} <= {".gitkeep"}
+    port = support.free_port()
+    env = user_env(port)
+    base = f"http://127.0.0.1:{port}"
+
+    # First start: creates .venv, installs, migrates (creating the admin user), serves, trades.
+    stack = start(clone, env, tmp_path / "first.log", base, timeout=900)
+    assert_trades(base, login(base), stack)
+    stack.ctrl_c()
+    assert re.search(r"created admin user 'admin'", stack.output())
+
+    # Second start: everything is already there.
+    stack = start(clone, env, tmp_path / "second.log", base, timeout=180)
+    login(base)
+    stack.ctrl_c()
+
+    # After `make clean`: the virtualenv is rebuilt.
+    subprocess.run(["make", "clean"], cwd=clone, env=env, check=True, capture_output=True)
+    assert not (clone / ".venv").exists()
+    stack = start(clone, env, tmp_path / "after-clean.log", base, timeout=900)
+    login(base)
+    stack.ctrl_c()
