@@ -89,7 +89,8 @@ class MakeRun:
         )
 
     def output(self) -> str:
-        self._file.flush()
+        if not self._file.closed:
+            self._file.flush()
         return self.log.read_text(errors="replace")
 
     def ctrl_c(self) -> None:
@@ -159,7 +160,7 @@ def assert_trades(base: str, headers: dict[str, str], stack: MakeRun) -> None:
     assert body.get("state") == "SUCCESS", stack.output()[-3000:]
     assert requests.get(f"{base}/api/openapi.json", headers=headers, timeout=5).status_code == 200
     assert requests.get(f"{base}/api/openapi.json", timeout=5).status_code == 401
-    assert "flask_http_request_duration_seconds_count" in requests.get(f"{base}/metrics").text
+    assert "flask_http_request_duration_seconds_count" in requests.get(f"{base}/metrics", timeout=5).text
 
     first = requests.get(f"{base}/api/dashboard/all_data", headers=headers, timeout=10).json()
     seen: dict[str, object] = {}
