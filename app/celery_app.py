@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from typing import Any
 
 from celery import Celery, Task
+from celery.apps.worker import Worker as CommandLineWorker
 from celery.signals import (
     setup_logging,
     task_failure,
@@ -108,8 +110,18 @@ def _pool_child_exit(pid: int | None = None, **_kwargs: Any) -> None:
 
 
 @worker_shutdown.connect
-def _worker_exit(**_kwargs: Any) -> None:
+def _worker_exit(sender: Any = None, **_kwargs: Any) -> None:
+    """Mark the metrics dead, then end a command-line worker at once.
+
+    By now the shutdown is complete (tasks finished, pool joined, beat stopped), but billiard's
+    exit-time finalizers still join pool threads that each sleep up to a second: a stop took
+    5-6 s, past honcho's 5 s grace, and Ctrl-C on `make run` ended in SIGKILL."""
     metrics.mark_process_dead(os.getpid())
+    if isinstance(sender, CommandLineWorker):
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(sender.exitcode or 0)
 
 
 def _task_name(sender: Any, task: Any = None) -> str:

@@ -160,7 +160,8 @@ def assert_trades(base: str, headers: dict[str, str], stack: MakeRun) -> None:
     assert body.get("state") == "SUCCESS", stack.output()[-3000:]
     assert requests.get(f"{base}/api/openapi.json", headers=headers, timeout=5).status_code == 200
     assert requests.get(f"{base}/api/openapi.json", timeout=5).status_code == 401
-    assert "flask_http_request_duration_seconds_count" in requests.get(f"{base}/metrics", timeout=5).text
+    metrics = requests.get(f"{base}/metrics", timeout=5).text
+    assert "flask_http_request_duration_seconds_count" in metrics
 
     first = requests.get(f"{base}/api/dashboard/all_data", headers=headers, timeout=10).json()
     seen: dict[str, object] = {}
@@ -179,6 +180,7 @@ def assert_trades(base: str, headers: dict[str, str], stack: MakeRun) -> None:
     assert "beat: Starting" in stack.output()
 
 
+@pytest.mark.timeout(2400)  # two installs into a new .venv (about 80 s each here, more on CI)
 def test_readme_make_run_in_a_fresh_clone(tmp_path: Path) -> None:
     clone = tmp_path / "alpha"
     subprocess.run(["git", "clone", "--quiet", str(support.ROOT), str(clone)], check=True)
