@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 from typing import Any
 
 from celery import Celery, Task
@@ -23,6 +24,7 @@ from celery.signals import (
     worker_process_shutdown,
     worker_ready,
     worker_shutdown,
+    worker_shutting_down,
 )
 from flask import Flask
 from prometheus_client import start_http_server
@@ -107,6 +109,24 @@ def _serve_worker_metrics(**_kwargs: Any) -> None:
 @worker_process_shutdown.connect
 def _pool_child_exit(pid: int | None = None, **_kwargs: Any) -> None:
     metrics.mark_process_dead(pid or os.getpid())
+
+
+@worker_shutting_down.connect
+def _bound_warm_shutdown(**_kwargs: Any) -> None:
+    """A warm shutdown waits for running tasks; a training run would outlast any process
+    manager's grace and end in SIGKILL. Past WORKER_SHUTDOWN_GRACE_SECONDS the worker leaves:
+    its pool children die with it (PDEATHSIG), late-acked tasks are redelivered, and a trading
+    cycle cut short is reconciled by the next one, as after a crash."""
+    grace = load_settings().worker_shutdown_grace_seconds
+
+    def leave() -> None:
+        log.warning("tasks still running %.1fs after the stop request: leaving them", grace)
+        logging.shutdown()
+        os._exit(1)
+
+    timer = threading.Timer(grace, leave)
+    timer.daemon = True
+    timer.start()
 
 
 @worker_shutdown.connect

@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     #: The Celery worker's own /metrics endpoint (docker: 9808); unset: none (make run's API
     #: /metrics already merges the worker's metrics through PROMETHEUS_MULTIPROC_DIR).
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    #: How long a stopping worker waits for running tasks before it leaves them (redelivered
+    #: or reconciled later): below honcho's 5 s grace, so Ctrl-C never ends in SIGKILL.
+    worker_shutdown_grace_seconds: float = Field(default=4.0, gt=0)
     metrics_addr: str = "0.0.0.0"  # noqa: S104 - the worker's port inside its container
     log_level: str = "INFO"
     log_json: bool = False
