@@ -93,11 +93,14 @@ class OrderService:
             self._update(client_order_id, order)
         return order
 
-    def reconcile_open_orders(self, *, stale_after_seconds: float = 120.0) -> list[str]:
+    def reconcile_open_orders(
+        self, *, stale_after_seconds: float = 120.0, now: datetime | None = None
+    ) -> list[str]:
         """Resolve every row still open in the database; returns the ids that changed.
 
-        A PENDING row the broker has never heard of, older than `stale_after_seconds`, was
-        never received (the process died before or while sending): it is closed as REJECTED.
+        A PENDING row the broker has never heard of, older than `stale_after_seconds` at `now`
+        (default: the current time), was never received (the process died before or while
+        sending): it is closed as REJECTED. A younger one may still be in flight: left alone.
         """
         with self._db.session() as session:
             rows = session.execute(
@@ -106,7 +109,7 @@ class OrderService:
                 ).where(OrderRecord.status.in_(OPEN_STATUSES))
             ).all()
         changed = []
-        now = datetime.now(UTC)
+        now = now or datetime.now(UTC)
         for cid, status, created_at in rows:
             order = self._broker.get_order_by_client_id(cid)
             if order is not None:

@@ -17,10 +17,12 @@ from celery import Celery
 from sqlalchemy import delete, select
 
 from app import create_app
+from app.container import EXTENSION_KEY, Services
 from app.extensions import db
 from app.orm import Base, OrderRecord
 from app.services.ai_service import ModelStore, train
 from app.services.market_data import CsvMarketData
+from app.services.order_service import OrderService
 from tests import support
 from tests.api.test_market_api import PAPER
 from tests.fakes.fake_alpaca import FakeAlpaca
@@ -29,6 +31,7 @@ pytestmark = pytest.mark.integration
 
 WATCH = ["AAPL", "MSFT", "KO", "PEP", "XOM", "JPM", "WMT", "INTC", "CSCO", "PFE", "SPY"]
 START = datetime(2021, 11, 29, 15, 0, tzinfo=UTC)
+STALE_AFTER_SECONDS = 120.0  # the cycle's "never reached the broker" window
 
 
 @pytest.fixture(scope="module")
@@ -101,18 +104,33 @@ def wait_ready(celery: Celery, timeout: float = 60) -> None:
     support.wait_until(lambda: bool(celery.control.ping(timeout=0.5)), timeout, "a worker")
 
 
-def assert_database_equals_book(fake: FakeAlpaca) -> int:
-    with db.session() as session:
-        rows = session.scalars(select(OrderRecord)).all()
+def assert_database_equals_book(fake: FakeAlpaca, services: Services | None = None) -> int:
+    """What must hold at any timing: no client order id twice at the broker; every broker
+    order has its row, with the broker's status; a row the broker never received is PENDING
+    only while it may still be in flight, and a reconciliation after its window closes it.
+    With `services`, that later reconciliation runs (its clock moved past the window)."""
     booked = Counter(o.client_order_id for o in fake.orders.values())
     duplicates = {cid: n for cid, n in booked.items() if n > 1}
     assert duplicates == {}
     by_cid = {o.client_order_id: o for o in fake.orders.values()}
+    with db.session() as session:
+        rows = session.scalars(select(OrderRecord)).all()
     assert set(by_cid) <= {r.client_order_id for r in rows}
+    unsent = [r for r in rows if r.client_order_id not in by_cid]
+    assert {r.status for r in unsent} <= {"rejected", "pending"}
+    if services is not None and any(r.status == "pending" for r in unsent):
+        latest = max(r.created_at.replace(tzinfo=r.created_at.tzinfo or UTC) for r in unsent)
+        later = latest + timedelta(seconds=STALE_AFTER_SECONDS + 1)
+        OrderService(services.db, services.venue.broker).reconcile_open_orders(
+            stale_after_seconds=STALE_AFTER_SECONDS, now=later
+        )
+        with db.session() as session:
+            rows = session.scalars(select(OrderRecord)).all()
     for row in rows:
         order = by_cid.get(row.client_order_id)
         if order is None:
-            assert row.status == "rejected", (row.client_order_id, row.status)
+            if services is not None:
+                assert row.status == "rejected", (row.client_order_id, row.status)
         else:
             assert (row.status, row.filled_qty) == (order.status, pytest.approx(order.filled_qty))
     return len(rows)
@@ -136,7 +154,8 @@ def test_twenty_concurrent_runs_give_one_order_each(stack: dict[str, Any]) -> No
     keys = Counter((o.symbol, o.side) for o in fake.orders.values())
     assert keys, "the model's signals produced orders"
     assert max(keys.values()) == 1  # one order per (symbol, side) in this cycle
-    assert assert_database_equals_book(fake) == len(fake.orders)
+    services = stack["app"].extensions[EXTENSION_KEY]
+    assert assert_database_equals_book(fake, services) == len(fake.orders)
 
 
 def test_kill_minus_nine_mid_cycle_leaves_no_duplicate(stack: dict[str, Any]) -> None:
@@ -167,6 +186,7 @@ def test_kill_minus_nine_mid_cycle_leaves_no_duplicate(stack: dict[str, Any]) ->
     finally:
         worker.stop()
     assert outcome["status"] == "done"
-    assert assert_database_equals_book(fake) >= len(fake.orders)
+    services = stack["app"].extensions[EXTENSION_KEY]
+    assert assert_database_equals_book(fake, services) >= len(fake.orders)
     slots = {o.client_order_id.split("-")[2] for o in fake.orders.values()}
     assert len(slots) >= 5, "kills landed mid-cycle with orders already sent in several cycles"

@@ -162,3 +162,32 @@ def test_order_opened_by_hand_is_recorded(
     broker.submit_market_order(request)  # stays open: the market is closed
     orders.sync(request.client_order_id)
     assert_database_equals_book(fake)
+
+
+def test_pending_row_unknown_to_the_broker_is_closed_only_after_its_window(
+    orders: OrderService,
+) -> None:
+    """A row written PENDING by a process killed before it sent: left alone while it may still
+    be in flight, closed as REJECTED by the first reconciliation after its window."""
+    request = buy()
+    with db.session() as session:
+        session.add(
+            OrderRecord(
+                client_order_id=request.client_order_id,
+                symbol="AAPL",
+                side="buy",
+                qty=5,
+                status="pending",
+                created_at=datetime(2021, 12, 30, 15, 0, tzinfo=UTC),
+            )
+        )
+    inside = datetime(2021, 12, 30, 15, 1, 59, tzinfo=UTC)
+    assert orders.reconcile_open_orders(stale_after_seconds=120, now=inside) == []
+    with db.session() as session:
+        assert session.scalar(select(OrderRecord.status)) == "pending"
+    after = datetime(2021, 12, 30, 15, 2, 1, tzinfo=UTC)
+    assert orders.reconcile_open_orders(stale_after_seconds=120, now=after) == [
+        request.client_order_id
+    ]
+    with db.session() as session:
+        assert session.scalar(select(OrderRecord.status)) == "rejected"
