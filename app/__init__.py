@@ -12,20 +12,20 @@ from prometheus_flask_exporter import PrometheusMetrics
 from redis import Redis
 
 from app import metrics
+from app.ai.ensemble import ModelStore
 from app.api import register_api
 from app.api.errors import register_error_handlers
-from app.celery_app import celery_init_app
+from app.broker.venue import build_venue
 from app.cli import register_cli
 from app.config import Settings, load_settings
 from app.container import EXTENSION_KEY, Services
 from app.extensions import api, db, jwt, limiter
 from app.logging_setup import configure_logging
-from app.services.ai_service import ModelStore
-from app.services.auth_service import TokenBlocklist, UserService
-from app.services.cycle_lock import CycleLock
-from app.services.notifier import Notifier
-from app.services.response_cache import ResponseCache
-from app.services.venue import build_venue
+from app.store.response_cache import ResponseCache
+from app.store.users import TokenBlocklist, UserService
+from app.tasks.celery_app import celery_init_app
+from app.trading.cycle_lock import CycleLock
+from app.trading.notifier import Notifier
 
 log = logging.getLogger(__name__)
 

@@ -28,9 +28,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import optuna
 
-from app.services.features import build_features
-from app.services.market_data import CsvMarketData
-from app.services.optimizer_service import DEFAULT_N_FOLDS, SearchSpace, optimize
+from app.ai.features import build_features
+from app.ai.tuning import DEFAULT_N_FOLDS, SearchSpace, optimize
+from app.market.calendar import CsvMarketData
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = ROOT.parent / "shared" / "data" / "daily"

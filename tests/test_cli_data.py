@@ -9,7 +9,7 @@ from flask import Flask
 from sqlalchemy import func, select
 
 from app.extensions import db
-from app.orm import BarRecord
+from app.store.orm import BarRecord
 from tests.api.test_market_api import PAPER
 from tests.fakes.fake_alpaca import FakeAlpaca
 from tests.support import SHARED_DATA

@@ -14,12 +14,12 @@ import pytest
 from prometheus_client import REGISTRY
 
 from app import metrics
-from app.celery_app import _task_failure, _task_postrun, _task_prerun
+from app.broker.alpaca import AlpacaBroker, RetryPolicy
+from app.broker.rate_limit import SlidingWindowLimiter
 from app.config import load_settings
 from app.domain import Account, Position, Signal, SignalAction, TradingState
 from app.errors import ConfigError
-from app.services.alpaca_service import AlpacaBroker, RetryPolicy
-from app.services.rate_limit import SlidingWindowLimiter
+from app.tasks.celery_app import _task_failure, _task_postrun, _task_prerun
 from tests import support
 from tests.fakes.fake_alpaca import FakeAlpaca
 

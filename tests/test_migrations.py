@@ -9,8 +9,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
 
-from app.orm import Base
-from app.services import migrations
+from app.store import migrations
+from app.store.orm import Base
 from tests import support
 
 
@@ -59,8 +59,8 @@ def test_upgrade_matches_models_and_downgrade_empties(empty_database: str) -> No
 def test_client_order_id_is_unique(empty_database: str) -> None:
     from sqlalchemy.exc import IntegrityError
 
-    from app.orm import OrderRecord
-    from app.services.database_service import Database
+    from app.store.database import Database
+    from app.store.orm import OrderRecord
 
     migrations.upgrade(empty_database)
     database = Database()
@@ -81,7 +81,7 @@ def test_client_order_id_is_unique(empty_database: str) -> None:
 def test_sqlite_runs_in_wal_mode_with_busy_timeout(tmp_path) -> None:
     from sqlalchemy import text
 
-    from app.services.database_service import SQLITE_BUSY_TIMEOUT_MS, make_engine
+    from app.store.database import SQLITE_BUSY_TIMEOUT_MS, make_engine
 
     engine = make_engine(f"sqlite:///{tmp_path / 'wal.db'}")
     with engine.connect() as conn:

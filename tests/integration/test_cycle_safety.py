@@ -17,10 +17,10 @@ from celery import Celery
 from sqlalchemy import delete, select
 
 from app import create_app
+from app.ai.ensemble import ModelStore, train
 from app.extensions import db
-from app.orm import Base, OrderRecord
-from app.services.ai_service import ModelStore, train
-from app.services.market_data import CsvMarketData
+from app.market.calendar import CsvMarketData
+from app.store.orm import Base, OrderRecord
 from tests import support
 from tests.api.test_market_api import PAPER
 from tests.fakes.fake_alpaca import FakeAlpaca

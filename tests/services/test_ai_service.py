@@ -20,9 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.config import load_settings
-from app.domain import SignalAction
-from app.services.ai_service import (
+from app.ai.ensemble import (
     POOLED_KEY,
     ConfidenceCalibrator,
     Ensemble,
@@ -40,8 +38,10 @@ from app.services.ai_service import (
     split_by_date,
     train,
 )
-from app.services.features import FEATURE_COLUMNS, LABEL_END_COLUMN, build_features
-from app.services.market_data import CsvMarketData
+from app.ai.features import FEATURE_COLUMNS, LABEL_END_COLUMN, build_features
+from app.config import load_settings
+from app.domain import SignalAction
+from app.market.calendar import CsvMarketData
 from tests.support import ROOT, SHARED_DATA
 
 #: Small, fast models: these tests check plumbing and statistics, not model quality.
@@ -322,7 +322,7 @@ CHILD = textwrap.dedent(
         real_replace(src, dst)
 
     os.fsync, os.replace = slow_fsync, slow_replace
-    from app.services.ai_service import ModelStore
+    from app.ai.ensemble import ModelStore
 
     bundle = ModelStore(sys.argv[1]).load_current()
     print("saving", flush=True)

@@ -20,8 +20,8 @@ import pytest
 import redis
 
 from app import domain, errors
-from app.services.alpaca_service import AlpacaBroker, AlpacaMarketData, RetryPolicy
-from app.services.rate_limit import SlidingWindowLimiter
+from app.broker.alpaca import AlpacaBroker, AlpacaMarketData, RetryPolicy
+from app.broker.rate_limit import SlidingWindowLimiter
 from tests.fakes.fake_alpaca import DEFAULT_DATA_DIR, FakeAlpaca
 
 NY = ZoneInfo("America/New_York")

@@ -22,17 +22,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from app.domain import BarFrame, OrderRequest, OrderStatus, Side, Signal, SignalAction
-from app.errors import OrderRejected, ValidationError
-from app.services.ai_service import ModelStore, Thresholds, train
-from app.services.backtest_metrics import (
-    buy_and_hold,
-    compute_metrics,
-    equity_metrics,
-    trade_metrics,
-)
-from app.services.backtest_report import SEED_KEYS, render_html, to_report, write_png
-from app.services.backtest_service import (
+from app.ai.ensemble import ModelStore, Thresholds, train
+from app.ai.signals import ModelSignalSource
+from app.backtest.engine import (
     CYCLE_KEY,
     INTRADAY_KEY,
     BacktestConfig,
@@ -49,12 +41,20 @@ from app.services.backtest_service import (
     resolve_window,
     run_backtest,
 )
-from app.services.market_data import CsvMarketData, NyseCalendar
-from app.services.risk_manager import RiskLimits, RiskState
-from app.services.signal_service import ModelSignalSource
-from app.services.sim_broker import CommissionModel, SimBroker, SlippageModel
-from app.services.strategy import DecisionInputs, MarketSnapshot, StrategyConfig, decide
-from app.services.trading_service import LOOKBACK_CALENDAR_DAYS, client_order_id
+from app.backtest.metrics import (
+    buy_and_hold,
+    compute_metrics,
+    equity_metrics,
+    trade_metrics,
+)
+from app.backtest.report import SEED_KEYS, render_html, to_report, write_png
+from app.broker.sim import CommissionModel, SimBroker, SlippageModel
+from app.domain import BarFrame, OrderRequest, OrderStatus, Side, Signal, SignalAction
+from app.errors import OrderRejected, ValidationError
+from app.market.calendar import CsvMarketData, NyseCalendar
+from app.trading.cycle import LOOKBACK_CALENDAR_DAYS, client_order_id
+from app.trading.risk import RiskLimits, RiskState
+from app.trading.strategy import DecisionInputs, MarketSnapshot, StrategyConfig, decide
 from tests import support
 from tests.support import SHARED_DATA
 
@@ -702,7 +702,7 @@ def test_html_report_renders_in_headless_chromium(
 ) -> None:
     from matplotlib.image import imread
 
-    from app.services.backtest_report import DRAWDOWN_COLOUR, SERIES
+    from app.backtest.report import DRAWDOWN_COLOUR, SERIES
 
     page = render_html(sma_report)
     lowered = page.lower()

@@ -13,9 +13,9 @@ from sqlalchemy import func, select
 
 from app.domain import BarFrame
 from app.extensions import db
-from app.orm import BarRecord
-from app.services.bar_cache import CachedMarketData
-from app.services.market_data import CsvMarketData
+from app.market.cache import CachedMarketData
+from app.market.calendar import CsvMarketData
+from app.store.orm import BarRecord
 from tests.support import SHARED_DATA
 
 

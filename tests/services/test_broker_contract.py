@@ -26,12 +26,12 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from app import domain, errors
+from app.broker.alpaca import AlpacaBroker, RetryPolicy
+from app.broker.rate_limit import SlidingWindowLimiter
+from app.broker.sim import SimBroker
+from app.broker.sim_exchange import SimExchange
 from app.extensions import db
-from app.orm import SimExchangeState
-from app.services.alpaca_service import AlpacaBroker, RetryPolicy
-from app.services.rate_limit import SlidingWindowLimiter
-from app.services.sim_broker import SimBroker
-from app.services.sim_exchange import SimExchange
+from app.store.orm import SimExchangeState
 from tests.fakes.fake_alpaca import FakeAlpaca
 
 NY = ZoneInfo("America/New_York")

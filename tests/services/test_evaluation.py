@@ -9,11 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from app.ai import evaluation
+from app.ai.ensemble import ModelBundle
+from app.ai.features import LABEL_COLUMN, LABEL_END_COLUMN, build_features
 from app.domain import BarFrame
-from app.services import evaluation
-from app.services.ai_service import ModelBundle
-from app.services.features import LABEL_COLUMN, LABEL_END_COLUMN, build_features
-from app.services.market_data import CsvMarketData
+from app.market.calendar import CsvMarketData
 from tests.support import SHARED_DATA
 
 FAST = {

@@ -6,8 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from app.domain import BarFrame
-from app.services.features import (
+from app.ai.features import (
     FEATURE_COLUMNS,
     LABEL_COLUMN,
     LABEL_END_COLUMN,
@@ -15,7 +14,8 @@ from app.services.features import (
     build_features,
     latest_features,
 )
-from app.services.market_data import CsvMarketData
+from app.domain import BarFrame
+from app.market.calendar import CsvMarketData
 from tests.support import SHARED_DATA
 
 SYMBOLS = ("AAPL", "JPM", "XOM", "AMD", "KO")

@@ -13,7 +13,7 @@ import pytest
 
 from app.domain import BAR_COLUMNS, MarketData, TradingSession
 from app.errors import NotFoundError, ValidationError
-from app.services.market_data import (
+from app.market.calendar import (
     CsvMarketData,
     NyseCalendar,
     ReplayClock,
@@ -189,7 +189,7 @@ def test_bad_bars_are_rejected_with_reason(
     code: str,
 ) -> None:
     before = rejection_counts().get(code, 0)
-    with caplog.at_level(logging.WARNING, logger="app.services.market_data"):
+    with caplog.at_level(logging.WARNING, logger="app.market.calendar"):
         result = validate_bars("X", bars(_one_bad(row)), cal)
     assert [r.day for r in result.rejected] == [date.fromisoformat(row[0])]
     assert result.rejected[0].code == code

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from app.services.notifier import Notifier
+from app.trading.notifier import Notifier
 
 
 class Receiver:

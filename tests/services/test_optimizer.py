@@ -17,12 +17,8 @@ import pandas as pd
 import pytest
 from sqlalchemy import create_engine, text
 
-from app.domain import BarFrame
-from app.errors import ValidationError
-from app.services import migrations
-from app.services.ai_service import daily_ic, train
-from app.services.market_data import CsvMarketData
-from app.services.optimizer_service import (
+from app.ai.ensemble import daily_ic, train
+from app.ai.tuning import (
     SearchSpace,
     daily_rank_ic,
     load_best_params,
@@ -31,6 +27,10 @@ from app.services.optimizer_service import (
     storage_url_for,
     to_train_params,
 )
+from app.domain import BarFrame
+from app.errors import ValidationError
+from app.market.calendar import CsvMarketData
+from app.store import migrations
 from tests import support
 from tests.support import SHARED_DATA
 

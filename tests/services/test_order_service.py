@@ -11,12 +11,12 @@ import pytest
 from flask import Flask
 from sqlalchemy import func, select
 
+from app.broker.alpaca import AlpacaBroker, RetryPolicy
+from app.broker.rate_limit import SlidingWindowLimiter
 from app.domain import OrderRequest, Side
 from app.extensions import db
-from app.orm import FillRecord, OrderRecord
-from app.services.alpaca_service import AlpacaBroker, RetryPolicy
-from app.services.order_service import OrderService
-from app.services.rate_limit import SlidingWindowLimiter
+from app.store.orm import FillRecord, OrderRecord
+from app.trading.orders import OrderService
 from tests.fakes.fake_alpaca import FakeAlpaca
 from tests.support import SHARED_DATA
 

@@ -9,10 +9,10 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from app.broker.sim import CommissionModel, SimBroker, SlippageModel
 from app.domain import Broker, OrderRequest, OrderStatus, Side
 from app.errors import NotFoundError, OrderRejected
-from app.services.market_data import NyseCalendar, ReplayClock
-from app.services.sim_broker import CommissionModel, SimBroker, SlippageModel
+from app.market.calendar import NyseCalendar, ReplayClock
 
 CAL = NyseCalendar()
 

@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app.domain import Account, Position, Side, Signal, SignalAction, TradingState
-from app.services.risk_manager import EPS, RiskLimits, RiskState
-from app.services.strategy import DecisionInputs, MarketSnapshot, StrategyConfig, decide
+from app.trading.risk import EPS, RiskLimits, RiskState
+from app.trading.strategy import DecisionInputs, MarketSnapshot, StrategyConfig, decide
 
 SYMBOLS = [f"S{i:02d}" for i in range(20)]
 NOW = datetime(2021, 6, 1, 20, 0, tzinfo=UTC)

@@ -13,9 +13,9 @@ from sqlalchemy import func, select
 from app.container import services
 from app.domain import BarFrame, Signal, SignalAction, TradingState
 from app.extensions import db
-from app.orm import OrderRecord, RiskEvent
-from app.services.risk_manager import RiskStateStore
-from app.services.trading_service import TradingService
+from app.store.orm import OrderRecord, RiskEvent
+from app.trading.cycle import TradingService
+from app.trading.risk import RiskStateStore
 from tests.api.test_market_api import PAPER
 from tests.fakes.fake_alpaca import FakeAlpaca
 from tests.support import SHARED_DATA
@@ -209,7 +209,7 @@ def test_fills_and_halts_reach_discord(discord: tuple[Flask, Any], fake: FakeAlp
 
 
 def test_daily_summary_reaches_discord(discord: tuple[Flask, Any]) -> None:
-    from app.services.summary_service import daily_summary
+    from app.trading.summary import daily_summary
 
     app, receiver = discord
     trading(app, FixedSignals({"AAPL": 0.02})).run_cycle()
