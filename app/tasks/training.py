@@ -1,16 +1,14 @@
-"""Thin Celery tasks: take ids and symbols, call one service, return a small dict."""
+"""Thin Celery tasks for training and tuning: take ids and symbols, call one service, return
+a small dict."""
 
 from __future__ import annotations
 
 import logging
-import os
-import socket
 from datetime import date
 from typing import Any
 from uuid import uuid4
 
 from celery import Task, chord, group, shared_task
-from celery.signals import task_failure
 
 from app.ai.training import fit_and_save, load_bars, training_window
 from app.ai.tuning import optimize, storage_url_for
@@ -20,31 +18,6 @@ from app.store import tasks as task_service
 from app.tasks.celery_config import TRAINING_QUEUE
 
 log = logging.getLogger(__name__)
-
-
-@shared_task(name="app.tasks.ping")
-def ping() -> dict[str, Any]:
-    """Proves the broker → worker → result backend round trip."""
-    return {"pong": True, "worker": f"{socket.gethostname()}:{os.getpid()}"}
-
-
-@shared_task(name="app.tasks.smart_trading_pipeline", soft_time_limit=240, time_limit=300)
-def smart_trading_pipeline() -> dict[str, Any]:
-    """One trading cycle (a no-op when the market is closed or another cycle runs)."""
-    return services().trading().run_cycle().as_dict()
-
-
-@task_failure.connect
-def _alert_task_failure(
-    sender: Any = None, exception: BaseException | None = None, **_: Any
-) -> None:
-    name = getattr(sender, "name", "task")
-    try:
-        services().notifier.notify(
-            f"Task failed: {name}", f"{type(exception).__name__}: {exception}", "error"
-        )
-    except RuntimeError:  # outside an app context: nothing to tell
-        log.exception("task %s failed", name)
 
 
 @shared_task(name="app.tasks.prepare_symbol_bars")
@@ -149,11 +122,3 @@ def nightly_tune_then_train() -> dict[str, Any]:
     ) | train_models_batch.si().set(queue=TRAINING_QUEUE)
     result = workflow.apply_async()
     return {"chain_id": result.id}
-
-
-@shared_task(name="app.tasks.daily_summary")
-def daily_summary() -> dict[str, Any]:
-    """After the close: the day in one Discord message."""
-    from app.trading.summary import daily_summary as summarise
-
-    return summarise(services())
