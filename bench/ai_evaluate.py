@@ -25,7 +25,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from app.ai.ensemble import DEFAULT_LGBM_PARAMS, DEFAULT_XGB_PARAMS, MODES
 from app.ai.evaluation import evaluate
 from app.ai.features import build_features
-from app.market.calendar import CsvMarketData
+from app.market.sources import CsvMarketData
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = ROOT.parent / "shared" / "data" / "daily"

@@ -43,7 +43,7 @@ from app.backtest.engine import (
     run_backtest,
 )
 from app.domain import BarFrame
-from app.market.calendar import CsvMarketData
+from app.market.sources import CsvMarketData
 from app.trading.risk import RiskLimits
 from app.trading.strategy import StrategyConfig
 

@@ -34,7 +34,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from app.backtest.engine import BacktestRequest, run_request
 from app.backtest.report import write_reports
 from app.config import Settings
-from app.market.calendar import CsvMarketData
+from app.market.sources import CsvMarketData
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = ROOT.parent / "shared" / "data" / "daily"

@@ -21,7 +21,7 @@ os.environ["ENV_FILE"] = ""
 from app import create_app
 from app.ai.ensemble import ModelStore, train
 from app.container import services
-from app.market.calendar import CsvMarketData, SyntheticMarketData
+from app.market.sources import CsvMarketData, SyntheticMarketData
 from app.store import migrations
 from tests.fakes.fake_alpaca import FakeAlpaca
 from tests.support import SHARED_DATA

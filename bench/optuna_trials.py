@@ -30,7 +30,7 @@ import optuna
 
 from app.ai.features import build_features
 from app.ai.tuning import DEFAULT_N_FOLDS, SearchSpace, optimize
-from app.market.calendar import CsvMarketData
+from app.market.sources import CsvMarketData
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = ROOT.parent / "shared" / "data" / "daily"

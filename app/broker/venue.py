@@ -17,7 +17,8 @@ from app.config import Settings, TradingMode
 from app.domain import Broker, MarketData
 from app.errors import ConfigError
 from app.market.cache import CachedMarketData
-from app.market.calendar import CsvMarketData, NyseCalendar, SyntheticMarketData
+from app.market.calendar import NyseCalendar
+from app.market.sources import CsvMarketData, SyntheticMarketData
 from app.store.database import Database
 
 

@@ -18,7 +18,8 @@ from app.container import services
 from app.domain import MarketData
 from app.errors import AppError
 from app.market.cache import CachedMarketData
-from app.market.calendar import CsvMarketData, rejection_counts
+from app.market.sources import CsvMarketData
+from app.market.validation import rejection_counts
 from app.store import migrations
 
 

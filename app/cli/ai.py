@@ -14,7 +14,8 @@ from app.ai.evaluation import evaluate
 from app.ai.training import fit_and_save, load_bars, training_window
 from app.ai.tuning import optimize, storage_url_for
 from app.container import services
-from app.market.calendar import CsvMarketData, NyseCalendar
+from app.market.calendar import NyseCalendar
+from app.market.sources import CsvMarketData
 
 MODES = click.Choice(["pooled", "per-symbol", "per_symbol"])
 

@@ -19,7 +19,7 @@ from app.backtest.report import SEED_KEYS, render_html, to_report, write_png
 from app.container import services
 from app.domain import MarketData
 from app.errors import AppError
-from app.market.calendar import CsvMarketData
+from app.market.sources import CsvMarketData
 
 _DATE = click.DateTime(["%Y-%m-%d"])
 

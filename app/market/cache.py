@@ -20,7 +20,8 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from app.domain import BAR_COLUMNS, BarFrame, MarketData
-from app.market.calendar import NyseCalendar, validate_bars
+from app.market.calendar import NyseCalendar
+from app.market.validation import validate_bars
 from app.store.database import Database
 from app.store.orm import BarCoverage, BarRecord
 

@@ -19,7 +19,7 @@ from sqlalchemy import delete, select
 from app import create_app
 from app.ai.ensemble import ModelStore, train
 from app.extensions import db
-from app.market.calendar import CsvMarketData
+from app.market.sources import CsvMarketData
 from app.store.orm import Base, OrderRecord
 from tests import support
 from tests.api.test_market_api import PAPER

@@ -41,7 +41,7 @@ from app.ai.ensemble import (
 from app.ai.features import FEATURE_COLUMNS, LABEL_END_COLUMN, build_features
 from app.config import load_settings
 from app.domain import SignalAction
-from app.market.calendar import CsvMarketData
+from app.market.sources import CsvMarketData
 from tests.support import ROOT, SHARED_DATA
 
 #: Small, fast models: these tests check plumbing and statistics, not model quality.

@@ -51,7 +51,8 @@ from app.backtest.report import SEED_KEYS, render_html, to_report, write_png
 from app.broker.sim import CommissionModel, SimBroker, SlippageModel
 from app.domain import BarFrame, OrderRequest, OrderStatus, Side, Signal, SignalAction
 from app.errors import OrderRejected, ValidationError
-from app.market.calendar import CsvMarketData, NyseCalendar
+from app.market.calendar import NyseCalendar
+from app.market.sources import CsvMarketData
 from app.trading.cycle import LOOKBACK_CALENDAR_DAYS, client_order_id
 from app.trading.risk import RiskLimits, RiskState
 from app.trading.strategy import DecisionInputs, MarketSnapshot, StrategyConfig, decide

@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from app.domain import BarFrame
 from app.extensions import db
 from app.market.cache import CachedMarketData
-from app.market.calendar import CsvMarketData
+from app.market.sources import CsvMarketData
 from app.store.orm import BarRecord
 from tests.support import SHARED_DATA
 

@@ -13,7 +13,7 @@ from app.ai import evaluation
 from app.ai.ensemble import ModelBundle
 from app.ai.features import LABEL_COLUMN, LABEL_END_COLUMN, build_features
 from app.domain import BarFrame
-from app.market.calendar import CsvMarketData
+from app.market.sources import CsvMarketData
 from tests.support import SHARED_DATA
 
 FAST = {

@@ -15,7 +15,7 @@ from app.ai.features import (
     latest_features,
 )
 from app.domain import BarFrame
-from app.market.calendar import CsvMarketData
+from app.market.sources import CsvMarketData
 from tests.support import SHARED_DATA
 
 SYMBOLS = ("AAPL", "JPM", "XOM", "AMD", "KO")

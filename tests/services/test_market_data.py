@@ -13,15 +13,9 @@ import pytest
 
 from app.domain import BAR_COLUMNS, MarketData, TradingSession
 from app.errors import NotFoundError, ValidationError
-from app.market.calendar import (
-    CsvMarketData,
-    NyseCalendar,
-    ReplayClock,
-    ReplayFinished,
-    SyntheticMarketData,
-    rejection_counts,
-    validate_bars,
-)
+from app.market.calendar import NyseCalendar, ReplayClock, ReplayFinished
+from app.market.sources import CsvMarketData, SyntheticMarketData
+from app.market.validation import rejection_counts, validate_bars
 
 DATA_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "daily"
 

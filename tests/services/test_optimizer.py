@@ -29,7 +29,7 @@ from app.ai.tuning import (
 )
 from app.domain import BarFrame
 from app.errors import ValidationError
-from app.market.calendar import CsvMarketData
+from app.market.sources import CsvMarketData
 from app.store import migrations
 from tests import support
 from tests.support import SHARED_DATA
