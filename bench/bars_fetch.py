@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
 
-from app.broker.alpaca import AlpacaMarketData
+from app.broker.alpaca_data import AlpacaMarketData
 from app.broker.rate_limit import SlidingWindowLimiter
 from app.market.cache import CachedMarketData
 from app.store import migrations

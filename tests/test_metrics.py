@@ -14,7 +14,8 @@ import pytest
 from prometheus_client import REGISTRY
 
 from app import metrics
-from app.broker.alpaca import AlpacaBroker, RetryPolicy
+from app.broker.alpaca import AlpacaBroker
+from app.broker.alpaca_client import RetryPolicy
 from app.broker.rate_limit import SlidingWindowLimiter
 from app.config import load_settings
 from app.domain import Account, Position, Signal, SignalAction, TradingState

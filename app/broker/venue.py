@@ -10,7 +10,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
-from app.broker.alpaca import AlpacaBroker, AlpacaMarketData, RetryPolicy
+from app.broker.alpaca import AlpacaBroker
+from app.broker.alpaca_client import RetryPolicy
+from app.broker.alpaca_data import AlpacaMarketData
 from app.broker.rate_limit import SlidingWindowLimiter
 from app.broker.sim_exchange import SimExchange
 from app.config import Settings, TradingMode

@@ -23,7 +23,6 @@ from app.errors import NotFoundError, ValidationError
 from app.market.calendar import DateLike, NyseCalendar, _to_day
 from app.market.validation import ValidationResult, validate_bars
 
-
 _SYMBOL_RE = re.compile(r"^[A-Z][A-Z0-9.\-]{0,14}$")
 
 

@@ -20,7 +20,9 @@ import pytest
 import redis
 
 from app import domain, errors
-from app.broker.alpaca import AlpacaBroker, AlpacaMarketData, RetryPolicy
+from app.broker.alpaca import AlpacaBroker
+from app.broker.alpaca_client import RetryPolicy
+from app.broker.alpaca_data import AlpacaMarketData
 from app.broker.rate_limit import SlidingWindowLimiter
 from tests.fakes.fake_alpaca import DEFAULT_DATA_DIR, FakeAlpaca
 

@@ -26,7 +26,8 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from app import domain, errors
-from app.broker.alpaca import AlpacaBroker, RetryPolicy
+from app.broker.alpaca import AlpacaBroker
+from app.broker.alpaca_client import RetryPolicy
 from app.broker.rate_limit import SlidingWindowLimiter
 from app.broker.sim import SimBroker
 from app.broker.sim_exchange import SimExchange

@@ -11,7 +11,8 @@ import pytest
 from flask import Flask
 from sqlalchemy import func, select
 
-from app.broker.alpaca import AlpacaBroker, RetryPolicy
+from app.broker.alpaca import AlpacaBroker
+from app.broker.alpaca_client import RetryPolicy
 from app.broker.rate_limit import SlidingWindowLimiter
 from app.domain import OrderRequest, Side
 from app.extensions import db
