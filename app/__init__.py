@@ -12,7 +12,7 @@ from prometheus_flask_exporter import PrometheusMetrics
 from redis import Redis
 
 from app import metrics
-from app.ai.ensemble import ModelStore
+from app.ai.store import ModelStore
 from app.api import register_api
 from app.api.errors import register_error_handlers
 from app.broker.venue import build_venue

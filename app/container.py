@@ -9,8 +9,8 @@ from celery import Celery
 from flask import current_app
 from redis import Redis
 
-from app.ai.ensemble import ModelStore
 from app.ai.signals import ModelSignalSource
+from app.ai.store import ModelStore
 from app.broker.venue import Venue
 from app.config import Settings
 from app.store.database import Database

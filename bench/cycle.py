@@ -19,7 +19,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ["ENV_FILE"] = ""
 
 from app import create_app
-from app.ai.ensemble import ModelStore, train
+from app.ai.store import ModelStore
+from app.ai.training import train
 from app.container import services
 from app.market.sources import CsvMarketData, SyntheticMarketData
 from app.store import migrations

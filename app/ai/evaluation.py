@@ -14,24 +14,17 @@ import math
 import time
 from collections.abc import Mapping
 from datetime import date, datetime
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from app.ai.ensemble import (
-    Mode,
-    Prediction,
-    SignalThresholds,
-    SymbolPrediction,
-    Thresholds,
-    daily_ic,
-    make_signal,
-    reliability_table,
-    train,
-)
+from app.ai.calibration import FloatArray, _hits
+from app.ai.ensemble import Mode, Prediction, SymbolPrediction, daily_ic
 from app.ai.features import LABEL_COLUMN, LABEL_END_COLUMN, build_features
+from app.ai.signals import SignalThresholds, Thresholds, make_signal
+from app.ai.training import train
 from app.domain import BarFrame, SignalAction
 
 __all__ = ["daily_ic", "evaluate", "summarise"]
@@ -283,3 +276,45 @@ def evaluate(
             "wall_seconds": round(time.perf_counter() - wall0, 3),
         },
     }
+
+
+def reliability_table(
+    pred: Prediction,
+    y: FloatArray | pd.Series,
+    bins: int = 10,
+    strategy: Literal["quantile", "uniform"] = "quantile",
+) -> list[dict[str, float]]:
+    """Rows (lo, hi, count, mean_confidence, hit_rate) over confidence bins.
+
+    Quantile bins by default: calibrated confidences cluster near the base hit rate, so uniform
+    bins over [0, 1] would put nearly every row in one bin. Ties can merge quantile bins.
+    """
+    conf = np.asarray(pred.confidence, dtype=np.float64)
+    mean = np.asarray(pred.mean, dtype=np.float64)
+    target = np.asarray(y, dtype=np.float64)
+    ok = np.isfinite(conf) & np.isfinite(mean) & np.isfinite(target)
+    conf, mean, target = conf[ok], mean[ok], target[ok]
+    if len(conf) == 0:
+        return []
+    if strategy == "uniform":
+        edges = np.linspace(0.0, 1.0, bins + 1)
+    else:
+        edges = np.unique(np.quantile(conf, np.linspace(0.0, 1.0, bins + 1)))
+    which = np.clip(np.searchsorted(edges[1:-1], conf, side="right"), 0, max(len(edges) - 2, 0))
+    hits = _hits(mean, target)
+    rows: list[dict[str, float]] = []
+    for b in range(max(len(edges) - 1, 1)):
+        sel = which == b
+        count = int(sel.sum())
+        if count == 0:
+            continue
+        rows.append(
+            {
+                "lo": float(edges[b]),
+                "hi": float(edges[min(b + 1, len(edges) - 1)]),
+                "count": count,
+                "mean_confidence": float(conf[sel].mean()),
+                "hit_rate": float(hits[sel].mean()),
+            }
+        )
+    return rows

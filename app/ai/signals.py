@@ -6,13 +6,19 @@ alerts, instead of trading on nothing or on a model that no longer knows the mar
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from typing import Protocol
 
 from app import metrics
-from app.ai.ensemble import ModelStore, SignalThresholds, make_signal
-from app.ai.features import latest_features
-from app.domain import BarFrame, Signal
+from app.ai.ensemble import SymbolPrediction
+from app.ai.features import (
+    latest_features,
+)
+from app.ai.store import ModelStore
+from app.domain import BarFrame, Signal, SignalAction
 
 NO_MODEL = "no trained model yet: run `flask --app app train` or POST /api/training/start/batch"
 
@@ -51,3 +57,58 @@ class ModelSignalSource:
             else None
         )
         return signals, problem
+
+
+# --------------------------------------------------------------------------------------------
+# Signals
+# --------------------------------------------------------------------------------------------
+
+
+class SignalThresholds(Protocol):
+    """The three settings a signal needs (``app.config.Settings`` satisfies it)."""
+
+    @property
+    def ai_signal_buy_threshold(self) -> float: ...
+
+    @property
+    def ai_signal_sell_threshold(self) -> float: ...
+
+    @property
+    def ai_confidence_threshold(self) -> float: ...
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Stand-alone thresholds with the settings' defaults (backtests, tests)."""
+
+    ai_signal_buy_threshold: float = 0.005
+    ai_signal_sell_threshold: float = -0.005
+    ai_confidence_threshold: float = 0.7
+
+
+def make_signal(
+    symbol: str,
+    prediction: SymbolPrediction,
+    thresholds: SignalThresholds,
+    model_version: str,
+    *,
+    stale: bool = False,
+) -> Signal:
+    """BUY / SELL when the expected return crosses its threshold (inclusive) with enough
+    confidence; HOLD otherwise, and always HOLD on a stale model or a non-finite prediction."""
+    mean, conf = prediction.mean, prediction.confidence
+    action = SignalAction.HOLD
+    if not stale and math.isfinite(mean) and math.isfinite(conf):
+        confident = conf >= thresholds.ai_confidence_threshold
+        if confident and mean >= thresholds.ai_signal_buy_threshold:
+            action = SignalAction.BUY
+        elif confident and mean <= thresholds.ai_signal_sell_threshold:
+            action = SignalAction.SELL
+    return Signal(
+        symbol=symbol,
+        action=action,
+        predicted_return=float(mean),
+        confidence=float(conf),
+        dispersion=float(prediction.dispersion),
+        model_version=model_version,
+    )

@@ -43,16 +43,10 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import numpy as np
 import pandas as pd
 
-from app.ai.ensemble import (
-    Mode,
-    ModelBundle,
-    SignalThresholds,
-    SymbolPrediction,
-    Thresholds,
-    make_signal,
-    train,
-)
+from app.ai.ensemble import Mode, ModelBundle, SymbolPrediction
 from app.ai.features import LABEL_COLUMN, LABEL_END_COLUMN, build_features, latest_features
+from app.ai.signals import SignalThresholds, Thresholds, make_signal
+from app.ai.training import train
 from app.broker.sim import CommissionModel, SimBroker, SlippageModel
 from app.domain import (
     BarFrame,

@@ -17,7 +17,8 @@ from celery import Celery
 from sqlalchemy import delete, select
 
 from app import create_app
-from app.ai.ensemble import ModelStore, train
+from app.ai.store import ModelStore
+from app.ai.training import train
 from app.extensions import db
 from app.market.sources import CsvMarketData
 from app.store.orm import Base, OrderRecord

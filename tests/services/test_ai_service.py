@@ -20,25 +20,21 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from app.ai.calibration import ConfidenceCalibrator, _isotonic
 from app.ai.ensemble import (
     POOLED_KEY,
-    ConfidenceCalibrator,
     Ensemble,
     LightGBMMember,
     ModelBundle,
-    ModelStore,
-    ModelStoreError,
     Prediction,
     SymbolPrediction,
-    Thresholds,
     XGBoostMember,
-    _isotonic,
-    make_signal,
-    reliability_table,
-    split_by_date,
-    train,
 )
+from app.ai.evaluation import reliability_table
 from app.ai.features import FEATURE_COLUMNS, LABEL_END_COLUMN, build_features
+from app.ai.signals import Thresholds, make_signal
+from app.ai.store import ModelStore, ModelStoreError
+from app.ai.training import split_by_date, train
 from app.config import load_settings
 from app.domain import SignalAction
 from app.market.sources import CsvMarketData
@@ -322,7 +318,7 @@ CHILD = textwrap.dedent(
         real_replace(src, dst)
 
     os.fsync, os.replace = slow_fsync, slow_replace
-    from app.ai.ensemble import ModelStore
+    from app.ai.store import ModelStore
 
     bundle = ModelStore(sys.argv[1]).load_current()
     print("saving", flush=True)

@@ -22,8 +22,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from app.ai.ensemble import ModelStore, Thresholds, train
-from app.ai.signals import ModelSignalSource
+from app.ai.signals import ModelSignalSource, Thresholds
+from app.ai.store import ModelStore
+from app.ai.training import train
 from app.backtest.engine import (
     CYCLE_KEY,
     INTRADAY_KEY,

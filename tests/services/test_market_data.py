@@ -183,7 +183,7 @@ def test_bad_bars_are_rejected_with_reason(
     code: str,
 ) -> None:
     before = rejection_counts().get(code, 0)
-    with caplog.at_level(logging.WARNING, logger="app.market.calendar"):
+    with caplog.at_level(logging.WARNING, logger="app.market.validation"):
         result = validate_bars("X", bars(_one_bad(row)), cal)
     assert [r.day for r in result.rejected] == [date.fromisoformat(row[0])]
     assert result.rejected[0].code == code

@@ -17,7 +17,8 @@ import pandas as pd
 import pytest
 from sqlalchemy import create_engine, text
 
-from app.ai.ensemble import daily_ic, train
+from app.ai.ensemble import daily_ic
+from app.ai.training import train
 from app.ai.tuning import (
     SearchSpace,
     daily_rank_ic,
