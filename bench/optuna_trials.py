@@ -29,7 +29,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import optuna
 
 from app.ai.features import build_features
-from app.ai.tuning import DEFAULT_N_FOLDS, SearchSpace, optimize
+from app.ai.params import SearchSpace
+from app.ai.tuning import DEFAULT_N_FOLDS, optimize
 from app.market.sources import CsvMarketData
 
 ROOT = Path(__file__).resolve().parents[1]

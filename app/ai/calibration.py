@@ -12,9 +12,6 @@ import numpy as np
 import numpy.typing as npt
 
 FloatArray: TypeAlias = npt.NDArray[np.float64]
-# --------------------------------------------------------------------------------------------
-# Calibration and predictions
-# --------------------------------------------------------------------------------------------
 
 
 def _hits(mean: FloatArray, y: FloatArray) -> FloatArray:

@@ -126,11 +126,6 @@ def _subsample(
     return X[idx], y[idx]
 
 
-# --------------------------------------------------------------------------------------------
-# Members
-# --------------------------------------------------------------------------------------------
-
-
 class Member(Protocol):
     """One model of the ensemble; arrays are (rows, features) in the ensemble's column order."""
 
@@ -294,11 +289,6 @@ class SymbolPrediction:
     confidence: float
 
 
-# --------------------------------------------------------------------------------------------
-# Ensemble
-# --------------------------------------------------------------------------------------------
-
-
 class Ensemble:
     """Bagged LightGBM + XGBoost members; mean = expected return, std = disagreement.
 
@@ -398,11 +388,6 @@ def daily_ic(frame: pd.DataFrame, pred: str = "mean", label: str = LABEL_COLUMN)
     result = pd.DataFrame.from_dict(out, orient="index", columns=["ic", "rank_ic"])
     result.index.name = "date"
     return result
-
-
-# --------------------------------------------------------------------------------------------
-# Bundles and training
-# --------------------------------------------------------------------------------------------
 
 
 @dataclass

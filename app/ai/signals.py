@@ -59,11 +59,6 @@ class ModelSignalSource:
         return signals, problem
 
 
-# --------------------------------------------------------------------------------------------
-# Signals
-# --------------------------------------------------------------------------------------------
-
-
 class SignalThresholds(Protocol):
     """The three settings a signal needs (``app.config.Settings`` satisfies it)."""
 

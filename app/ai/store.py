@@ -41,10 +41,6 @@ from app.ai.ensemble import (
 
 logger = logging.getLogger(__name__)
 
-# --------------------------------------------------------------------------------------------
-# Storage
-# --------------------------------------------------------------------------------------------
-
 
 class ModelStoreError(RuntimeError):
     """The store's files are missing or inconsistent."""

@@ -39,8 +39,8 @@ from app.ai.features import (
     LABEL_HORIZON,
     build_features,
 )
+from app.ai.params import load_best_params, to_train_params
 from app.ai.store import ModelStore
-from app.ai.tuning import load_best_params, to_train_params
 from app.config import Settings
 from app.domain import BarFrame, MarketData
 from app.market.calendar import NyseCalendar

@@ -30,19 +30,13 @@ Why it is shaped this way:
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import json
 import logging
 import math
 import os
 import socket
-import sqlite3
-import tempfile
 import time
-import zlib
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, fields
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -50,8 +44,6 @@ from typing import Any
 import numpy as np
 import optuna
 import pandas as pd
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 from app.ai.ensemble import (
     MIN_SYMBOL_TRAIN_ROWS,
@@ -66,20 +58,18 @@ from app.ai.features import (
     LABEL_HORIZON,
     build_features,
 )
+from app.ai.params import SearchSpace, _best_params_path, _fail, _write_json_atomic, to_train_params
+from app.ai.tuning_storage import _close_storage, _file_lock, _safe_url, make_storage
 from app.domain import BarFrame
-from app.errors import ValidationError
 
 __all__ = [
     "N_TRIALS_RANGE",
     "TIMEOUT_RANGE",
-    "TUNED_PARAMS",
     "SearchSpace",
     "daily_rank_ic",
-    "load_best_params",
     "make_folds",
     "make_storage",
     "optimize",
-    "storage_url_for",
     "to_train_params",
 ]
 
@@ -96,213 +86,11 @@ MIN_FOLD_DATES = 20
 MIN_FIRST_TRAIN_DATES = 60
 #: Fewer symbols than this on a date leave no cross-section to rank.
 MIN_SYMBOLS_PER_DATE = 3
-#: PostgreSQL schema holding Optuna's tables (its own alembic_version included).
-OPTUNA_SCHEMA = "optuna"
-#: Seconds a SQLite writer waits for another process's lock before failing.
-SQLITE_TIMEOUT_SECONDS = 120.0
-#: Serialises first-time creation of Optuna's tables across processes (PostgreSQL).
-_PG_INIT_LOCK_KEY = zlib.crc32(b"alpha-trader/optuna-storage-init")
 #: Fixed model seed: trials differ by their parameters, not by their bagging draw.
 _MODEL_SEED = 0
 _OBJECTIVE_VERSION = 1
 
 
-def _fail(field: str, message: str) -> ValidationError:
-    return ValidationError(message, field=field)
-
-
-# --------------------------------------------------------------------------------------------
-# Search space and its mapping into ai_service's params
-# --------------------------------------------------------------------------------------------
-
-_LOG_SCALE = frozenset(
-    {"learning_rate", "num_leaves", "min_child_samples", "reg_alpha", "reg_lambda"}
-)
-_INTEGER = frozenset({"num_leaves", "max_depth", "min_child_samples", "n_estimators"})
-
-
-@dataclass(frozen=True)
-class SearchSpace:
-    """Inclusive (low, high) bounds per tuned parameter; names are library-neutral.
-
-    Defaults stay near ai_service's defaults (small steps, shallow trees, big leaves,
-    regularised): daily returns are mostly noise. n_estimators is bounded small for speed;
-    ``train`` still early-stops below it.
-    """
-
-    learning_rate: tuple[float, float] = (0.005, 0.2)
-    num_leaves: tuple[int, int] = (4, 64)
-    max_depth: tuple[int, int] = (2, 8)
-    min_child_samples: tuple[int, int] = (20, 1000)
-    subsample: tuple[float, float] = (0.5, 1.0)
-    colsample: tuple[float, float] = (0.4, 1.0)
-    reg_alpha: tuple[float, float] = (1e-3, 10.0)
-    reg_lambda: tuple[float, float] = (1e-3, 100.0)
-    n_estimators: tuple[int, int] = (50, 300)
-
-    def __post_init__(self) -> None:
-        for spec in fields(self):
-            low, high = getattr(self, spec.name)
-            if not (math.isfinite(low) and math.isfinite(high)) or low > high:
-                raise _fail(f"space.{spec.name}", f"{spec.name} needs low <= high, got {low, high}")
-            if low <= 0 and (spec.name in _LOG_SCALE or spec.name in _INTEGER):
-                raise _fail(f"space.{spec.name}", f"{spec.name} bounds must be positive")
-            if spec.name in ("subsample", "colsample") and high > 1.0:
-                raise _fail(f"space.{spec.name}", f"{spec.name} is a fraction (<= 1)")
-
-    def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
-        """The trial's draw of every parameter."""
-        out: dict[str, Any] = {}
-        for spec in fields(self):
-            low, high = getattr(self, spec.name)
-            log = spec.name in _LOG_SCALE and low < high
-            if spec.name in _INTEGER:
-                out[spec.name] = trial.suggest_int(spec.name, int(low), int(high), log=log)
-            else:
-                out[spec.name] = trial.suggest_float(spec.name, float(low), float(high), log=log)
-        return out
-
-
-TUNED_PARAMS: tuple[str, ...] = tuple(spec.name for spec in fields(SearchSpace))
-
-
-def to_train_params(tuned: Mapping[str, Any]) -> dict[str, Any]:
-    """Tuned (library-neutral) params as ``ai_service.train(params=...)`` takes them.
-
-    Keys are the canonical names of ai_service's defaults, so they replace those defaults
-    instead of adding conflicting aliases. min_child_samples feeds XGBoost's min_child_weight
-    too: with squared error every row's hessian is 1, so both mean "rows per leaf".
-    """
-    unknown = sorted(set(tuned) - set(TUNED_PARAMS))
-    if unknown:
-        raise _fail(unknown[0], f"unknown tuned parameter(s) {unknown}")
-    lgbm: dict[str, Any] = {}
-    xgbp: dict[str, Any] = {}
-    if "learning_rate" in tuned:
-        lgbm["learning_rate"] = xgbp["eta"] = float(tuned["learning_rate"])
-    if "num_leaves" in tuned:
-        lgbm["num_leaves"] = int(tuned["num_leaves"])
-    if "max_depth" in tuned:
-        lgbm["max_depth"] = xgbp["max_depth"] = int(tuned["max_depth"])
-    if "min_child_samples" in tuned:
-        lgbm["min_data_in_leaf"] = int(tuned["min_child_samples"])
-        xgbp["min_child_weight"] = float(tuned["min_child_samples"])
-    if "subsample" in tuned:
-        lgbm["bagging_fraction"] = xgbp["subsample"] = float(tuned["subsample"])
-        lgbm["bagging_freq"] = 1
-    if "colsample" in tuned:
-        lgbm["feature_fraction"] = xgbp["colsample_bytree"] = float(tuned["colsample"])
-    if "reg_alpha" in tuned:
-        lgbm["lambda_l1"] = xgbp["alpha"] = float(tuned["reg_alpha"])
-    if "reg_lambda" in tuned:
-        lgbm["lambda_l2"] = xgbp["lambda"] = float(tuned["reg_lambda"])
-    if "n_estimators" in tuned:
-        lgbm["num_boost_round"] = xgbp["num_boost_round"] = int(tuned["n_estimators"])
-    return {"lightgbm": lgbm, "xgboost": xgbp}
-
-
-# --------------------------------------------------------------------------------------------
-# Storage
-# --------------------------------------------------------------------------------------------
-
-
-def storage_url_for(sql_url: str) -> str:
-    """The Optuna storage URL that goes with the app's database URL (``settings.sql_url``).
-
-    PostgreSQL: the same database (``make_storage`` puts the tables in schema ``optuna``).
-    SQLite: a sibling file ``<name>-optuna.db``, because SQLite has no schemas.
-    """
-    url = make_url(sql_url)
-    if url.get_backend_name() != "sqlite":
-        return sql_url
-    if not url.database or url.database == ":memory:":
-        raise _fail("storage_url", "an in-memory SQLite database cannot be shared by processes")
-    path = Path(url.database)
-    sibling = path.with_name(f"{path.stem}-optuna{path.suffix or '.db'}")
-    return url.set(database=str(sibling)).render_as_string(hide_password=False)
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """An exclusive advisory lock between processes on this host."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _prepare_sqlite(path: Path) -> None:
-    """WAL (readers do not block the writer) and a refusal to share another app's file."""
-    connection = sqlite3.connect(path, timeout=SQLITE_TIMEOUT_SECONDS)
-    try:
-        tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
-        if "alembic_version" in tables and "version_info" not in tables:
-            raise _fail(
-                "storage_url",
-                f"{path} holds another application's Alembic schema; Optuna's would clash with "
-                "it. Use storage_url_for(settings.sql_url) or a separate file.",
-            )
-        connection.execute("PRAGMA journal_mode=WAL")
-    finally:
-        connection.close()
-
-
-def make_storage(url: str) -> optuna.storages.RDBStorage:
-    """An RDBStorage that several processes can share safely; see the module docstring.
-
-    First-time table creation (create_all + Alembic stamp) is not safe against a concurrent
-    first-timer, so it runs under a cross-process lock: a file lock for SQLite, an advisory
-    lock for PostgreSQL.
-    """
-    parsed = make_url(url)
-    backend = parsed.get_backend_name()
-    if backend == "sqlite":
-        if not parsed.database or parsed.database == ":memory:":
-            raise _fail("storage_url", "an in-memory SQLite database cannot be shared")
-        path = Path(parsed.database)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        kwargs: dict[str, Any] = {"connect_args": {"timeout": SQLITE_TIMEOUT_SECONDS}}
-        with _file_lock(path.with_name(f".{path.name}.lock")):
-            _prepare_sqlite(path)
-            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
-    if backend == "postgresql":
-        kwargs = {
-            "connect_args": {"options": f"-c search_path={OPTUNA_SCHEMA}"},
-            "pool_pre_ping": True,
-        }
-        admin = create_engine(url)
-        try:
-            with admin.connect() as conn:
-                conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _PG_INIT_LOCK_KEY})
-                try:
-                    conn.execute(text('CREATE SCHEMA IF NOT EXISTS "optuna"'))
-                    conn.commit()
-                    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
-                finally:
-                    conn.execute(
-                        text("SELECT pg_advisory_unlock(:key)"), {"key": _PG_INIT_LOCK_KEY}
-                    )
-                    conn.commit()
-        finally:
-            admin.dispose()
-    # Other backends (MySQL): a database of their own is the caller's choice.
-    return optuna.storages.RDBStorage(url)
-
-
-def _close_storage(storage: optuna.storages.RDBStorage) -> None:
-    storage.remove_session()
-    storage.engine.dispose()
-
-
-def _safe_url(url: str) -> str:
-    return make_url(url).render_as_string(hide_password=True)
-
-
-# --------------------------------------------------------------------------------------------
-# Objective
 # --------------------------------------------------------------------------------------------
 
 
@@ -462,11 +250,6 @@ def _objective(
     return objective
 
 
-# --------------------------------------------------------------------------------------------
-# Budgets, best-params file, public entry points
-# --------------------------------------------------------------------------------------------
-
-
 def _check_budget(field: str, value: Any, bounds: tuple[float, float], integral: bool) -> None:
     ok_type = isinstance(value, int) if integral else isinstance(value, (int, float))
     if isinstance(value, bool) or not ok_type or not math.isfinite(value):
@@ -481,31 +264,6 @@ def _sampler_seed(seed: int | None) -> int:
         return seed
     entropy = np.random.SeedSequence([os.getpid(), time.time_ns()])
     return int(entropy.generate_state(1)[0])
-
-
-def _write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
-    """Temp file in the same directory, fsync, os.replace, fsync the directory."""
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=2, sort_keys=True)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def _best_params_path(best_params_dir: str | Path, mode: str) -> Path:
-    return Path(best_params_dir) / f"{mode}.json"
 
 
 def _write_best(
@@ -538,35 +296,6 @@ def _write_best(
         }
         _write_json_atomic(path, record)
     return path
-
-
-def load_best_params(best_params_dir: str | Path, mode: str) -> dict[str, Any] | None:
-    """The tuned params of `mode` (library-neutral names; see ``to_train_params``), or None.
-
-    A missing, unreadable or malformed file gives None with a warning: training then uses
-    ai_service's defaults, which are sane, instead of not training at all.
-    """
-    path = _best_params_path(best_params_dir, mode)
-    try:
-        record = json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        logger.warning("ignoring unreadable best params %s: %s", path, exc)
-        return None
-    params = record.get("params") if isinstance(record, dict) else None
-    if not (
-        isinstance(params, dict)
-        and record.get("mode") == mode
-        and set(params) <= set(TUNED_PARAMS)
-        and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-            for v in params.values()
-        )
-    ):
-        logger.warning("ignoring malformed best params %s", path)
-        return None
-    return dict(params)
 
 
 def optimize(

@@ -1097,7 +1097,7 @@ def run_request(
 ) -> BacktestResult:
     """Load the bars, build the strategy from Settings, run. `bundle` is the saved model for
     ``model="current"``. Tuned parameters in BEST_PARAMS_DIR are used, as live training does."""
-    from app.ai.tuning import load_best_params, to_train_params
+    from app.ai.params import load_best_params, to_train_params
 
     symbols = tuple(dict.fromkeys(s.upper() for s in request.symbols))
     config = BacktestConfig(

@@ -12,7 +12,8 @@ from flask.cli import with_appcontext
 
 from app.ai.evaluation import evaluate
 from app.ai.training import fit_and_save, load_bars, training_window
-from app.ai.tuning import optimize, storage_url_for
+from app.ai.tuning import optimize
+from app.ai.tuning_storage import storage_url_for
 from app.container import services
 from app.market.calendar import NyseCalendar
 from app.market.sources import CsvMarketData

@@ -11,7 +11,8 @@ from uuid import uuid4
 from celery import Task, chord, group, shared_task
 
 from app.ai.training import fit_and_save, load_bars, training_window
-from app.ai.tuning import optimize, storage_url_for
+from app.ai.tuning import optimize
+from app.ai.tuning_storage import storage_url_for
 from app.container import services
 from app.market.calendar import NyseCalendar
 from app.store import tasks as task_service

@@ -18,16 +18,10 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from app.ai.ensemble import daily_ic
+from app.ai.params import SearchSpace, load_best_params, to_train_params
 from app.ai.training import train
-from app.ai.tuning import (
-    SearchSpace,
-    daily_rank_ic,
-    load_best_params,
-    make_storage,
-    optimize,
-    storage_url_for,
-    to_train_params,
-)
+from app.ai.tuning import daily_rank_ic, optimize
+from app.ai.tuning_storage import make_storage, storage_url_for
 from app.domain import BarFrame
 from app.errors import ValidationError
 from app.market.sources import CsvMarketData
