@@ -36,12 +36,9 @@ except ImportError:  # pragma: no cover - an optional tool
         "(do not add it to requirements.txt)"
     )
 
-from app.backtest.engine import (
-    BacktestConfig,
-    BacktestResult,
-    SmaCrossSignals,
-    run_backtest,
-)
+from app.backtest.engine import run_backtest
+from app.backtest.results import BacktestConfig, BacktestResult
+from app.backtest.signals import SmaCrossSignals
 from app.domain import BarFrame
 from app.market.sources import CsvMarketData
 from app.trading.risk import RiskLimits

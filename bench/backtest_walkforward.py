@@ -31,8 +31,8 @@ from typing import Any
 # Before lightgbm/xgboost load (see ai_service): spinning OpenMP threads on a shared 2-core box.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from app.backtest.engine import BacktestRequest, run_request
 from app.backtest.report import write_reports
+from app.backtest.requests import BacktestRequest, run_request
 from app.config import Settings
 from app.market.sources import CsvMarketData
 

@@ -11,8 +11,9 @@ from flask_smorest import Blueprint
 
 from app.api.backtest_schemas import BacktestRunSchema, BacktestRunStatusSchema
 from app.api.schemas import TaskStartedSchema
-from app.backtest.engine import BacktestRequest, resolve_window
+from app.backtest.requests import BacktestRequest
 from app.backtest.runs import BacktestRunStore, RunStatus
+from app.backtest.window import resolve_window
 from app.container import services
 from app.errors import NotFoundError, ValidationError
 from app.market.calendar import NyseCalendar

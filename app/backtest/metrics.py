@@ -21,7 +21,7 @@ import pandas as pd
 from app.domain import BarFrame
 
 if TYPE_CHECKING:
-    from app.backtest.engine import BacktestResult, Trade
+    from app.backtest.results import BacktestResult, Trade
 
 __all__ = [
     "TRADING_DAYS",

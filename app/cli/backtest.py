@@ -14,8 +14,9 @@ import click
 from flask.cli import with_appcontext
 from tqdm import tqdm
 
-from app.backtest.engine import BacktestRequest, run_request
-from app.backtest.report import SEED_KEYS, render_html, to_report, write_png
+from app.backtest.report import SEED_KEYS, to_report, write_png
+from app.backtest.report_html import render_html
+from app.backtest.requests import BacktestRequest, run_request
 from app.container import services
 from app.domain import MarketData
 from app.errors import AppError

@@ -12,8 +12,8 @@ from typing import Any
 
 from celery import Task, shared_task
 
-from app.backtest.engine import BacktestRequest, run_request
 from app.backtest.report import SEED_KEYS, to_report
+from app.backtest.requests import BacktestRequest, run_request
 from app.backtest.runs import BacktestRunStore
 from app.container import services
 

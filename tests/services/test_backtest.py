@@ -25,30 +25,24 @@ import pytest
 from app.ai.signals import ModelSignalSource, Thresholds
 from app.ai.store import ModelStore
 from app.ai.training import train
-from app.backtest.engine import (
-    CYCLE_KEY,
-    INTRADAY_KEY,
-    BacktestConfig,
-    BacktestResult,
-    ModelSignals,
-    SmaCrossSignals,
-    Trade,
-    WalkForwardConfig,
-    WalkForwardPredictor,
-    backtest_sessions,
-    from_signal_source,
-    intraday_exit,
-    load_bars,
-    resolve_window,
-    run_backtest,
-)
+from app.backtest.engine import run_backtest
 from app.backtest.metrics import (
     buy_and_hold,
     compute_metrics,
     equity_metrics,
     trade_metrics,
 )
-from app.backtest.report import SEED_KEYS, render_html, to_report, write_png
+from app.backtest.report import SEED_KEYS, to_report, write_png
+from app.backtest.report_html import render_html
+from app.backtest.results import CYCLE_KEY, INTRADAY_KEY, BacktestConfig, BacktestResult, Trade
+from app.backtest.signals import ModelSignals, SmaCrossSignals, from_signal_source
+from app.backtest.walk_forward import WalkForwardConfig, WalkForwardPredictor
+from app.backtest.window import (
+    backtest_sessions,
+    intraday_exit,
+    load_bars,
+    resolve_window,
+)
 from app.broker.sim import CommissionModel, SimBroker, SlippageModel
 from app.domain import BarFrame, OrderRequest, OrderStatus, Side, Signal, SignalAction
 from app.errors import OrderRejected, ValidationError
@@ -704,7 +698,7 @@ def test_html_report_renders_in_headless_chromium(
 ) -> None:
     from matplotlib.image import imread
 
-    from app.backtest.report import DRAWDOWN_COLOUR, SERIES
+    from app.backtest.report_html import DRAWDOWN_COLOUR, SERIES
 
     page = render_html(sma_report)
     lowered = page.lower()
