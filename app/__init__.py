@@ -11,7 +11,7 @@ from flask import Flask
 from prometheus_flask_exporter import PrometheusMetrics
 from redis import Redis
 
-from app import metrics
+from app import metrics_export
 from app.ai.store import ModelStore
 from app.api import register_api
 from app.api.errors import register_error_handlers
@@ -44,7 +44,7 @@ def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
     limiter.init_app(app)
     api.init_app(app)
     register_error_handlers(app)
-    PrometheusMetrics(app, registry=metrics.app_registry(), group_by="endpoint")
+    PrometheusMetrics(app, registry=metrics_export.app_registry(), group_by="endpoint")
     celery = celery_init_app(app, settings)
 
     users = UserService(db)

@@ -17,10 +17,19 @@ import logging
 import math
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from datetime import date, datetime
 from typing import Any
 
+from app.broker.costs import CommissionModel, SlippageModel
+from app.broker.sim_state import (
+    _fill_from,
+    _fill_state,
+    _order_from,
+    _order_state,
+    _request_from,
+    _request_state,
+)
 from app.domain import (
     Account,
     Clock,
@@ -49,38 +58,6 @@ _QTY_SCALE = 1_000_000_000  # 10 ** QTY_DECIMALS
 _QTY_EPS = 1.0 / _QTY_SCALE
 #: Float slack when comparing money, so qty = cash / price is not refused over one ulp.
 _CASH_EPS = 1e-9
-
-
-@dataclass(frozen=True)
-class CommissionModel:
-    """Fee per fill: ``bps`` of notional plus ``per_share``, never less than ``minimum``."""
-
-    bps: float = 0.0
-    per_share: float = 0.0
-    minimum: float = 0.0
-
-    def __post_init__(self) -> None:
-        if min(self.bps, self.per_share, self.minimum) < 0:
-            raise ValueError("commission parameters must be >= 0")
-
-    def cost(self, qty: float, price: float) -> float:
-        fee = abs(qty) * price * self.bps / 10_000 + abs(qty) * self.per_share
-        return max(fee, self.minimum)
-
-
-@dataclass(frozen=True)
-class SlippageModel:
-    """Adverse price move in basis points: buys pay more, sells receive less."""
-
-    bps: float = 0.0
-
-    def __post_init__(self) -> None:
-        if self.bps < 0:
-            raise ValueError("slippage must be >= 0")
-
-    def apply(self, price: float, side: Side) -> float:
-        factor = self.bps / 10_000
-        return price * (1 + factor) if side is Side.BUY else price * (1 - factor)
 
 
 @dataclass
@@ -496,46 +473,3 @@ class SimBroker:
             self._realized_pl = float(state["realized_pl"])
             self._commission_paid = float(state["commission_paid"])
             self._seq = int(state["seq"])
-
-
-def _ts(value: datetime | None) -> str | None:
-    return value.isoformat() if value else None
-
-
-def _dt(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value) if value else None
-
-
-def _order_state(order: Order) -> dict[str, Any]:
-    data = asdict(order)
-    data.update(
-        side=str(order.side), status=str(order.status), submitted_at=_ts(order.submitted_at)
-    )
-    return data
-
-
-def _order_from(data: Mapping[str, Any]) -> Order:
-    return Order(
-        **{
-            **data,
-            "side": Side(data["side"]),
-            "status": OrderStatus(data["status"]),
-            "submitted_at": _dt(data["submitted_at"]),
-        }
-    )
-
-
-def _request_state(request: OrderRequest) -> dict[str, Any]:
-    return {**asdict(request), "side": str(request.side)}
-
-
-def _request_from(data: Mapping[str, Any]) -> OrderRequest:
-    return OrderRequest(**{**data, "side": Side(data["side"])})
-
-
-def _fill_state(fill: Fill) -> dict[str, Any]:
-    return {**asdict(fill), "side": str(fill.side), "timestamp": _ts(fill.timestamp)}
-
-
-def _fill_from(data: Mapping[str, Any]) -> Fill:
-    return Fill(**{**data, "side": Side(data["side"]), "timestamp": _dt(data["timestamp"])})

@@ -25,7 +25,7 @@ from celery.signals import (
 from flask import Flask
 from prometheus_client import start_http_server
 
-from app import metrics
+from app import metrics, metrics_export
 from app.config import Settings, TradingMode, load_settings
 from app.extensions import db
 from app.logging_setup import app_handler, configure_logging
@@ -67,7 +67,7 @@ def celery_init_app(app: Flask, settings: Settings) -> Celery:
 def _dispose_pool_after_fork(**_kwargs: Any) -> None:
     """Prefork children must not share the parent's database connections."""
     db.dispose()
-    metrics.start_process_sampler("worker-pool")
+    metrics_export.start_process_sampler("worker-pool")
 
 
 @setup_logging.connect
@@ -83,13 +83,13 @@ def _keep_app_logging(loglevel: int | str | None = None, **_kwargs: Any) -> None
 @worker_ready.connect
 def _serve_worker_metrics(**_kwargs: Any) -> None:
     """The worker's /metrics: every pool child's files merged, served by the parent."""
-    metrics.start_process_sampler("worker")
+    metrics_export.start_process_sampler("worker")
     settings = load_settings()
     port, addr = settings.metrics_port, settings.metrics_addr
     if port is None:
         return
     try:
-        start_http_server(port, addr=addr, registry=metrics.collector_registry())
+        start_http_server(port, addr=addr, registry=metrics_export.collector_registry())
     except OSError as exc:  # a busy port must not stop trading
         log.error("worker metrics endpoint on %s:%d failed to start: %s", addr, port, exc)
         return
@@ -98,12 +98,12 @@ def _serve_worker_metrics(**_kwargs: Any) -> None:
 
 @worker_process_shutdown.connect
 def _pool_child_exit(pid: int | None = None, **_kwargs: Any) -> None:
-    metrics.mark_process_dead(pid or os.getpid())
+    metrics_export.mark_process_dead(pid or os.getpid())
 
 
 @worker_shutdown.connect
 def _worker_exit(**_kwargs: Any) -> None:
-    metrics.mark_process_dead(os.getpid())
+    metrics_export.mark_process_dead(os.getpid())
 
 
 def _task_name(sender: Any, task: Any = None) -> str:

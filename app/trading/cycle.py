@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import func, select
 
 from app import metrics
+from app.broker.instrumented import InstrumentedBroker
 from app.broker.sim_exchange import SimExchange
 from app.broker.venue import Venue
 from app.config import Settings, TradingMode
@@ -94,7 +95,7 @@ class TradingService:
         self._notifier = notifier
         self._lock = lock
         # Every broker call the cycle makes is counted and timed, whatever the venue.
-        self._broker = metrics.InstrumentedBroker(venue.broker, venue.name)
+        self._broker = InstrumentedBroker(venue.broker, venue.name)
         self._orders = OrderService(db, self._broker)
         self._risk = RiskStateStore(db)
         self._limits = RiskLimits.from_settings(settings)
