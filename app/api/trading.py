@@ -9,11 +9,11 @@ from flask_jwt_extended import get_jwt_identity
 from flask_smorest import Blueprint
 
 from app.ai.signals import ModelSignalSource
-from app.api.market import parse_symbol
 from app.api.schemas import TaskStartedSchema
 from app.api.tasks import started
 from app.container import services
 from app.errors import ConflictError, NotFoundError
+from app.market.symbols import parse_symbol
 from app.store import tasks as task_service
 from app.trading.cycle import LOOKBACK_CALENDAR_DAYS
 

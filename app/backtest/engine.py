@@ -58,7 +58,8 @@ from app.backtest.window import (
     backtest_sessions,
     intraday_exit,
 )
-from app.broker.sim import CommissionModel, SimBroker, SlippageModel
+from app.broker.costs import CommissionModel, SlippageModel
+from app.broker.sim import SimBroker
 from app.domain import (
     BarFrame,
     Order,

@@ -18,7 +18,8 @@ from typing import Protocol, TypeVar
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
-from app.broker.sim import CommissionModel, SimBroker, SlippageModel
+from app.broker.costs import CommissionModel, SlippageModel
+from app.broker.sim import SimBroker
 from app.domain import Account, MarketClock, Order, OrderRequest, Position, TradingSession
 from app.market.calendar import NyseCalendar, ReplayClock
 from app.store.database import Database

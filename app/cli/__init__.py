@@ -10,7 +10,6 @@ from flask import Flask
 from flask.cli import AppGroup, with_appcontext
 from tqdm import tqdm
 
-from app.api.market import parse_symbol
 from app.broker.venue import alpaca_market_data
 from app.cli.ai import register_ai_cli
 from app.cli.backtest import backtest_command
@@ -19,6 +18,7 @@ from app.domain import MarketData
 from app.errors import AppError
 from app.market.cache import CachedMarketData
 from app.market.sources import CsvMarketData
+from app.market.symbols import parse_symbol
 from app.market.validation import rejection_counts
 from app.store import migrations
 

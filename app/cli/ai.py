@@ -22,7 +22,7 @@ MODES = click.Choice(["pooled", "per-symbol", "per_symbol"])
 
 
 def _symbols(value: str | None, default: list[str]) -> list[str]:
-    from app.api.market import parse_symbol
+    from app.market.symbols import parse_symbol
 
     return [parse_symbol(s) for s in value.split(",") if s.strip()] if value else default
 

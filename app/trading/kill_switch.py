@@ -11,7 +11,7 @@ from app.errors import AppError
 from app.trading.risk import RiskLimits, RiskStateStore, daily_pnl
 
 if TYPE_CHECKING:
-    from app.container import Services
+    from app.trading.services import TradingServices
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +23,7 @@ class KillReport:
     errors: list[str] = field(default_factory=list)
 
 
-def status(svc: Services) -> dict[str, Any]:
+def status(svc: TradingServices) -> dict[str, Any]:
     store = RiskStateStore(svc.db)
     state = store.load()
     broker = svc.venue.broker
@@ -54,7 +54,7 @@ def status(svc: Services) -> dict[str, Any]:
 
 
 def halt(
-    svc: Services,
+    svc: TradingServices,
     reason: str,
     *,
     now: datetime,
@@ -89,6 +89,6 @@ def halt(
     return report
 
 
-def resume(svc: Services, reason: str) -> None:
+def resume(svc: TradingServices, reason: str) -> None:
     RiskStateStore(svc.db).resume(reason)
     svc.notifier.notify("Trading resumed", reason, "success")

@@ -11,10 +11,10 @@ from app.store.orm import OrderRecord
 from app.trading.risk import RiskStateStore, daily_pnl
 
 if TYPE_CHECKING:
-    from app.container import Services
+    from app.trading.services import TradingServices
 
 
-def daily_summary(svc: Services) -> dict[str, Any]:
+def daily_summary(svc: TradingServices) -> dict[str, Any]:
     broker = svc.venue.broker
     account = broker.get_account()
     positions = broker.get_positions()

@@ -43,7 +43,8 @@ from app.backtest.window import (
     load_bars,
     resolve_window,
 )
-from app.broker.sim import CommissionModel, SimBroker, SlippageModel
+from app.broker.costs import CommissionModel, SlippageModel
+from app.broker.sim import SimBroker
 from app.domain import BarFrame, OrderRequest, OrderStatus, Side, Signal, SignalAction
 from app.errors import OrderRejected, ValidationError
 from app.market.calendar import NyseCalendar

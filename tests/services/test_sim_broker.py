@@ -9,7 +9,8 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from app.broker.sim import CommissionModel, SimBroker, SlippageModel
+from app.broker.costs import CommissionModel, SlippageModel
+from app.broker.sim import SimBroker
 from app.domain import Broker, OrderRequest, OrderStatus, Side
 from app.errors import NotFoundError, OrderRejected
 from app.market.calendar import NyseCalendar, ReplayClock
