@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-# Before lightgbm/xgboost load (see ai_service): spinning OpenMP threads on a shared 2-core box.
+# Before lightgbm/xgboost load (see app/ai/__init__.py): spinning OpenMP threads on a shared box.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from app.ai.ensemble import DEFAULT_LGBM_PARAMS, DEFAULT_XGB_PARAMS, MODES

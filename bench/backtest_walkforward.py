@@ -28,7 +28,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-# Before lightgbm/xgboost load (see ai_service): spinning OpenMP threads on a shared 2-core box.
+# Before lightgbm/xgboost load (see app/ai/__init__.py): spinning OpenMP threads on a shared box.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from app.backtest.report import write_reports

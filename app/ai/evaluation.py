@@ -166,7 +166,7 @@ def evaluate(
 ) -> dict[str, Any]:
     """Walk forward over [start, end] in windows of `retrain_every` sessions.
 
-    Each window: train (``ai_service.train``) on rows with label_end <= the session before the
+    Each window: train (``app.ai.training.train``) on rows with label_end <= the session before the
     window and date >= window start - `train_years`, then predict every day of the window.
     `shuffle_labels` permutes the training labels (a placebo: its IC must be ~0).
     Returns settings, per-window records (cut-offs, sizes, timings) and ``summarise`` figures.

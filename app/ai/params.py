@@ -32,7 +32,7 @@ _INTEGER = frozenset({"num_leaves", "max_depth", "min_child_samples", "n_estimat
 class SearchSpace:
     """Inclusive (low, high) bounds per tuned parameter; names are library-neutral.
 
-    Defaults stay near ai_service's defaults (small steps, shallow trees, big leaves,
+    Defaults stay near the ensemble's defaults (small steps, shallow trees, big leaves,
     regularised): daily returns are mostly noise. n_estimators is bounded small for speed;
     ``train`` still early-stops below it.
     """
@@ -74,9 +74,9 @@ TUNED_PARAMS: tuple[str, ...] = tuple(spec.name for spec in fields(SearchSpace))
 
 
 def to_train_params(tuned: Mapping[str, Any]) -> dict[str, Any]:
-    """Tuned (library-neutral) params as ``ai_service.train(params=...)`` takes them.
+    """Tuned (library-neutral) params as ``app.ai.training.train(params=...)`` takes them.
 
-    Keys are the canonical names of ai_service's defaults, so they replace those defaults
+    Keys are the canonical names of the ensemble's defaults, so they replace those defaults
     instead of adding conflicting aliases. min_child_samples feeds XGBoost's min_child_weight
     too: with squared error every row's hessian is 1, so both mean "rows per leaf".
     """
@@ -137,7 +137,7 @@ def load_best_params(best_params_dir: str | Path, mode: str) -> dict[str, Any] |
     """The tuned params of `mode` (library-neutral names; see ``to_train_params``), or None.
 
     A missing, unreadable or malformed file gives None with a warning: training then uses
-    ai_service's defaults, which are sane, instead of not training at all.
+    the ensemble's defaults, which are sane, instead of not training at all.
     """
     path = _best_params_path(best_params_dir, mode)
     try:

@@ -166,7 +166,7 @@ def daily_rank_ic(dates: np.ndarray, pred: np.ndarray, label: np.ndarray) -> pd.
 
     Dates with fewer than MIN_SYMBOLS_PER_DATE usable rows or constant labels are left out;
     a constant prediction scores 0 (no skill) rather than disappearing. Same figure as
-    ``ai_service.daily_ic``'s rank_ic otherwise, vectorised (tuning calls it per fold).
+    ``app.ai.ensemble.daily_ic``'s rank_ic otherwise, vectorised (tuning calls it per fold).
     """
     frame = pd.DataFrame({"date": dates, "p": pred, "y": label}).dropna()
     grouped = frame.groupby("date")

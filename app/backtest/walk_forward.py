@@ -40,7 +40,7 @@ class Predictor(Protocol):
 
 @dataclass(frozen=True)
 class WalkForwardConfig:
-    """How models are retrained during a backtest (ai_service.train's knobs)."""
+    """How models are retrained during a backtest (app.ai.training.train's knobs)."""
 
     retrain_every: int = 63
     #: Years of rows each training uses (Settings.train_years); None: all history.

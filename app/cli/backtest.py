@@ -1,6 +1,6 @@
 """`flask --app app backtest ...`: a backtest from the command line, with a progress bar.
 
-Same service as the API task (backtest_service.run_request), so a figure from the CLI and one
+Same service as the API task (app.backtest.requests.run_request), so a figure from the CLI and one
 from the API agree.
 """
 
