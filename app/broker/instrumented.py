@@ -27,8 +27,8 @@ class InstrumentedBroker:
     """A Broker that measures every call: broker health for any venue, sim included.
 
     Alpaca's own HTTP attempts are measured in app/broker/alpaca_client.py (alpha_alpaca_*);
-    this layer sees
-    what the cycle sees, one call including its retries, and also works for SimExchange.
+    this layer sees what the cycle sees, one call including its retries, and also works for
+    SimExchange.
     Anything else is passed through to the wrapped broker.
     """
 
