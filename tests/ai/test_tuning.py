@@ -243,7 +243,7 @@ def test_two_processes_tune_one_study_through_the_shared_storage(
     best_dir = tmp_path / "best_params"
     sync = tmp_path / "sync"
     sync.mkdir()
-    code = "import sys; from tests.services.test_optimizer import run_worker as w; w(*sys.argv[1:])"
+    code = "import sys; from tests.ai.test_tuning import run_worker as w; w(*sys.argv[1:])"
     args = [sys.executable, "-c", code, url, study_name, str(best_dir), str(sync)]
     workers = [
         support.Process(args, support.service_env(), tmp_path / f"worker{i}.log") for i in range(2)

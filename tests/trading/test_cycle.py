@@ -181,7 +181,7 @@ def test_orders_and_positions_opened_by_hand_are_reconciled(
 @pytest.fixture
 def discord(make_app: Callable[..., Flask], fake: FakeAlpaca) -> Iterator[tuple[Flask, Any]]:
     """A paper app whose alerts go to a loopback Discord webhook receiver."""
-    from tests.services.test_notifier import Receiver
+    from tests.trading.test_notifier import Receiver
 
     receiver = Receiver()
     app = make_app(
