@@ -26,11 +26,11 @@ errorlog = "-"
 
 def post_fork(server, worker):
     """In the new worker: no inherited database connections; sample its CPU and memory."""
-    from app import metrics
+    from app import metrics_export
     from app.extensions import db
 
     db.dispose()
-    metrics.start_process_sampler("api")
+    metrics_export.start_process_sampler("api")
 
 
 def child_exit(server, worker):

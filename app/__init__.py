@@ -11,21 +11,21 @@ from flask import Flask
 from prometheus_flask_exporter import PrometheusMetrics
 from redis import Redis
 
-from app import metrics
+from app import metrics_export
+from app.ai.store import ModelStore
 from app.api import register_api
 from app.api.errors import register_error_handlers
-from app.celery_app import celery_init_app
+from app.broker.venue import build_venue
 from app.cli import register_cli
 from app.config import Settings, load_settings
 from app.container import EXTENSION_KEY, Services
 from app.extensions import api, db, jwt, limiter
 from app.logging_setup import configure_logging
-from app.services.ai_service import ModelStore
-from app.services.auth_service import TokenBlocklist, UserService
-from app.services.cycle_lock import CycleLock
-from app.services.notifier import Notifier
-from app.services.response_cache import ResponseCache
-from app.services.venue import build_venue
+from app.store.response_cache import ResponseCache
+from app.store.users import TokenBlocklist, UserService
+from app.tasks.celery_app import celery_init_app
+from app.trading.cycle_lock import CycleLock
+from app.trading.notifier import Notifier
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
     limiter.init_app(app)
     api.init_app(app)
     register_error_handlers(app)
-    PrometheusMetrics(app, registry=metrics.app_registry(), group_by="endpoint")
+    PrometheusMetrics(app, registry=metrics_export.app_registry(), group_by="endpoint")
     celery = celery_init_app(app, settings)
 
     users = UserService(db)

@@ -260,7 +260,7 @@ class Settings(BaseSettings):
 
     @property
     def broker_url(self) -> str:
-        """Redis when configured; otherwise SQLite through `app.celery_broker.Transport`."""
+        """Redis when configured; otherwise SQLite through `app.tasks.embedded_broker.Transport`."""
         if self.celery_broker_url:
             return self.celery_broker_url
         if self.redis_url:

@@ -9,16 +9,16 @@ from celery import Celery
 from flask import current_app
 from redis import Redis
 
+from app.ai.signals import ModelSignalSource
+from app.ai.store import ModelStore
+from app.broker.venue import Venue
 from app.config import Settings
-from app.services.ai_service import ModelStore
-from app.services.auth_service import TokenBlocklist, UserService
-from app.services.cycle_lock import CycleLock
-from app.services.database_service import Database
-from app.services.notifier import Notifier
-from app.services.response_cache import ResponseCache
-from app.services.signal_service import ModelSignalSource
-from app.services.trading_service import SignalSource, TradingService
-from app.services.venue import Venue
+from app.store.database import Database
+from app.store.response_cache import ResponseCache
+from app.store.users import TokenBlocklist, UserService
+from app.trading.cycle import SignalSource, TradingService
+from app.trading.cycle_lock import CycleLock
+from app.trading.notifier import Notifier
 
 EXTENSION_KEY = "alpha_trader"
 

@@ -7,7 +7,7 @@ from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from flask_smorest import Api
 
-from app.services.database_service import Database
+from app.store.database import Database
 
 db = Database()
 jwt = JWTManager()

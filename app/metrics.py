@@ -23,34 +23,26 @@ and resident memory into gauges of those names (`start_process_sampler`), labell
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from datetime import UTC, date, datetime
-from typing import Any, TypeVar
+from datetime import UTC, datetime
+from typing import Any
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client import multiprocess as _multiprocess
+from prometheus_client import Counter, Gauge, Histogram
 
 from app.domain import (
     Account,
-    Broker,
-    MarketClock,
-    Order,
-    OrderRequest,
     Position,
     Signal,
-    TradingSession,
     TradingState,
 )
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 
 #: Order reasons are free text ("entry: predicted ..."); their first word is the label.
 ORDER_KINDS = frozenset({"entry", "stop_loss", "take_profit", "signal_sell", "rebalance"})
@@ -416,63 +408,6 @@ def broker_call(venue: str, method: str) -> Iterator[None]:
         BROKER_LATENCY.labels(venue=venue, method=method).observe(time.perf_counter() - started)
 
 
-class InstrumentedBroker:
-    """A Broker that measures every call: broker health for any venue, sim included.
-
-    Alpaca's own HTTP attempts are measured in alpaca_service (alpha_alpaca_*); this layer sees
-    what the cycle sees, one call including its retries, and also works for SimExchange.
-    Anything else is passed through to the wrapped broker.
-    """
-
-    def __init__(self, broker: Broker, venue: str) -> None:
-        self.wrapped = broker
-        self.venue = venue
-
-    def _call(self, method: str, fn: Callable[[], T]) -> T:
-        with broker_call(self.venue, method):
-            return fn()
-
-    def get_account(self) -> Account:
-        return self._call("get_account", self.wrapped.get_account)
-
-    def get_positions(self) -> list[Position]:
-        return self._call("get_positions", self.wrapped.get_positions)
-
-    def get_open_orders(self) -> list[Order]:
-        return self._call("get_open_orders", self.wrapped.get_open_orders)
-
-    def submit_market_order(self, request: OrderRequest) -> Order:
-        return self._call(
-            "submit_market_order", functools.partial(self.wrapped.submit_market_order, request)
-        )
-
-    def get_order_by_client_id(self, client_order_id: str) -> Order | None:
-        return self._call(
-            "get_order_by_client_id",
-            functools.partial(self.wrapped.get_order_by_client_id, client_order_id),
-        )
-
-    def cancel_order(self, client_order_id: str) -> None:
-        self._call("cancel_order", functools.partial(self.wrapped.cancel_order, client_order_id))
-
-    def close_position(self, symbol: str, client_order_id: str) -> Order:
-        return self._call(
-            "close_position",
-            functools.partial(self.wrapped.close_position, symbol, client_order_id),
-        )
-
-    def get_clock(self) -> MarketClock:
-        return self._call("get_clock", self.wrapped.get_clock)
-
-    def get_calendar(self, start: date, end: date) -> list[TradingSession]:
-        return self._call("get_calendar", functools.partial(self.wrapped.get_calendar, start, end))
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.wrapped, name)
-
-
-# ---------------------------------------------------------------------------- celery tasks
-
 _task_started: dict[str, float] = {}
 _task_lock = threading.Lock()
 
@@ -496,133 +431,3 @@ def task_finished(task_id: str | None, task: str, state: str | None) -> None:
 def task_failed(task: str, exception: BaseException | None) -> None:
     error = type(exception).__name__ if exception is not None else "unknown"
     CELERY_TASK_FAILURES.labels(task=task, exception=error).inc()
-
-
-# ---------------------------------------------------------------------------- exposition
-
-
-def collector_registry() -> CollectorRegistry:
-    """What a metrics endpoint outside Flask (the Celery worker's) should serve.
-
-    In multiprocess mode: every process's files merged (the pool children do the work, the
-    parent serves); otherwise this process's default registry.
-    """
-    path = multiprocess_dir()
-    if not path:
-        return REGISTRY
-    registry = CollectorRegistry()
-    _multiprocess.MultiProcessCollector(registry, path=path)  # type: ignore[no-untyped-call]
-    return registry
-
-
-def mark_process_dead(pid: int) -> None:
-    """Drop a finished process's live gauges (in progress tasks, CPU, memory)."""
-    if multiprocess_dir():
-        _multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
-
-
-# ---------------------------------------------------------------------------- process_* metrics
-
-_PROCESS_CPU: Gauge | None = None
-_PROCESS_RSS: Gauge | None = None
-# A process that forks while its sampler thread holds prometheus_client's value lock would
-# hand its child a lock nobody releases. The sampler writes only under this lock, and a fork
-# waits for it (os.register_at_fork), so the child always inherits a free one.
-_FORK_GUARD = threading.Lock()
-_sampler_pid: int | None = None
-
-
-def _release_fork_guard() -> None:
-    _FORK_GUARD.release()
-
-
-os.register_at_fork(
-    before=_FORK_GUARD.acquire,
-    after_in_parent=_release_fork_guard,
-    after_in_child=_release_fork_guard,
-)
-
-
-def _process_gauges() -> tuple[Gauge, Gauge]:
-    global _PROCESS_CPU, _PROCESS_RSS
-    if _PROCESS_CPU is None or _PROCESS_RSS is None:
-        # Not registered: in single-process mode the default registry's ProcessCollector
-        # already exports these names.
-        _PROCESS_CPU = Gauge(
-            "process_cpu_seconds_total",
-            "Total user and system CPU time spent in seconds (sampled by the process)",
-            ["role"],
-            registry=None,
-            multiprocess_mode="liveall",
-        )
-        _PROCESS_RSS = Gauge(
-            "process_resident_memory_bytes",
-            "Resident memory size in bytes (sampled by the process)",
-            ["role"],
-            registry=None,
-            multiprocess_mode="liveall",
-        )
-    return _PROCESS_CPU, _PROCESS_RSS
-
-
-def _resident_bytes() -> float:
-    try:
-        with open("/proc/self/statm", encoding="ascii") as f:
-            return float(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, IndexError, ValueError):
-        import resource
-
-        return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024.0
-
-
-def sample_process(role: str) -> None:
-    """Write this process's CPU seconds and resident memory once."""
-    cpu, rss = _process_gauges()
-    times = os.times()
-    with _FORK_GUARD:
-        cpu.labels(role=role).set(times.user + times.system)
-        rss.labels(role=role).set(_resident_bytes())
-
-
-def start_process_sampler(role: str, interval: float = 5.0) -> bool:
-    """Sample this process's CPU and memory every `interval` seconds (multiprocess mode only).
-
-    Call it in each process that should appear (gunicorn worker, Celery parent and pool
-    child); once per process, a forked child needs its own call. Returns whether it started.
-    Not in Celery's embedded beat: billiard closes the file descriptors it inherits, the
-    metric files' among them, so no metric can be written there.
-    """
-    global _sampler_pid
-    if not multiprocess_dir() or _sampler_pid == os.getpid():
-        return False
-    _sampler_pid = os.getpid()
-    sample_process(role)
-
-    def loop() -> None:
-        pid = os.getpid()
-        while _sampler_pid == pid:
-            time.sleep(interval)
-            try:
-                sample_process(role)
-            except Exception:  # never let a metrics hiccup end the thread silently
-                log.exception("process metrics sampling failed")
-
-    threading.Thread(target=loop, name=f"metrics-sampler-{role}", daemon=True).start()
-    return True
-
-
-class _DefaultRegistryView:
-    """Makes the process's default registry (these metrics, process and GC collectors) part
-    of an app's /metrics registry when there is no multiprocess directory to merge from."""
-
-    def collect(self) -> Iterator[Any]:
-        yield from REGISTRY.collect()
-
-
-def app_registry() -> CollectorRegistry:
-    """The registry one Flask app's /metrics serves: its HTTP metrics, plus these metrics in
-    single-process mode (in multiprocess mode the exporter merges every process's files)."""
-    registry = CollectorRegistry(auto_describe=True)
-    if multiprocess_dir() is None:
-        registry.register(_DefaultRegistryView())  # type: ignore[arg-type]
-    return registry

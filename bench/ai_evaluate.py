@@ -19,13 +19,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-# Before lightgbm/xgboost load (see ai_service): spinning OpenMP threads on a shared 2-core box.
+# Before lightgbm/xgboost load (see app/ai/__init__.py): spinning OpenMP threads on a shared box.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from app.services.ai_service import DEFAULT_LGBM_PARAMS, DEFAULT_XGB_PARAMS, MODES
-from app.services.evaluation import evaluate
-from app.services.features import build_features
-from app.services.market_data import CsvMarketData
+from app.ai.ensemble import DEFAULT_LGBM_PARAMS, DEFAULT_XGB_PARAMS, MODES
+from app.ai.evaluation import evaluate
+from app.ai.features import build_features
+from app.market.sources import CsvMarketData
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = ROOT.parent / "shared" / "data" / "daily"

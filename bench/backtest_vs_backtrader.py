@@ -36,16 +36,13 @@ except ImportError:  # pragma: no cover - an optional tool
         "(do not add it to requirements.txt)"
     )
 
+from app.backtest.engine import run_backtest
+from app.backtest.results import BacktestConfig, BacktestResult
+from app.backtest.signals import SmaCrossSignals
 from app.domain import BarFrame
-from app.services.backtest_service import (
-    BacktestConfig,
-    BacktestResult,
-    SmaCrossSignals,
-    run_backtest,
-)
-from app.services.market_data import CsvMarketData
-from app.services.risk_manager import RiskLimits
-from app.services.strategy import StrategyConfig
+from app.market.sources import CsvMarketData
+from app.trading.risk import RiskLimits
+from app.trading.strategy import StrategyConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = ROOT.parent / "shared" / "data" / "daily"

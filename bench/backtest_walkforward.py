@@ -28,13 +28,13 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-# Before lightgbm/xgboost load (see ai_service): spinning OpenMP threads on a shared 2-core box.
+# Before lightgbm/xgboost load (see app/ai/__init__.py): spinning OpenMP threads on a shared box.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from app.backtest.report import write_reports
+from app.backtest.requests import BacktestRequest, run_request
 from app.config import Settings
-from app.services.backtest_report import write_reports
-from app.services.backtest_service import BacktestRequest, run_request
-from app.services.market_data import CsvMarketData
+from app.market.sources import CsvMarketData
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = ROOT.parent / "shared" / "data" / "daily"

@@ -20,11 +20,11 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
 
-from app.services import migrations
-from app.services.alpaca_service import AlpacaMarketData
-from app.services.bar_cache import CachedMarketData
-from app.services.database_service import Database
-from app.services.rate_limit import SlidingWindowLimiter
+from app.broker.alpaca_data import AlpacaMarketData
+from app.broker.rate_limit import SlidingWindowLimiter
+from app.market.cache import CachedMarketData
+from app.store import migrations
+from app.store.database import Database
 from tests.fakes.fake_alpaca import FakeAlpaca
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -19,10 +19,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ["ENV_FILE"] = ""
 
 from app import create_app
+from app.ai.store import ModelStore
+from app.ai.training import train
 from app.container import services
-from app.services import migrations
-from app.services.ai_service import ModelStore, train
-from app.services.market_data import CsvMarketData, SyntheticMarketData
+from app.market.sources import CsvMarketData, SyntheticMarketData
+from app.store import migrations
 from tests.fakes.fake_alpaca import FakeAlpaca
 from tests.support import SHARED_DATA
 

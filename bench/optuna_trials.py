@@ -1,7 +1,7 @@
 """Optuna trials per minute of the tuning objective on the 32-symbol watchlist data.
 
 Why: the tuning budget (n_trials vs timeout) is only meaningful if we know what a trial costs.
-Same objective as production tuning (``optimizer_service.optimize``): pooled mode, training
+Same objective as production tuning (``app.ai.tuning.optimize``): pooled mode, training
 window 2016-01-01..2018-12-31 (bars from 2015-06 for the 120-bar warm-up), 4 expanding
 walk-forward folds scored by mean daily rank IC, 1 LightGBM + 1 XGBoost member per fold, the
 default search space (n_estimators 50..300), TPE + median pruning. Each run is a fresh study
@@ -23,14 +23,15 @@ import time
 import uuid
 from pathlib import Path
 
-# Before lightgbm/xgboost load (see ai_service): spinning OpenMP threads on a shared 2-core box.
+# Before lightgbm/xgboost load (see app/ai/__init__.py): spinning OpenMP threads on a shared box.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import optuna
 
-from app.services.features import build_features
-from app.services.market_data import CsvMarketData
-from app.services.optimizer_service import DEFAULT_N_FOLDS, SearchSpace, optimize
+from app.ai.features import build_features
+from app.ai.params import SearchSpace
+from app.ai.tuning import DEFAULT_N_FOLDS, optimize
+from app.market.sources import CsvMarketData
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = ROOT.parent / "shared" / "data" / "daily"

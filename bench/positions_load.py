@@ -24,7 +24,7 @@ from pathlib import Path
 
 import requests
 
-from app.services import migrations
+from app.store import migrations
 from tests import support
 from tests.fakes.fake_alpaca import FakeAlpaca
 

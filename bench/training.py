@@ -24,9 +24,9 @@ CHILD = r"""
 import json, resource, time
 from datetime import date
 from app.config import DEFAULT_WATCHLIST
-from app.services.ai_service import train
-from app.services.features import latest_features
-from app.services.market_data import CsvMarketData
+from app.ai.ensemble import train
+from app.ai.features import latest_features
+from app.market.calendar import CsvMarketData
 from tests.support import SHARED_DATA
 symbols = DEFAULT_WATCHLIST.split(",")
 bars = CsvMarketData(SHARED_DATA).get_daily_bars(symbols, date(2016, 6, 1), date(2021, 12, 31))

@@ -6,7 +6,7 @@ from alembic import context
 from sqlalchemy import engine_from_config, pool
 
 from app.config import load_settings
-from app.orm import Base
+from app.store.orm import Base
 
 config = context.config
 if not config.get_main_option("sqlalchemy.url"):

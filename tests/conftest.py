@@ -18,8 +18,8 @@ from sqlalchemy import delete
 from app import create_app
 from app.config import Settings
 from app.extensions import db, limiter
-from app.orm import Base
-from app.services import migrations
+from app.store import migrations
+from app.store.orm import Base
 from tests import support
 
 # Settings a developer's shell could carry must not leak into tests.

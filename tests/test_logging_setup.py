@@ -60,7 +60,7 @@ def test_every_line_of_a_cycle_carries_its_id(captured: io.StringIO) -> None:
     with cycle_context("c0ffee") as cycle_id:
         assert current_cycle_id() == cycle_id == "c0ffee"
         log.warning("inside")
-        logging.getLogger("app.services.order_service").warning("another module")
+        logging.getLogger("app.trading.orders").warning("another module")
     log.warning("after")
     assert current_cycle_id() is None
     lines = captured.getvalue().splitlines()
@@ -84,7 +84,7 @@ def test_celery_leaves_the_app_handler_in_place() -> None:
     from celery import Celery
     from celery.app.log import Logging
 
-    import app.celery_app  # noqa: F401 - connects the receivers
+    import app.tasks.celery_app  # noqa: F401 - connects the receivers
 
     configure_logging("INFO", json_format=False)
     handler = app_handler()

@@ -14,12 +14,14 @@ import pytest
 from prometheus_client import REGISTRY
 
 from app import metrics
-from app.celery_app import _task_failure, _task_postrun, _task_prerun
+from app.broker.alpaca import AlpacaBroker
+from app.broker.alpaca_client import RetryPolicy
+from app.broker.instrumented import InstrumentedBroker
+from app.broker.rate_limit import SlidingWindowLimiter
 from app.config import load_settings
 from app.domain import Account, Position, Signal, SignalAction, TradingState
 from app.errors import ConfigError
-from app.services.alpaca_service import AlpacaBroker, RetryPolicy
-from app.services.rate_limit import SlidingWindowLimiter
+from app.tasks.celery_app import _task_failure, _task_postrun, _task_prerun
 from tests import support
 from tests.fakes.fake_alpaca import FakeAlpaca
 
@@ -100,7 +102,7 @@ class _Broker:
 
 
 def test_instrumented_broker_times_calls_and_counts_errors() -> None:
-    broker = metrics.InstrumentedBroker(_Broker(), "unit")  # type: ignore[arg-type]
+    broker = InstrumentedBroker(_Broker(), "unit")  # type: ignore[arg-type]
     ok = sample("alpha_broker_requests_total", venue="unit", method="get_account", outcome="ok")
     assert broker.get_account().cash == 1
     with pytest.raises(TimeoutError):
@@ -194,26 +196,26 @@ MULTIPROCESS_SCRIPT = textwrap.dedent(
     """
     import os, sys
     from prometheus_client import generate_latest
-    from app import metrics
+    from app import metrics, metrics_export
     from app.domain import Account, TradingState
 
     def exported():
-        return generate_latest(metrics.collector_registry()).decode()
+        return generate_latest(metrics_export.collector_registry()).decode()
 
     before = exported()
     metrics.record_portfolio(
         "sim", Account(cash=5, equity=10, buying_power=0, last_equity=10), [],
         state=TradingState.ACTIVE, daily_pnl=0, realized_pnl=0,
     )
-    assert metrics.start_process_sampler("unit")
-    assert not metrics.start_process_sampler("unit")  # once per process
+    assert metrics_export.start_process_sampler("unit")
+    assert not metrics_export.start_process_sampler("unit")  # once per process
     pid = os.fork()
     if pid == 0:  # a pool child: its own sampler, its own pid
-        metrics.start_process_sampler("child")
+        metrics_export.start_process_sampler("child")
         os._exit(0)
     os.waitpid(pid, 0)
     after = exported()
-    metrics.mark_process_dead(pid)
+    metrics_export.mark_process_dead(pid)
     print("BEFORE", "alpha_portfolio_value_usd" in before, "alpha_cycles_total" in before)
     print("AFTER", 'alpha_portfolio_value_usd{venue="sim"} 10.0' in after)
     print("PROCESS", f'process_resident_memory_bytes{{pid="{os.getpid()}",role="unit"}}' in after)

@@ -11,13 +11,14 @@ from flask_smorest import Blueprint
 
 from app.api.backtest_schemas import BacktestRunSchema, BacktestRunStatusSchema
 from app.api.schemas import TaskStartedSchema
-from app.celery_config import TRAINING_QUEUE
+from app.backtest.requests import BacktestRequest
+from app.backtest.runs import BacktestRunStore, RunStatus
+from app.backtest.window import resolve_window
 from app.container import services
 from app.errors import NotFoundError, ValidationError
-from app.services import task_service
-from app.services.backtest_runs import BacktestRunStore, RunStatus
-from app.services.backtest_service import BacktestRequest, resolve_window
-from app.services.market_data import NyseCalendar
+from app.market.calendar import NyseCalendar
+from app.store import tasks as task_service
+from app.tasks.celery_config import TRAINING_QUEUE
 
 blp = Blueprint(
     "backtest", __name__, url_prefix="/api/backtest", description="Backtests of the live strategy"
@@ -68,7 +69,7 @@ def run(body: dict[str, Any]) -> dict[str, str]:
     task_id = str(uuid4())
     BacktestRunStore(svc.db).create(task_id, params)
     task_service.record(svc.db, task_id, TASK_NAME, params, get_jwt_identity())
-    from app.backtest_tasks import run_backtest
+    from app.tasks.backtest import run_backtest
 
     run_backtest.apply_async(kwargs={"params": params}, task_id=task_id, queue=TRAINING_QUEUE)
     return {"task_id": task_id, "status_url": url_for("backtest.get_run", task_id=task_id)}

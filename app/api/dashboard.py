@@ -9,7 +9,8 @@ from typing import Any
 from flask_smorest import Blueprint
 
 from app.container import services
-from app.services import history_service, risk_service
+from app.store import history as history_service
+from app.trading import kill_switch as risk_service
 
 blp = Blueprint("dashboard", __name__, url_prefix="/api/dashboard", description="Dashboard")
 

@@ -10,8 +10,8 @@ from marshmallow import RAISE
 from app.api.schemas import HistoryQuerySchema, OrdersQuerySchema
 from app.container import services
 from app.errors import ValidationError
-from app.services import history_service
-from app.services.history_service import Page
+from app.store import history as history_service
+from app.store.history import Page
 
 blp = Blueprint("history", __name__, url_prefix="/api", description="Orders and trades")
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from datetime import date, timedelta
 from typing import Any
 
@@ -12,19 +11,9 @@ from marshmallow import RAISE
 from app.api.schemas import BarsQuerySchema, BarsSchema, PriceSchema
 from app.container import services
 from app.errors import ValidationError
+from app.market.symbols import parse_symbol
 
 blp = Blueprint("market", __name__, url_prefix="/api", description="Market data")
-
-SYMBOL = re.compile(r"^[A-Z][A-Z0-9.]{0,9}$")
-
-
-def parse_symbol(raw: str) -> str:
-    symbol = raw.strip().upper()
-    if not SYMBOL.match(symbol):
-        raise ValidationError(
-            "must be 1-10 letters, digits or dots, starting with a letter", field="symbol"
-        )
-    return symbol
 
 
 @blp.route("/price/<string:symbol>")

@@ -11,7 +11,7 @@ from flask_smorest import Blueprint
 
 from app.api.schemas import HaltSchema, ResumeSchema
 from app.container import services
-from app.services import risk_service
+from app.trading import kill_switch as risk_service
 
 blp = Blueprint("risk", __name__, url_prefix="/api/risk", description="Risk state and limits")
 

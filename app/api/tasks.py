@@ -10,7 +10,7 @@ from flask_smorest import Blueprint
 
 from app.api.schemas import TaskStartedSchema, TaskStatusSchema
 from app.container import services
-from app.services import task_service
+from app.store import tasks as task_service
 
 blp = Blueprint("tasks", __name__, url_prefix="/api/tasks", description="Background tasks")
 

@@ -8,14 +8,14 @@ from typing import Any
 from flask_jwt_extended import get_jwt_identity
 from flask_smorest import Blueprint
 
-from app.api.market import parse_symbol
+from app.ai.signals import ModelSignalSource
 from app.api.schemas import TaskStartedSchema
 from app.api.tasks import started
 from app.container import services
 from app.errors import ConflictError, NotFoundError
-from app.services import task_service
-from app.services.signal_service import ModelSignalSource
-from app.services.trading_service import LOOKBACK_CALENDAR_DAYS
+from app.market.symbols import parse_symbol
+from app.store import tasks as task_service
+from app.trading.cycle import LOOKBACK_CALENDAR_DAYS
 
 blp = Blueprint("trading", __name__, url_prefix="/api/trading", description="Signals and cycles")
 

@@ -9,10 +9,10 @@ from flask_smorest import Blueprint
 
 from app.api.schemas import OptimizeSchema, TaskStartedSchema, TrainingSchema
 from app.api.tasks import started
-from app.celery_config import TRAINING_QUEUE
 from app.container import services
 from app.errors import ValidationError
-from app.services import task_service
+from app.store import tasks as task_service
+from app.tasks.celery_config import TRAINING_QUEUE
 
 blp = Blueprint("training", __name__, url_prefix="/api", description="Model training and tuning")
 
@@ -22,7 +22,7 @@ blp = Blueprint("training", __name__, url_prefix="/api", description="Model trai
 @blp.response(202, TaskStartedSchema)
 def start_batch(body: dict[str, Any]) -> dict[str, str]:
     """Train the watchlist: a group of per-symbol data tasks chorded into one fit."""
-    from app.tasks import start_batch_training
+    from app.tasks.training import start_batch_training
 
     return started(start_batch_training(services(), body.get("mode"), get_jwt_identity()))
 

@@ -9,7 +9,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
 from app.extensions import db
-from app.orm import User
+from app.store.orm import User
 from tests.conftest import Auth
 
 

@@ -12,11 +12,11 @@ import pytest
 from flask import Flask
 from sqlalchemy import func, select
 
-from app import backtest_tasks
-from app.backtest_cli import backtest_command
+from app.backtest.report import SEED_KEYS
+from app.cli.backtest import backtest_command
 from app.extensions import db
-from app.orm import BacktestRun
-from app.services.backtest_report import SEED_KEYS
+from app.store.orm import BacktestRun
+from app.tasks import backtest as backtest_tasks
 from tests.conftest import Auth
 from tests.support import SHARED_DATA
 

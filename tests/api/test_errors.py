@@ -10,7 +10,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
 from app.extensions import db
-from app.orm import RevokedToken, User
+from app.store.orm import RevokedToken, User
 from tests.conftest import Auth
 
 

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import requests
 
-from app.services.alpaca_service import AlpacaBroker
-from app.services.rate_limit import SlidingWindowLimiter
+from app.broker.alpaca import AlpacaBroker
+from app.broker.rate_limit import SlidingWindowLimiter
 from tests.fakes.fake_alpaca import DUPLICATE_CLIENT_ORDER_ID, FakeAlpaca
 
 AUTH = {"APCA-API-KEY-ID": "key", "APCA-API-SECRET-KEY": "secret"}

@@ -17,12 +17,13 @@ from celery import Celery
 from sqlalchemy import delete, select
 
 from app import create_app
+from app.ai.store import ModelStore
+from app.ai.training import train
 from app.container import EXTENSION_KEY, Services
 from app.extensions import db
-from app.orm import Base, OrderRecord
-from app.services.ai_service import ModelStore, train
-from app.services.market_data import CsvMarketData
-from app.services.order_service import OrderService
+from app.market.sources import CsvMarketData
+from app.store.orm import Base, OrderRecord
+from app.trading.orders import OrderService
 from tests import support
 from tests.api.test_market_api import PAPER
 from tests.fakes.fake_alpaca import FakeAlpaca

@@ -1,0 +1,414 @@
+"""Backtests: the live decision (``strategy.decide``) and its risk gate replayed over SimBroker.
+
+One strategy, three clocks: nothing here decides anything. Each session t runs the steps a
+live day would, in this order:
+
+1. **Open of t** - the orders decided after the close of t-1 fill at the open of t (SimBroker
+   with ``fill_immediately=False`` + ``process_pending``: sells first, then buys; slippage and
+   commission in bps). The account's ``last_equity`` (the daily-loss base) is the equity at the
+   close of t-1, as Alpaca reports it.
+2. **Intraday of t** - every held position is checked against the bar's high and low (live
+   checks every few minutes; a daily bar only tells the range). Rule: with
+   ``stop = entry x (1 + stop_loss_pct)`` and ``target = entry x (1 + take_profit_pct)``
+   (entry = average fill price, as the live check uses): an open at or through a level fills
+   at the open (a gap is not a fill at the level); otherwise a low at or under the stop fills at
+   the stop, a high at or over the target fills at the target, and a bar touching both counts
+   as the stop (we cannot know which came first: assume the worse). Slippage applies.
+3. **Close of t** - positions are marked at the close; the equity curve gets its point.
+4. **Decision after the close of t** - ``DecisionInputs`` are built exactly as
+   ``TradingService`` builds them (account, positions, open orders from the broker; bars of the
+   symbols for the last ``LOOKBACK_CALENDAR_DAYS`` up to t; prices = closes of t, held
+   positions at their marks; the risk state carried from the previous decision; held-since from
+   the filled orders; ``now`` = the close of t), ``decide`` runs unchanged, and each approved
+   order is submitted under the live ``client_order_id`` (cycle key ``eod``, as in sim mode).
+   No decision is taken after the last session: its orders could never fill inside the window.
+
+Signals come from an injected ``signal_fn(bars, session)``: a walk-forward model
+(``ModelSignals`` over ``WalkForwardPredictor``: retrained every N sessions on labels known
+before each window), a saved ModelBundle used as is, a rule (``SmaCrossSignals``) or whatever a
+test needs. Services never import flask: the API task, the CLI and the benches call this.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from datetime import date
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from app.backtest.results import (
+    BENCHMARK_SYMBOL,
+    CYCLE_KEY,
+    INTRADAY_KEY,
+    BacktestConfig,
+    BacktestResult,
+    DayRecord,
+    OrderLog,
+    ProgressFn,
+    SignalFn,
+    Trade,
+)
+from app.backtest.window import (
+    _BarWindow,
+    _SteppedClock,
+    _SymbolIndex,
+    backtest_sessions,
+    intraday_exit,
+)
+from app.broker.costs import CommissionModel, SlippageModel
+from app.broker.sim import SimBroker
+from app.domain import (
+    BarFrame,
+    Order,
+    OrderRequest,
+    OrderStatus,
+    Side,
+    SignalAction,
+)
+from app.errors import OrderRejected, ValidationError
+from app.market.calendar import NyseCalendar
+from app.trading.cycle import client_order_id
+from app.trading.risk import PortfolioView, RiskState
+from app.trading.strategy import DecisionInputs, MarketSnapshot, decide
+
+if TYPE_CHECKING:
+    pass
+
+__all__ = [
+    "BENCHMARK_SYMBOL",
+    "CYCLE_KEY",
+    "INTRADAY_KEY",
+    "BacktestConfig",
+    "BacktestResult",
+    "DayRecord",
+    "OrderLog",
+    "SignalFn",
+    "Trade",
+    "backtest_sessions",
+    "intraday_exit",
+    "run_backtest",
+]
+
+log = logging.getLogger(__name__)
+
+
+class _Book:
+    """Orders, fills and round trips as the broker reports them."""
+
+    def __init__(self, sessions: list[date]) -> None:
+        self.orders: dict[str, OrderLog] = {}
+        self.trades: list[Trade] = []
+        self.open_lots: dict[str, tuple[OrderLog, float, float, float]] = {}
+        self.held_since: dict[str, date] = {}
+        #: Commission of each fill, by client_order_id (SimBroker reports it on the Fill).
+        self.fees: dict[str, float] = {}
+        self._position = {day: i for i, day in enumerate(sessions)}
+
+    def submitted(self, log_entry: OrderLog) -> None:
+        self.orders[log_entry.client_order_id] = log_entry
+
+    def settled(self, order: Order, day: date) -> None:
+        """Record a fill or a rejection reported by SimBroker.process_pending()."""
+        entry = self.orders[order.client_order_id]
+        entry.status = order.status.value
+        if order.status is not OrderStatus.FILLED or order.filled_avg_price is None:
+            entry.reject_reason = order.reject_reason
+            return
+        entry.fill_date = day
+        entry.fill_price = order.filled_avg_price
+        entry.qty = order.filled_qty
+        symbol = order.symbol
+        if order.side is Side.BUY:
+            entry.commission = self._commission(order)
+            self.open_lots[symbol] = (entry, order.filled_qty, entry.fill_price, entry.commission)
+            # Live: the session of the first filled buy since the holding was last flat.
+            self.held_since.setdefault(symbol, entry.session)
+            return
+        entry.commission = self._commission(order)
+        lot = self.open_lots.pop(symbol, None)
+        self.held_since.pop(symbol, None)
+        if lot is None:
+            return
+        buy, qty, price, buy_fee = lot
+        pnl = order.filled_qty * entry.fill_price - qty * price - buy_fee - entry.commission
+        self.trades.append(
+            Trade(
+                symbol=symbol,
+                qty=qty,
+                entry_date=buy.fill_date or buy.session,
+                entry_price=price,
+                entry_reason=buy.reason,
+                exit_date=day,
+                exit_price=entry.fill_price,
+                exit_reason=entry.reason_kind,
+                exit_detail=entry.reason,
+                pnl=pnl,
+                return_pct=pnl / (qty * price) if qty * price > 0 else 0.0,
+                holding_days=self._position[day] - self._position[buy.fill_date or buy.session],
+                commission=buy_fee + entry.commission,
+            )
+        )
+
+    def _commission(self, order: Order) -> float:
+        return self.fees.get(order.client_order_id, 0.0)
+
+    def close_out(self, marks: Mapping[str, float], day: date) -> None:
+        """Positions still open at the end become trades marked at the last close."""
+        for symbol, (buy, qty, price, buy_fee) in sorted(self.open_lots.items()):
+            mark = marks.get(symbol, price)
+            pnl = qty * (mark - price) - buy_fee
+            entered = buy.fill_date or buy.session
+            self.trades.append(
+                Trade(
+                    symbol=symbol,
+                    qty=qty,
+                    entry_date=entered,
+                    entry_price=price,
+                    entry_reason=buy.reason,
+                    exit_date=day,
+                    exit_price=mark,
+                    exit_reason="open",
+                    exit_detail="still held at the end: marked at the last close",
+                    pnl=pnl,
+                    return_pct=pnl / (qty * price) if qty * price > 0 else 0.0,
+                    holding_days=self._position[day] - self._position[entered],
+                    commission=buy_fee,
+                    open=True,
+                )
+            )
+
+
+def run_backtest(
+    bars: Mapping[str, BarFrame],
+    config: BacktestConfig,
+    signal_fn: SignalFn,
+    *,
+    progress: ProgressFn | None = None,
+    calendar: NyseCalendar | None = None,
+) -> BacktestResult:
+    """Replay `config`'s window day by day; see the module docstring for the timeline."""
+    started = time.perf_counter()
+    cal = calendar or NyseCalendar()
+    universe = tuple(dict.fromkeys(s.upper() for s in config.symbols))
+    missing = [s for s in universe if s not in bars or not len(bars[s])]
+    warnings: list[str] = []
+    if missing:
+        warnings.append(f"no bars for {missing}: they are never traded")
+    visible = [s for s in universe if s not in missing]
+    if BENCHMARK_SYMBOL in bars and BENCHMARK_SYMBOL not in visible and len(bars["SPY"]):
+        visible.append(BENCHMARK_SYMBOL)  # the live watchlist carries SPY for the features
+    tradable = set(universe) - set(missing)
+    sessions = backtest_sessions(bars, sorted(tradable), config.start, config.end, cal)
+    if not sessions:
+        raise ValidationError(
+            f"no bars for {list(universe)} between {config.start} and {config.end}",
+            field="start",
+        )
+    session_index = pd.DatetimeIndex([pd.Timestamp(d) for d in sessions])
+    index = {s: _SymbolIndex(bars[s], session_index) for s in sorted(visible)}
+
+    clock = _SteppedClock(cal.session_open(sessions[0]))
+    reference: dict[str, float] = {}
+    broker = SimBroker(
+        reference.__getitem__,
+        starting_cash=config.initial_capital,
+        clock=clock,
+        calendar=cal,
+        commission=CommissionModel(bps=config.commission_bps),
+        slippage=SlippageModel(bps=config.slippage_bps),
+        fill_immediately=False,
+    )
+    book = _Book(sessions)
+    fills_seen = 0
+
+    def settle(orders: list[Order], day: date) -> None:
+        nonlocal fills_seen
+        fills = broker.fills
+        for fill in fills[fills_seen:]:
+            book.fees[fill.client_order_id] = fill.commission
+        fills_seen = len(fills)
+        for order in orders:
+            book.settled(order, day)
+
+    risk_state = RiskState()
+    days: list[DayRecord] = []
+    denied: list[dict[str, Any]] = []
+    events: list[dict[str, Any]] = []
+    last = len(sessions) - 1
+    for i, day in enumerate(sessions):
+        # 1. The open: yesterday's decisions fill.
+        clock.at = cal.session_open(day)
+        broker.start_day()
+        reference.clear()
+        for symbol, ix in index.items():
+            row = ix.bar(i)
+            if row is not None:
+                reference[symbol] = float(ix.open[row])
+        settle(broker.process_pending(), day)
+
+        # 2. Intraday: stops and targets against the bar's range.
+        if config.intraday_exits:
+            for position in broker.get_positions():
+                held_ix = index.get(position.symbol)
+                row = held_ix.bar(i) if held_ix is not None else None
+                if held_ix is None or row is None:
+                    continue
+                hit = intraday_exit(
+                    float(held_ix.open[row]),
+                    float(held_ix.high[row]),
+                    float(held_ix.low[row]),
+                    position.avg_entry_price,
+                    config.limits,
+                )
+                if hit is None:
+                    continue
+                kind, price, detail = hit
+                reference[position.symbol] = price
+                cid = client_order_id(day, INTRADAY_KEY, position.symbol, Side.SELL)
+                _submit(
+                    broker,
+                    book,
+                    OrderRequest(position.symbol, Side.SELL, cid, qty=position.qty),
+                    day,
+                    f"{kind}: intraday, {detail}",
+                    "intraday",
+                )
+            settle(broker.process_pending(), day)
+
+        # 3. The close: mark and record.
+        clock.at = cal.session_close(day)
+        closes = {s: float(ix.close[r]) for s, ix in index.items() if (r := ix.bar(i)) is not None}
+        held = broker.get_positions()
+        broker.mark({p.symbol: closes[p.symbol] for p in held if p.symbol in closes})
+        account = broker.get_account()
+        positions = broker.get_positions()
+        gross = sum(abs(p.market_value) for p in positions)
+        record = DayRecord(
+            date=day,
+            equity=account.equity,
+            cash=account.cash,
+            exposure=gross / account.equity if account.equity > 0 else 0.0,
+            positions=len(positions),
+            state=str(risk_state.state),
+        )
+        days.append(record)
+
+        # 4. The decision after the close (none after the last session).
+        if i < last:
+            window = _BarWindow(index, i)
+            signals = {s: sig for s, sig in signal_fn(window, day).items() if s in tradable}
+            prices: dict[str, float] = {}
+            for symbol, ix in index.items():
+                last_close = ix.last_close(i)
+                if last_close is not None:
+                    prices[symbol] = last_close
+            prices.update({p.symbol: p.current_price for p in positions if p.current_price > 0})
+            held_symbols = {p.symbol for p in positions}
+            inputs = DecisionInputs(
+                account=account,
+                positions=positions,
+                open_orders=broker.get_open_orders(),
+                market=MarketSnapshot(bars=window, prices=prices),
+                signals=signals,
+                risk_state=risk_state,
+                now=clock.at,
+                session=day,
+                held_since={s: d for s, d in book.held_since.items() if s in held_symbols},
+            )
+            decision = decide(inputs, config.limits, config.strategy)
+            risk_state = decision.risk_state
+            for event in decision.events:
+                events.append(
+                    {"date": day, "event": event, "detail": risk_state.halt_reason or event}
+                )
+            for order, verdict in decision.denied:
+                denied.append(
+                    {
+                        "date": day,
+                        "symbol": order.symbol,
+                        "side": order.side.value,
+                        "rule": verdict.rule,
+                        "reason": verdict.reason,
+                    }
+                )
+            view = PortfolioView.of(account, positions)
+            for order in decision.orders:
+                view.apply(order)
+                cid = client_order_id(day, CYCLE_KEY, order.symbol, order.side)
+                _submit(
+                    broker,
+                    book,
+                    OrderRequest(order.symbol, order.side, cid, qty=order.qty),
+                    day,
+                    order.reason,
+                    "decision",
+                )
+            record.planned_exposure = view.exposure / account.equity if account.equity else 0.0
+            record.planned_positions = len(view.qtys)
+            record.buy_signals = sum(1 for s in signals.values() if s.action is SignalAction.BUY)
+            record.orders = len(decision.orders)
+            record.denied = len(decision.denied)
+            record.state = str(risk_state.state)
+        if progress is not None:
+            progress(i + 1, len(sessions))
+
+    final_marks = {p.symbol: p.current_price for p in broker.get_positions()}
+    book.close_out(final_marks, sessions[-1])
+    from app.backtest.metrics import buy_and_hold
+
+    cost = (config.commission_bps, config.slippage_bps)
+    benchmarks: dict[str, list[float]] = {}
+    if BENCHMARK_SYMBOL in bars and len(bars[BENCHMARK_SYMBOL]):
+        spy = buy_and_hold(bars, [BENCHMARK_SYMBOL], sessions, config.initial_capital, *cost)
+        if spy is not None:
+            benchmarks["spy_buy_and_hold"] = spy
+    else:
+        warnings.append("no SPY bars: the SPY benchmark is missing")
+    ew = buy_and_hold(bars, sorted(tradable), sessions, config.initial_capital, *cost)
+    if ew is not None:
+        benchmarks["equal_weight_buy_and_hold"] = ew
+    describe = getattr(signal_fn, "describe", None)
+    model = describe() if callable(describe) else {"kind": type(signal_fn).__name__}
+    warnings.extend(model.pop("warnings", []))
+    return BacktestResult(
+        config=config,
+        sessions=sessions,
+        days=days,
+        orders=list(book.orders.values()),
+        trades=sorted(book.trades, key=lambda t: (t.entry_date, t.symbol)),
+        denied=denied,
+        events=events,
+        benchmarks=benchmarks,
+        model=model,
+        warnings=warnings,
+        seconds=round(time.perf_counter() - started, 3),
+    )
+
+
+def _submit(
+    broker: SimBroker,
+    book: _Book,
+    request: OrderRequest,
+    day: date,
+    reason: str,
+    kind: str,
+) -> None:
+    assert request.qty is not None
+    entry = OrderLog(
+        client_order_id=request.client_order_id,
+        session=day,
+        symbol=request.symbol,
+        side=request.side.value,
+        qty=request.qty,
+        reason=reason,
+        kind=kind,
+    )
+    book.submitted(entry)
+    try:
+        broker.submit_market_order(request)
+    except OrderRejected as exc:
+        entry.status = OrderStatus.REJECTED.value
+        entry.reject_reason = exc.message

@@ -1,0 +1,400 @@
+"""Alpaca adapters: `AlpacaBroker` (domain.Broker) and `AlpacaMarketData` (domain.MarketData).
+
+Both wrap the official alpaca-py clients and convert everything to `app.domain` types; no
+alpaca-py object leaves this module. alpaca-py has three hazards for an unattended bot, handled
+here (details in /work/shared/ALPACA_NOTES.md):
+
+* It sets no HTTP timeout, so a hung server hangs the caller. Each client's `requests` session
+  (`RESTClient._session`) is replaced by `_GuardedSession`, which adds a default timeout, takes
+  a slot from the shared rate limiter and counts requests.
+* It retries every request, order submission included, on 429/504 with a fixed 3 s sleep and
+  ignores the rate-limit headers. That retry is switched off (private `_retry = 0`) and replaced:
+  reads are retried with exponential backoff plus jitter that honours `Retry-After` /
+  `X-RateLimit-Reset`, within a bounded total wait; orders are never re-sent blindly.
+* A 504 or a timeout can arrive after Alpaca booked the order. After any answer with an unknown
+  outcome (timeout, dropped connection, 5xx) or a "client_order_id must be unique" rejection,
+  the order is looked up by client_order_id and the broker's record is returned.
+
+Errors: timeouts, connection failures and 5xx raise `errors.BrokerUnavailable`; 429s that outlast
+the retry budget raise `errors.RateLimited`; a 4xx answer to an order raises
+`errors.OrderRejected`; other 4xx answers raise `errors.BrokerError` (404 -> `NotFoundError`
+where "not found" is not an answer in itself).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import warnings
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+from pydantic import ValidationError as PydanticValidationError
+
+from app import domain, errors
+from app.broker.alpaca_client import (
+    LIVE_URL,
+    NY,
+    ORDERS_PAGE,
+    PAPER_URL,
+    Limiter,
+    RetryPolicy,
+    _AlpacaBase,
+    _api_error,
+    _check_keys,
+    _enum_value,
+    _f,
+    _is_duplicate,
+    _normalise_url,
+)
+
+with warnings.catch_warnings():
+    # alpaca.trading and alpaca.data import their websocket streams, which import the
+    # deprecated `websockets.legacy`; we use neither stream, so silence exactly that warning
+    # here instead of loosening the global warning filters.
+    warnings.filterwarnings(
+        "ignore", message=r"websockets\.legacy is deprecated", category=DeprecationWarning
+    )
+    from alpaca.common.exceptions import APIError
+    from alpaca.trading.client import TradingClient
+    from alpaca.trading.enums import OrderSide, QueryOrderStatus, TimeInForce
+    from alpaca.trading.requests import GetCalendarRequest, GetOrdersRequest, MarketOrderRequest
+
+log = logging.getLogger(__name__)
+
+# Alpaca order states -> ours. Anything still working at the venue counts as NEW (upgraded to
+# PARTIALLY_FILLED when it has fills); done_for_day ends a day order, like expiry.
+_STATUS = {
+    "new": domain.OrderStatus.NEW,
+    "accepted": domain.OrderStatus.NEW,
+    "pending_new": domain.OrderStatus.NEW,
+    "accepted_for_bidding": domain.OrderStatus.NEW,
+    "pending_review": domain.OrderStatus.NEW,
+    "held": domain.OrderStatus.NEW,
+    "calculated": domain.OrderStatus.NEW,
+    "stopped": domain.OrderStatus.NEW,
+    "suspended": domain.OrderStatus.NEW,
+    "pending_cancel": domain.OrderStatus.NEW,
+    "pending_replace": domain.OrderStatus.NEW,
+    "partially_filled": domain.OrderStatus.PARTIALLY_FILLED,
+    "filled": domain.OrderStatus.FILLED,
+    "canceled": domain.OrderStatus.CANCELED,
+    "replaced": domain.OrderStatus.CANCELED,
+    "expired": domain.OrderStatus.EXPIRED,
+    "done_for_day": domain.OrderStatus.EXPIRED,
+    "rejected": domain.OrderStatus.REJECTED,
+}
+
+
+@dataclass(frozen=True)
+class AssetInfo:
+    """What the bot needs to know about an asset before ordering it."""
+
+    symbol: str
+    tradable: bool
+    fractionable: bool
+    shortable: bool
+    status: str
+    exchange: str
+
+
+def _to_order(o: Any) -> domain.Order:
+    """An alpaca-py Order as a domain.Order."""
+    raw_status = _enum_value(o.status)
+    status = _STATUS.get(raw_status, domain.OrderStatus.NEW)
+    filled = _f(o.filled_qty) or 0.0
+    if status is domain.OrderStatus.NEW and filled > 0:
+        status = domain.OrderStatus.PARTIALLY_FILLED
+    # Alpaca may report filled_avg_price 0 before the first fill: that is "no price yet".
+    avg = _f(o.filled_avg_price) if filled > 0 else None
+    return domain.Order(
+        client_order_id=o.client_order_id,
+        symbol=o.symbol or "",
+        side=domain.Side(_enum_value(o.side)),
+        status=status,
+        qty=_f(o.qty),
+        notional=_f(o.notional),
+        filled_qty=filled,
+        filled_avg_price=avg,
+        broker_order_id=str(o.id),
+        submitted_at=o.submitted_at,
+        reject_reason=raw_status if status is domain.OrderStatus.REJECTED else None,
+    )
+
+
+def _matching(order: domain.Order, request: domain.OrderRequest) -> domain.Order:
+    """The order found under the request's client_order_id, if it is the same trade.
+
+    A client_order_id reused for a different symbol or side is a caller bug; returning that
+    other order as if it were this one would corrupt the book, so it is rejected instead.
+    """
+    if order.symbol.upper() != request.symbol.upper() or order.side is not request.side:
+        raise errors.OrderRejected(
+            f"client_order_id {request.client_order_id} already used for "
+            f"{order.side.value} {order.symbol}"
+        )
+    return order
+
+
+class AlpacaBroker(_AlpacaBase):
+    """domain.Broker over alpaca-py's TradingClient.
+
+    `base_url` overrides the trading endpoint (the paper endpoint is used when `paper` and no
+    URL is given, the live one when not `paper`). `timeout` is the per-request HTTP timeout in
+    seconds. Pass the same `limiter` to every client of the account (default: the process-wide
+    in-memory limiter; use a Redis-backed SlidingWindowLimiter to share the budget between
+    processes). Orders are market orders, time in force DAY (what fractional and notional
+    orders require).
+    """
+
+    def __init__(
+        self,
+        api_key: str,
+        api_secret: str,
+        *,
+        paper: bool = True,
+        base_url: str | None = None,
+        timeout: float = 10.0,
+        limiter: Limiter | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        _check_keys(api_key, api_secret)
+        super().__init__(timeout=timeout, limiter=limiter, retry=retry)
+        url = _normalise_url(base_url) or (PAPER_URL if paper else LIVE_URL)
+        host = urlsplit(url).hostname or ""
+        if paper and host == urlsplit(LIVE_URL).hostname:
+            raise errors.ConfigError("paper trading is on but the base URL is the live endpoint")
+        if not paper and host == urlsplit(PAPER_URL).hostname:
+            raise errors.ConfigError("paper trading is off but the base URL is the paper endpoint")
+        self.paper = paper
+        self.base_url = url
+        # Typed Any: with raw_data=False the SDK always returns models, but its signatures say
+        # "model | raw dict", which would need a cast on every call.
+        self._client: Any = TradingClient(api_key, api_secret, paper=paper, url_override=url)
+        self._harden(self._client)
+
+    # ------------------------------------------------------------------ reads
+
+    def get_account(self) -> domain.Account:
+        a = self._read("get_account", self._client.get_account)
+        cash = _f(a.cash) or 0.0
+        equity = _f(a.equity) or _f(a.portfolio_value) or cash
+        return domain.Account(
+            cash=cash,
+            equity=equity,
+            buying_power=_f(a.buying_power) or 0.0,
+            last_equity=_f(a.last_equity) or equity,
+            currency=a.currency or "USD",
+            status=_enum_value(a.status),
+        )
+
+    def get_positions(self) -> list[domain.Position]:
+        rows = self._read("get_all_positions", self._client.get_all_positions)
+        return [self._to_position(p) for p in rows]
+
+    @staticmethod
+    def _to_position(p: Any) -> domain.Position:
+        qty = float(p.qty)
+        if _enum_value(p.side) == "short" and qty > 0:
+            qty = -qty
+        avg = float(p.avg_entry_price)
+        price = _f(p.current_price)
+        if price is None:
+            market_value = _f(p.market_value)
+            price = market_value / qty if market_value is not None and qty else avg
+        return domain.Position(symbol=p.symbol, qty=qty, avg_entry_price=avg, current_price=price)
+
+    def get_open_orders(self) -> list[domain.Order]:
+        """Every open order, newest first, paging past Alpaca's 500-per-request cap."""
+        seen: dict[str, domain.Order] = {}
+        until: datetime | None = None
+        while True:
+            req = GetOrdersRequest(
+                status=QueryOrderStatus.OPEN, limit=ORDERS_PAGE, nested=False, until=until
+            )
+            page = self._read("get_orders", functools.partial(self._client.get_orders, req))
+            fresh = [o for o in page if str(o.id) not in seen]
+            for o in fresh:
+                seen[str(o.id)] = _to_order(o)
+            if len(page) < ORDERS_PAGE or not fresh:
+                return list(seen.values())
+            until = min(o.submitted_at for o in page)
+
+    def get_order_by_client_id(self, client_order_id: str) -> domain.Order | None:
+        raw = self._lookup(client_order_id)
+        return _to_order(raw) if raw is not None else None
+
+    def _lookup(self, client_order_id: str) -> Any | None:
+        try:
+            return self._read(
+                "get_order_by_client_id",
+                functools.partial(self._client.get_order_by_client_id, client_order_id),
+            )
+        except errors.NotFoundError:
+            return None
+
+    def get_clock(self) -> domain.MarketClock:
+        c = self._read("get_clock", self._client.get_clock)
+        return domain.MarketClock(
+            timestamp=c.timestamp,
+            is_open=bool(c.is_open),
+            next_open=c.next_open,
+            next_close=c.next_close,
+        )
+
+    def get_calendar(self, start: date, end: date) -> list[domain.TradingSession]:
+        """Sessions in [start, end]; open and close are tz-aware New York times."""
+        req = GetCalendarRequest(start=start, end=end)
+        rows = self._read("get_calendar", functools.partial(self._client.get_calendar, req))
+        return [
+            domain.TradingSession(
+                day=r.date, open=r.open.replace(tzinfo=NY), close=r.close.replace(tzinfo=NY)
+            )
+            for r in rows
+        ]
+
+    def get_asset(self, symbol: str) -> AssetInfo | None:
+        """The asset's trading flags, or None when Alpaca does not know the symbol."""
+        try:
+            a = self._read("get_asset", functools.partial(self._client.get_asset, symbol.upper()))
+        except errors.NotFoundError:
+            return None
+        return AssetInfo(
+            symbol=a.symbol,
+            tradable=bool(a.tradable),
+            fractionable=bool(a.fractionable),
+            shortable=bool(a.shortable),
+            status=_enum_value(a.status),
+            exchange=_enum_value(a.exchange),
+        )
+
+    def is_tradable(self, symbol: str) -> bool:
+        asset = self.get_asset(symbol)
+        return asset is not None and asset.tradable and asset.status == "active"
+
+    # ------------------------------------------------------------------ orders
+
+    def submit_market_order(self, request: domain.OrderRequest) -> domain.Order:
+        """Send a market order at most twice and return the broker's record of it.
+
+        Never blindly re-sent. When the outcome is unknown (timeout, dropped connection, 5xx
+        including a 504 that may come after Alpaca booked the order) or Alpaca says the
+        client_order_id is taken, the order is looked up by client_order_id and that record is
+        returned. If a lookup after an unknown outcome finds nothing, the order is sent once
+        more with the same client_order_id: Alpaca accepts each client_order_id once, so if
+        the first request was in fact booked (or lands late), the second is rejected as a
+        duplicate and the lookup path returns the first; it can never make two orders. If the
+        lookup itself fails, or the second send is lost too, BrokerUnavailable is raised: the
+        caller keeps the order pending and reconciles it by client_order_id later.
+        A 429 is refused before processing, so it is waited out and re-sent like a read.
+        """
+        kwargs: dict[str, Any] = {
+            "symbol": request.symbol.upper(),
+            "side": OrderSide(request.side.value),
+            "time_in_force": TimeInForce.DAY,
+            "client_order_id": request.client_order_id,
+        }
+        if request.qty is not None:
+            kwargs["qty"] = request.qty
+        else:
+            kwargs["notional"] = request.notional
+        try:
+            sdk_request = MarketOrderRequest(**kwargs)
+        except (PydanticValidationError, ValueError) as exc:
+            raise errors.OrderRejected(f"invalid order {request.client_order_id}: {exc}") from exc
+
+        cid = request.client_order_id
+        resent = False
+        attempt, waited = 0, 0.0
+        while True:
+            try:
+                raw = self._attempt(
+                    "submit_order", functools.partial(self._client.submit_order, sdk_request)
+                )
+                return _to_order(raw)
+            except APIError as exc:
+                info = _api_error(exc)
+                if info.status == 429:
+                    delay = self._delay(attempt, exc.response)
+                    if not self._wait_to_retry(attempt, waited, delay):
+                        raise errors.RateLimited(f"order {cid}: still rate limited") from exc
+                    waited += delay
+                    attempt += 1
+                    continue
+                if _is_duplicate(info):
+                    found = self._lookup(cid)
+                    if found is not None:
+                        log.info("order %s already at the broker; returning its record", cid)
+                        return _matching(_to_order(found), request)
+                    raise errors.BrokerUnavailable(
+                        f"order {cid}: broker says the id is taken but cannot find it"
+                    ) from exc
+                if info.status is not None and 400 <= info.status < 500:
+                    raise errors.OrderRejected(
+                        f"{request.side.value} {request.symbol} ({cid}) rejected: {info.message}"
+                    ) from exc
+                cause: Exception = exc
+            except requests.RequestException as exc:
+                cause = exc
+            except (PydanticValidationError, KeyError, TypeError, ValueError) as exc:
+                cause = exc  # a 2xx we cannot parse: the order exists, the lookup shows it
+
+            log.warning("order %s: outcome unknown (%s); looking it up", cid, cause)
+            found = self._lookup(cid)  # raises BrokerUnavailable if the lookup fails too
+            if found is not None:
+                return _matching(_to_order(found), request)
+            if resent:
+                raise errors.BrokerUnavailable(
+                    f"order {cid}: no answer and not on the books after two sends: {cause}"
+                ) from cause
+            resent = True
+            log.warning("order %s: not on the books; sending again with the same id", cid)
+
+    def cancel_order(self, client_order_id: str) -> None:
+        """Cancel an open order; a no-op when it already ended. NotFoundError if unknown."""
+        raw = self._lookup(client_order_id)
+        if raw is None:
+            raise errors.NotFoundError(f"no order with client_order_id {client_order_id}")
+        if not _to_order(raw).status.is_open:
+            return
+        try:
+            self._read(
+                "cancel_order_by_id",
+                functools.partial(self._client.cancel_order_by_id, raw.id),
+                passthrough=frozenset({422}),
+            )
+        except APIError as exc:  # 422: not cancelable any more, e.g. filled meanwhile
+            now = self.get_order_by_client_id(client_order_id)
+            if now is not None and not now.status.is_open:
+                return
+            raise errors.OrderRejected(
+                f"cancel {client_order_id}: {_api_error(exc).message}"
+            ) from exc
+
+    def close_position(self, symbol: str, client_order_id: str) -> domain.Order:
+        """Flatten `symbol` with a market order carrying `client_order_id`.
+
+        Not DELETE /v2/positions/{symbol}: that request cannot carry a client_order_id, so a
+        timeout on it could not be reconciled. Retrying with the same id returns the first
+        order. Shares held by other open orders must be freed (cancelled) first.
+        """
+        symbol = symbol.upper()
+        try:
+            p = self._read(
+                "get_open_position", functools.partial(self._client.get_open_position, symbol)
+            )
+        except errors.NotFoundError:
+            existing = self.get_order_by_client_id(client_order_id)
+            if existing is not None:
+                return existing
+            raise errors.NotFoundError(f"no open position in {symbol}") from None
+        position = self._to_position(p)
+        side = domain.Side.SELL if position.qty > 0 else domain.Side.BUY
+        return self.submit_market_order(
+            domain.OrderRequest(
+                symbol=symbol, side=side, client_order_id=client_order_id, qty=abs(position.qty)
+            )
+        )

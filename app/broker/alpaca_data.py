@@ -1,0 +1,172 @@
+"""Alpaca market data: domain.MarketData over alpaca-py's StockHistoricalDataClient (daily bars,
+latest trade/quote). alpaca-py types stop in app/broker/.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from collections.abc import Sequence
+from datetime import date, datetime
+from datetime import time as dtime
+from typing import Any
+
+import pandas as pd
+
+from app import domain, errors
+from app.broker.alpaca_client import (
+    DATA_URL,
+    NY,
+    Limiter,
+    RetryPolicy,
+    _AlpacaBase,
+    _check_keys,
+    _chunks,
+    _normalise_url,
+    _symbols,
+)
+
+with warnings.catch_warnings():
+    # alpaca.trading and alpaca.data import their websocket streams, which import the
+    # deprecated `websockets.legacy`; we use neither stream, so silence exactly that warning
+    # here instead of loosening the global warning filters.
+    warnings.filterwarnings(
+        "ignore", message=r"websockets\.legacy is deprecated", category=DeprecationWarning
+    )
+    from alpaca.data.enums import Adjustment, DataFeed
+    from alpaca.data.historical.stock import StockHistoricalDataClient
+    from alpaca.data.requests import (
+        StockBarsRequest,
+        StockLatestQuoteRequest,
+        StockLatestTradeRequest,
+    )
+    from alpaca.data.timeframe import TimeFrame
+
+
+class AlpacaMarketData(_AlpacaBase):
+    """domain.MarketData over alpaca-py's StockHistoricalDataClient.
+
+    `feed` is "iex" (free), "sip" or "delayed_sip". Daily bars are split- and
+    dividend-adjusted (Adjustment.ALL), fetched `chunk_size` symbols per request.
+    """
+
+    def __init__(
+        self,
+        api_key: str,
+        api_secret: str,
+        *,
+        data_url: str | None = None,
+        feed: str = "iex",
+        timeout: float = 10.0,
+        limiter: Limiter | None = None,
+        retry: RetryPolicy | None = None,
+        chunk_size: int = 50,
+    ) -> None:
+        _check_keys(api_key, api_secret)
+        super().__init__(timeout=timeout, limiter=limiter, retry=retry)
+        try:
+            self.feed = DataFeed(feed.lower())
+        except ValueError:
+            raise errors.ConfigError(f"unknown Alpaca data feed {feed!r}") from None
+        if chunk_size < 1:
+            raise errors.ConfigError("chunk_size must be at least 1")
+        self.chunk_size = chunk_size
+        self.data_url = _normalise_url(data_url) or DATA_URL
+        self._client: Any = StockHistoricalDataClient(
+            api_key, api_secret, url_override=self.data_url
+        )
+        self._harden(self._client)
+
+    def get_daily_bars(
+        self, symbols: Sequence[str], start: date, end: date
+    ) -> dict[str, domain.BarFrame]:
+        """Daily bars in [start, end] for each requested symbol (upper-cased).
+
+        Each frame is indexed by a tz-naive DatetimeIndex named "date" holding the session
+        dates (New York) at midnight, ascending and unique, with float64 columns open, high,
+        low, close, volume: the BarFrame shape of app/market/calendar.py. A symbol with
+        no bars maps to an empty frame of that shape. The SDK follows next_page_token.
+        """
+        wanted = _symbols(symbols)
+        out = {s: _empty_frame() for s in wanted}
+        start_ts = datetime.combine(start, dtime(0), NY)
+        end_ts = datetime.combine(end, dtime(23, 59, 59), NY)
+        for chunk in _chunks(wanted, self.chunk_size):
+            req = StockBarsRequest(
+                symbol_or_symbols=chunk,
+                timeframe=TimeFrame.Day,
+                start=start_ts,
+                end=end_ts,
+                adjustment=Adjustment.ALL,
+                feed=self.feed,
+            )
+            barset = self._read(
+                "get_stock_bars", functools.partial(self._client.get_stock_bars, req)
+            )
+            for symbol, bars in barset.data.items():
+                if symbol in out and bars:
+                    out[symbol] = _bars_frame(bars)
+        return out
+
+    def get_latest_price(self, symbol: str) -> float:
+        """Price of the latest trade. NotFoundError when the feed has none for the symbol."""
+        symbol = symbol.upper()
+        prices = self.get_latest_prices([symbol])
+        if symbol not in prices:
+            raise errors.NotFoundError(f"no latest trade for {symbol}")
+        return prices[symbol]
+
+    def get_latest_prices(self, symbols: Sequence[str]) -> dict[str, float]:
+        """Latest trade prices, several symbols per request; unknown symbols are left out."""
+        out: dict[str, float] = {}
+        for chunk in _chunks(_symbols(symbols), self.chunk_size):
+            req = StockLatestTradeRequest(symbol_or_symbols=chunk, feed=self.feed)
+            trades = self._read(
+                "get_stock_latest_trade",
+                functools.partial(self._client.get_stock_latest_trade, req),
+            )
+            out.update({s: float(t.price) for s, t in trades.items()})
+        return out
+
+    def get_quote(self, symbol: str) -> domain.Quote:
+        """Latest bid/ask. NotFoundError when the feed has none for the symbol."""
+        symbol = symbol.upper()
+        req = StockLatestQuoteRequest(symbol_or_symbols=[symbol], feed=self.feed)
+        quotes = self._read(
+            "get_stock_latest_quote", functools.partial(self._client.get_stock_latest_quote, req)
+        )
+        q = quotes.get(symbol)
+        if q is None:
+            raise errors.NotFoundError(f"no latest quote for {symbol}")
+        return domain.Quote(
+            symbol=symbol,
+            bid=float(q.bid_price),
+            ask=float(q.ask_price),
+            bid_size=float(q.bid_size),
+            ask_size=float(q.ask_size),
+            timestamp=q.timestamp,
+        )
+
+
+def _empty_frame() -> pd.DataFrame:
+    index = pd.DatetimeIndex([], name="date").as_unit("us")
+    return pd.DataFrame({c: pd.Series(dtype="float64") for c in domain.BAR_COLUMNS}, index=index)
+
+
+def _bars_frame(bars: Sequence[Any]) -> pd.DataFrame:
+    """alpaca-py Bars -> BarFrame; a bar's date is its timestamp's New York date."""
+    days = [b.timestamp.astimezone(NY).date().isoformat() for b in bars]
+    index = pd.DatetimeIndex(pd.to_datetime(days), name="date").as_unit("us")
+    frame = pd.DataFrame(
+        {
+            "open": [b.open for b in bars],
+            "high": [b.high for b in bars],
+            "low": [b.low for b in bars],
+            "close": [b.close for b in bars],
+            "volume": [b.volume for b in bars],
+        },
+        index=index,
+        dtype="float64",
+    )
+    frame = frame[~frame.index.duplicated(keep="last")]
+    return frame.sort_index(kind="mergesort")

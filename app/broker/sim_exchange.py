@@ -1,0 +1,178 @@
+"""Sim mode's broker: a SimBroker whose book lives in the database.
+
+gunicorn workers and Celery workers are separate processes; keeping the book in one row, read
+and written under an exclusive lock, makes them all trade against one exchange. The exchange
+also holds the replay session: prices are the closes of that session, and `advance()` moves it
+one NYSE session on (one per trading cycle in sim mode).
+"""
+
+from __future__ import annotations
+
+import fcntl
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import date
+from pathlib import Path
+from typing import Protocol, TypeVar
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session
+
+from app.broker.costs import CommissionModel, SlippageModel
+from app.broker.sim import SimBroker
+from app.domain import Account, MarketClock, Order, OrderRequest, Position, TradingSession
+from app.market.calendar import NyseCalendar, ReplayClock
+from app.store.database import Database
+from app.store.orm import SimExchangeState
+
+T = TypeVar("T")
+ROW_ID = 1
+
+
+class ReplayableMarketData(Protocol):
+    def get_latest_price(self, symbol: str) -> float: ...
+
+    def set_as_of(self, value: date | None) -> None: ...
+
+
+class SimExchange:
+    """domain.Broker for sim mode; every call is one transaction on the shared book."""
+
+    def __init__(
+        self,
+        db: Database,
+        market: ReplayableMarketData,
+        *,
+        start_session: date,
+        starting_cash: float,
+        commission_bps: float,
+        slippage_bps: float,
+        calendar: NyseCalendar | None = None,
+    ) -> None:
+        self._db = db
+        self._market = market
+        self._calendar = calendar or NyseCalendar()
+        self._start = self._calendar.session_on_or_after(start_session)
+        self._starting_cash = starting_cash
+        self._commission = CommissionModel(bps=commission_bps)
+        self._slippage = SlippageModel(bps=slippage_bps)
+
+    # -- domain.Broker -------------------------------------------------------------------------
+    def get_account(self) -> Account:
+        return self._run(lambda b: self._marked(b).get_account(), write=False)
+
+    def get_positions(self) -> list[Position]:
+        return self._run(lambda b: self._marked(b).get_positions(), write=False)
+
+    def get_open_orders(self) -> list[Order]:
+        return self._run(lambda b: b.get_open_orders(), write=False)
+
+    def submit_market_order(self, request: OrderRequest) -> Order:
+        return self._run(lambda b: b.submit_market_order(request), write=True)
+
+    def get_order_by_client_id(self, client_order_id: str) -> Order | None:
+        return self._run(lambda b: b.get_order_by_client_id(client_order_id), write=False)
+
+    def cancel_order(self, client_order_id: str) -> None:
+        self._run(lambda b: b.cancel_order(client_order_id), write=True)
+
+    def close_position(self, symbol: str, client_order_id: str) -> Order:
+        return self._run(lambda b: b.close_position(symbol, client_order_id), write=True)
+
+    def get_clock(self) -> MarketClock:
+        return self._run(lambda b: b.get_clock(), write=False)
+
+    def get_calendar(self, start: date, end: date) -> list[TradingSession]:
+        return self._calendar.trading_sessions(start, end)
+
+    # -- replay --------------------------------------------------------------------------------
+    def latest_price(self, symbol: str) -> float:
+        """The close of the replay session: what a market order would fill at now."""
+        with self._locked() as (_session, row):
+            self._market.set_as_of(row.session_day)
+            return self._market.get_latest_price(symbol)
+
+    def session(self) -> date:
+        with self._locked() as (_session, row):
+            return row.session_day
+
+    def advance(self, from_session: date | None = None) -> date:
+        """Move to the next session. The equity at this session's close becomes the next
+        session's start-of-day equity (Alpaca's last_equity), the base of the daily-loss rule.
+
+        With `from_session`, only a replay still at that session moves: a cycle run twice for
+        one session advances the replay once.
+        """
+        with self._locked() as (_session, row):
+            if from_session is not None and row.session_day != from_session:
+                return row.session_day
+            broker = self._broker(row)
+            self._mark(broker)
+            broker.start_day()
+            row.book = broker.to_state()
+            row.session_day = self._calendar.next_session(row.session_day)
+            return row.session_day
+
+    def reset(self) -> None:
+        """Start again from the first session with the starting cash."""
+        with self._locked() as (session, row):
+            session.delete(row)
+
+    # -- internals -----------------------------------------------------------------------------
+    def _run(self, action: Callable[[SimBroker], T], *, write: bool) -> T:
+        with self._locked() as (_session, row):
+            broker = self._broker(row)
+            result = action(broker)
+            if write:
+                row.book = broker.to_state()
+            return result
+
+    def _broker(self, row: SimExchangeState) -> SimBroker:
+        self._market.set_as_of(row.session_day)
+        broker = SimBroker(
+            self._market.get_latest_price,
+            starting_cash=self._starting_cash,
+            clock=ReplayClock(row.session_day, calendar=self._calendar),
+            calendar=self._calendar,
+            commission=self._commission,
+            slippage=self._slippage,
+        )
+        if row.book:
+            broker.load_state(row.book)
+        return broker
+
+    def _mark(self, broker: SimBroker) -> None:
+        held = [p.symbol for p in broker.get_positions()]
+        broker.mark({symbol: self._market.get_latest_price(symbol) for symbol in held})
+
+    def _marked(self, broker: SimBroker) -> SimBroker:
+        """The broker with its positions marked at the replay session's prices."""
+        self._mark(broker)
+        return broker
+
+    @contextmanager
+    def _locked(self) -> Iterator[tuple[Session, SimExchangeState]]:
+        with _process_lock(self._db), self._db.session() as session:
+            row = session.get(SimExchangeState, ROW_ID, with_for_update=True)
+            if row is None:
+                row = SimExchangeState(id=ROW_ID, session_day=self._start, book=None)
+                session.add(row)
+                session.flush()
+            yield session, row
+
+
+@contextmanager
+def _process_lock(db: Database) -> Iterator[None]:
+    """SQLite ignores SELECT ... FOR UPDATE; a file lock beside the database file serialises
+    the processes of one machine instead (SQLite implies one machine)."""
+    url = make_url(str(db.engine.url))
+    if url.get_backend_name() != "sqlite" or not url.database:
+        yield
+        return
+    lock_path = Path(f"{url.database}.sim-exchange.lock")
+    with lock_path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

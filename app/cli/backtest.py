@@ -1,0 +1,116 @@
+"""`flask --app app backtest ...`: a backtest from the command line, with a progress bar.
+
+Same service as the API task (app.backtest.requests.run_request), so a figure from the CLI and one
+from the API agree.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+
+import click
+from flask.cli import with_appcontext
+from tqdm import tqdm
+
+from app.backtest.report import SEED_KEYS, to_report, write_png
+from app.backtest.report_html import render_html
+from app.backtest.requests import BacktestRequest, run_request
+from app.container import services
+from app.domain import MarketData
+from app.errors import AppError
+from app.market.sources import CsvMarketData
+
+_DATE = click.DateTime(["%Y-%m-%d"])
+
+
+@click.command("backtest", help="Replay the live strategy over past bars and write reports.")
+@with_appcontext
+@click.option(
+    "--data-dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Directory of SYMBOL.csv bars (default: the service's market data).",
+)
+@click.option("--symbols", help="Comma-separated symbols (default: the watchlist).")
+@click.option("--start", type=_DATE, required=True)
+@click.option("--end", type=_DATE, required=True)
+@click.option("--initial-capital", type=click.FloatRange(min=0, min_open=True), default=100_000.0)
+@click.option("--commission-bps", type=click.FloatRange(min=0), help="Default: SIM_COMMISSION_BPS.")
+@click.option("--slippage-bps", type=click.FloatRange(min=0), help="Default: SIM_SLIPPAGE_BPS.")
+@click.option("--retrain-every", type=click.IntRange(min=1), default=63, show_default=True)
+@click.option(
+    "--model",
+    type=click.Choice(["walk_forward", "current", "sma_cross"]),
+    default="walk_forward",
+    show_default=True,
+    help="Retrain during the run, use the saved current model as is, or the SMA 20/50 rule.",
+)
+@click.option("--buy-threshold", type=float, help="Default: AI_SIGNAL_BUY_THRESHOLD.")
+@click.option("--sell-threshold", type=float, help="Default: AI_SIGNAL_SELL_THRESHOLD.")
+@click.option("--confidence-threshold", type=float, help="Default: AI_CONFIDENCE_THRESHOLD.")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--png", "png_path", type=click.Path(dir_okay=False, path_type=Path))
+def backtest_command(
+    data_dir: Path | None,
+    symbols: str | None,
+    start: datetime,
+    end: datetime,
+    initial_capital: float,
+    commission_bps: float | None,
+    slippage_bps: float | None,
+    retrain_every: int,
+    model: str,
+    buy_threshold: float | None,
+    sell_threshold: float | None,
+    confidence_threshold: float | None,
+    output: Path,
+    html_path: Path | None,
+    png_path: Path | None,
+) -> None:
+    svc = services()
+    market: MarketData = CsvMarketData(data_dir) if data_dir else svc.venue.market
+    wanted = (
+        [s.strip().upper() for s in symbols.split(",") if s.strip()]
+        if symbols
+        else list(svc.settings.watchlist)
+    )
+    request = BacktestRequest(
+        symbols=tuple(wanted),
+        start=start.date(),
+        end=end.date(),
+        initial_capital=initial_capital,
+        commission_bps=commission_bps,
+        slippage_bps=slippage_bps,
+        retrain_every=retrain_every,
+        model=model,  # type: ignore[arg-type]
+        buy_threshold=buy_threshold,
+        sell_threshold=sell_threshold,
+        confidence_threshold=confidence_threshold,
+    )
+    bundle = svc.models.load_current() if model == "current" else None
+    with tqdm(total=1, unit="session", desc="backtest") as bar:
+
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        try:
+            result = run_request(request, svc.settings, market, bundle=bundle, progress=progress)
+        except AppError as exc:
+            raise click.ClickException(exc.message) from None
+    report = to_report(result)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(report, indent=1))
+    if html_path:
+        html_path.parent.mkdir(parents=True, exist_ok=True)
+        html_path.write_text(render_html(report), encoding="utf-8")
+    if png_path:
+        write_png(report, png_path)
+    perf = report["performance"]
+    click.echo(
+        ", ".join(f"{key}={perf.get(key)}" for key in SEED_KEYS)
+        + f", trades={perf.get('num_trades')}"
+    )
+    click.echo(f"report written to {output}")

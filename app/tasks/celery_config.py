@@ -1,0 +1,82 @@
+"""Celery settings as data: broker and backend URLs, queues, and the beat schedule (UTC)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from celery.schedules import crontab
+from kombu.entity import Queue
+
+from app.config import Settings, TradingMode
+
+TRAINING_QUEUE = "training"
+EMBEDDED_TRANSPORT = "app.tasks.embedded_broker:Transport"
+
+
+def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
+    """The seed's schedule; nightly tuning and training are chained in one entry, not both
+    at 23:00 at once. Every entry expires before its next run, so a backlog never piles up."""
+    every = settings.trading_cycle_minutes
+    if settings.trading_mode is TradingMode.SIM:
+        cycle: Any = timedelta(seconds=settings.sim_cycle_seconds)
+        cycle_expires = max(1.0, settings.sim_cycle_seconds - 1)
+    else:
+        cycle = crontab(minute=f"*/{every}", hour=settings.trading_hours_utc, day_of_week="mon-fri")
+        cycle_expires = max(30, every * 60 - 60)
+    return {
+        "smart-trading-pipeline": {
+            "task": "app.tasks.smart_trading_pipeline",
+            "schedule": cycle,
+            "options": {"expires": cycle_expires},
+        },
+        "daily-summary": {
+            "task": "app.tasks.daily_summary",
+            "schedule": crontab(hour=21, minute=15, day_of_week="mon-fri"),
+            "options": {"expires": 3600},
+        },
+        "nightly-tune-then-train": {
+            "task": "app.tasks.nightly_tune_then_train",
+            "schedule": crontab(hour=settings.nightly_hour_utc, minute=0, day_of_week="mon-fri"),
+            "options": {"expires": 60 * 60, "queue": TRAINING_QUEUE},
+        },
+    }
+
+
+def celery_settings(settings: Settings) -> dict[str, Any]:
+    broker_options: dict[str, Any] = {}
+    if settings.uses_embedded_broker:
+        # kombu hands these to create_engine: wait on SQLite locks instead of failing.
+        broker_options = {"connect_args": {"timeout": 30}}
+    return {
+        "imports": ("app.tasks.trading", "app.tasks.training", "app.tasks.backtest"),
+        "broker_url": settings.broker_url,
+        "broker_transport": EMBEDDED_TRANSPORT if settings.uses_embedded_broker else None,
+        "result_backend": settings.result_backend,
+        "broker_transport_options": broker_options,
+        "broker_connection_retry_on_startup": True,
+        "task_ignore_result": False,
+        "result_extended": True,
+        "result_expires": 7 * 24 * 3600,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "timezone": "UTC",
+        "enable_utc": True,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_track_started": True,
+        "task_default_queue": "default",
+        "task_queues": (Queue("default"), Queue(TRAINING_QUEUE)),  # type: ignore[no-untyped-call]
+        "task_routes": {
+            "app.tasks.train_*": {"queue": TRAINING_QUEUE},
+            "app.tasks.optimize_*": {"queue": TRAINING_QUEUE},
+            "app.tasks.nightly_*": {"queue": TRAINING_QUEUE},
+        },
+        "task_always_eager": settings.celery_always_eager,
+        "task_eager_propagates": settings.celery_always_eager,
+        "task_store_eager_result": settings.celery_always_eager,
+        "beat_schedule": beat_schedule(settings),
+        "beat_schedule_filename": str(settings.database_dir / "celerybeat-schedule"),
+    }

@@ -1,0 +1,125 @@
+"""Thin Celery tasks for training and tuning: take ids and symbols, call one service, return
+a small dict."""
+
+from __future__ import annotations
+
+import logging
+from datetime import date
+from typing import Any
+from uuid import uuid4
+
+from celery import Task, chord, group, shared_task
+
+from app.ai.training import fit_and_save, load_bars, training_window
+from app.ai.tuning import optimize
+from app.ai.tuning_storage import storage_url_for
+from app.container import services
+from app.market.calendar import NyseCalendar
+from app.store import tasks as task_service
+from app.tasks.celery_config import TRAINING_QUEUE
+
+log = logging.getLogger(__name__)
+
+
+@shared_task(name="app.tasks.prepare_symbol_bars")
+def prepare_symbol_bars(symbol: str, start: str, end: str) -> dict[str, Any]:
+    """Fetch (and cache) one symbol's bars: the fanned-out part of a batch training."""
+    bars = services().venue.market.get_daily_bars(
+        [symbol], date.fromisoformat(start), date.fromisoformat(end)
+    )
+    return {"symbol": symbol, "bars": len(bars.get(symbol, ()))}
+
+
+@shared_task(bind=True, name="app.tasks.fit_models", soft_time_limit=3 * 3600, time_limit=3 * 3700)
+def fit_models(
+    self: Task, prepared: list[dict[str, Any]] | None = None, mode: str | None = None
+) -> dict[str, Any]:
+    """Train on the prepared symbols and save the model atomically."""
+    svc = services()
+    symbols = [p["symbol"] for p in prepared or [] if p.get("bars")] or None
+
+    def progress(stage: str, done: int, total: int) -> None:
+        self.update_state(state="PROGRESS", meta={"stage": stage, "done": done, "total": total})
+
+    return fit_and_save(
+        settings=svc.settings,
+        db=svc.db,
+        market=svc.venue.market,
+        store=svc.models,
+        today=svc.venue.today(),
+        symbols=symbols,
+        mode=mode,
+        progress=progress,
+    )
+
+
+@shared_task(name="app.tasks.train_models_batch")
+def train_models_batch(mode: str | None = None) -> dict[str, Any]:
+    """Start a batch training (the beat entry point); returns the fit task's id."""
+    svc = services()
+    fit_id = start_batch_training(svc, mode, requested_by="beat")
+    return {"fit_task_id": fit_id}
+
+
+def start_batch_training(svc: Any, mode: str | None, requested_by: str | None) -> str:
+    """Fan the watchlist out as a group of per-symbol data tasks, chorded into one fit."""
+    today = svc.venue.today()
+    start, end = training_window(today, svc.settings.train_years, NyseCalendar())
+    symbols = sorted(set(svc.settings.watchlist) | {"SPY"})
+    header = [
+        prepare_symbol_bars.si(s, start.isoformat(), end.isoformat()).set(task_id=str(uuid4()))
+        for s in symbols
+    ]
+    fit_id = str(uuid4())
+    body = fit_models.s(mode=mode).set(task_id=fit_id, queue=TRAINING_QUEUE)
+    task_service.record(
+        svc.db,
+        fit_id,
+        "app.tasks.fit_models",
+        {"mode": mode, "symbols": symbols, "subtasks": [h.id for h in header]},
+        requested_by,
+    )
+    chord(group(header))(body)
+    return fit_id
+
+
+@shared_task(
+    bind=True,
+    name="app.tasks.optimize_hyperparameters_for_watchlist",
+    soft_time_limit=24 * 3600,
+    time_limit=24 * 3600 + 300,
+)
+def optimize_hyperparameters_for_watchlist(
+    self: Task,
+    symbols: list[str] | None = None,
+    n_trials: int = 20,
+    timeout: int = 600,
+    mode: str | None = None,
+) -> dict[str, Any]:
+    """Tune the ensemble on data before today; several workers may tune one study at once."""
+    svc = services()
+    settings = svc.settings
+    mode = (mode or settings.model_mode).replace("-", "_")
+    start, end = training_window(svc.venue.today(), settings.train_years, NyseCalendar())
+    self.update_state(state="PROGRESS", meta={"stage": "data", "done": 0, "total": n_trials})
+    bars = load_bars(svc.venue.market, symbols or settings.watchlist, start, end)
+    return optimize(
+        bars,
+        bars.get("SPY"),
+        mode=mode,  # type: ignore[arg-type]
+        storage_url=settings.optuna_storage or storage_url_for(settings.sql_url),
+        n_trials=n_trials,
+        timeout=timeout,
+        train_end=end,
+        best_params_dir=settings.best_params_dir,
+    )
+
+
+@shared_task(name="app.tasks.nightly_tune_then_train")
+def nightly_tune_then_train() -> dict[str, Any]:
+    """Tuning, then training with what it found: one chain, never both at once."""
+    workflow = optimize_hyperparameters_for_watchlist.si().set(
+        queue=TRAINING_QUEUE
+    ) | train_models_batch.si().set(queue=TRAINING_QUEUE)
+    result = workflow.apply_async()
+    return {"chain_id": result.id}

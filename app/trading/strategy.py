@@ -1,0 +1,243 @@
+"""The decision: a pure function from what we know to the orders we want, with reasons.
+
+It never knows whether it runs live, in sim or in a backtest (one strategy, three clocks): the
+same inputs give the same orders everywhere. Order of work: exits (stop-loss, take-profit, SELL
+signals) → entries ranked by expected return x confidence → rebalancing (replace the weakest
+holding when a candidate beats it by a margin and it has been held long enough) → volatility
+sizing capped per position → the risk gate, order by order, on the running portfolio.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+
+import numpy as np
+
+from app.config import Settings
+from app.domain import Account, BarFrame, Order, Position, RiskDecision, Side, Signal, SignalAction
+from app.trading.risk import (
+    PortfolioView,
+    ProposedOrder,
+    RiskLimits,
+    RiskManager,
+    RiskState,
+)
+
+QTY_DECIMALS = 4
+
+
+@dataclass(frozen=True)
+class StrategyConfig:
+    #: A candidate replaces the weakest holding only when its score (expected return x
+    #: confidence) beats the holding's by this much...
+    rebalance_margin: float = 0.002
+    #: ...and the holding has been held at least this many sessions: no churn.
+    min_holding_days: int = 3
+    #: Position size = equity x budget / daily volatility, capped at RISK_MAX_POSITION_SIZE:
+    #: each position's one-sigma daily move is about `risk_budget` of equity.
+    risk_budget: float = 0.002
+    vol_lookback: int = 20
+    #: Orders worth less than this are not worth sending.
+    min_order_value: float = 1.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> StrategyConfig:
+        return cls(
+            rebalance_margin=settings.strategy_rebalance_margin,
+            min_holding_days=settings.strategy_min_holding_days,
+            risk_budget=settings.strategy_risk_budget,
+        )
+
+
+@dataclass(frozen=True)
+class MarketSnapshot:
+    """What the decision may see: bars up to the decision date and the prices orders fill at."""
+
+    bars: Mapping[str, BarFrame]
+    prices: Mapping[str, float]
+
+
+@dataclass(frozen=True)
+class DecisionInputs:
+    account: Account
+    positions: Sequence[Position]
+    open_orders: Sequence[Order]
+    market: MarketSnapshot
+    signals: Mapping[str, Signal]
+    risk_state: RiskState
+    now: datetime
+    session: date
+    #: Session each holding was first bought on (for the minimum holding period).
+    held_since: Mapping[str, date] = field(default_factory=dict)
+    #: Sessions between two dates, supplied by the caller's calendar.
+    sessions_between: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Decision:
+    orders: list[ProposedOrder]
+    denied: list[tuple[ProposedOrder, RiskDecision]]
+    risk_state: RiskState
+    events: list[str]
+
+
+def decide(inputs: DecisionInputs, limits: RiskLimits, config: StrategyConfig) -> Decision:
+    manager = RiskManager(limits)
+    state, events = manager.update_state(
+        inputs.risk_state, inputs.account, inputs.session, inputs.now
+    )
+    busy = {o.symbol for o in inputs.open_orders if o.status.is_open}
+    positions = {p.symbol: p for p in inputs.positions if p.qty > 0}
+    view = PortfolioView.of(inputs.account, positions.values())
+    proposals: list[ProposedOrder] = []
+
+    exits = _exits(positions, inputs, limits, busy)
+    proposals.extend(exits)
+    leaving = {o.symbol for o in exits}
+
+    candidates = _ranked_candidates(inputs.signals, positions, busy)
+    remaining = [s for s in positions if s not in leaving]
+    slots = limits.max_positions - len(remaining)
+    chosen = candidates[: max(0, slots)]
+    for candidate in candidates[max(0, slots) :]:
+        swap = _rebalance(candidate, remaining, inputs, config, busy)
+        if swap is None:
+            break
+        proposals.append(_close(positions[swap], inputs, f"rebalance: replaced by {candidate}"))
+        remaining.remove(swap)
+        chosen.append(candidate)
+
+    equity = inputs.account.equity
+    for symbol in chosen:
+        order = _entry(symbol, inputs, equity, limits, config)
+        if order is not None:
+            proposals.append(order)
+
+    approved: list[ProposedOrder] = []
+    denied: list[tuple[ProposedOrder, RiskDecision]] = []
+    for order in proposals:
+        verdict = manager.check(order, view, state, inputs.now)
+        if verdict.allowed:
+            view.apply(order)
+            approved.append(order)
+        else:
+            denied.append((order, verdict))
+    return Decision(approved, denied, state, events)
+
+
+def score(signal: Signal) -> float:
+    return signal.predicted_return * signal.confidence
+
+
+def _exits(
+    positions: Mapping[str, Position],
+    inputs: DecisionInputs,
+    limits: RiskLimits,
+    busy: set[str],
+) -> list[ProposedOrder]:
+    orders = []
+    for symbol, position in sorted(positions.items()):
+        if symbol in busy:
+            continue
+        price = inputs.market.prices.get(symbol, position.current_price)
+        change = price / position.avg_entry_price - 1.0 if position.avg_entry_price else 0.0
+        if change <= limits.stop_loss_pct:
+            reason = f"stop_loss: {change:.2%} from entry {position.avg_entry_price:.2f}"
+        elif change >= limits.take_profit_pct:
+            reason = f"take_profit: {change:+.2%} from entry {position.avg_entry_price:.2f}"
+        elif (signal := inputs.signals.get(symbol)) and signal.action is SignalAction.SELL:
+            reason = f"signal_sell: predicted {signal.predicted_return:+.2%}"
+        else:
+            continue
+        orders.append(_close(position, inputs, reason))
+    return orders
+
+
+def _close(position: Position, inputs: DecisionInputs, reason: str) -> ProposedOrder:
+    price = inputs.market.prices.get(position.symbol, position.current_price)
+    return ProposedOrder(position.symbol, Side.SELL, position.qty, price, reason)
+
+
+def _ranked_candidates(
+    signals: Mapping[str, Signal], positions: Mapping[str, Position], busy: set[str]
+) -> list[str]:
+    buys = [
+        s
+        for s in signals.values()
+        if s.action is SignalAction.BUY and s.symbol not in positions and s.symbol not in busy
+    ]
+    buys.sort(key=lambda s: (-score(s), s.symbol))
+    return [s.symbol for s in buys]
+
+
+def _rebalance(
+    candidate: str,
+    remaining: list[str],
+    inputs: DecisionInputs,
+    config: StrategyConfig,
+    busy: set[str],
+) -> str | None:
+    """The weakest holding the candidate may replace, or None."""
+    best = score(inputs.signals[candidate])
+
+    def held_long_enough(symbol: str) -> bool:
+        since = inputs.held_since.get(symbol)
+        if since is None:
+            return True
+        held = inputs.sessions_between.get(symbol, weekdays_between(since, inputs.session))
+        return held >= config.min_holding_days
+
+    eligible = [s for s in remaining if s not in busy and held_long_enough(s)]
+    if not eligible:
+        return None
+    weakest = min(
+        eligible,
+        key=lambda s: (score(inputs.signals[s]) if s in inputs.signals else 0.0, s),
+    )
+    weakest_score = score(inputs.signals[weakest]) if weakest in inputs.signals else 0.0
+    return weakest if best > weakest_score + config.rebalance_margin else None
+
+
+def _entry(
+    symbol: str,
+    inputs: DecisionInputs,
+    equity: float,
+    limits: RiskLimits,
+    config: StrategyConfig,
+) -> ProposedOrder | None:
+    price = inputs.market.prices.get(symbol)
+    if not price or price <= 0 or not math.isfinite(price):
+        return None
+    vol = daily_volatility(inputs.market.bars.get(symbol), config.vol_lookback)
+    fraction = (
+        limits.max_position_size
+        if vol is None
+        else min(limits.max_position_size, config.risk_budget / vol)
+    )
+    qty = math.floor(equity * fraction / price * 10**QTY_DECIMALS) / 10**QTY_DECIMALS
+    if qty * price < config.min_order_value:
+        return None
+    signal = inputs.signals[symbol]
+    reason = (
+        f"entry: predicted {signal.predicted_return:+.2%} at confidence {signal.confidence:.2f}, "
+        f"size {fraction:.2%} of equity" + (f" (daily vol {vol:.2%})" if vol is not None else "")
+    )
+    return ProposedOrder(symbol, Side.BUY, qty, price, reason)
+
+
+def weekdays_between(start: date, end: date) -> int:
+    """Trading days from `start` to `end`, counted as weekdays (holidays are rare enough that
+    the minimum holding period does not need the exchange calendar)."""
+    return int(np.busday_count(start, end))
+
+
+def daily_volatility(bars: BarFrame | None, lookback: int) -> float | None:
+    """Standard deviation of the last `lookback` daily close-to-close returns."""
+    if bars is None or len(bars) < lookback + 1:
+        return None
+    returns = bars["close"].iloc[-(lookback + 1) :].pct_change().dropna()
+    vol = float(returns.std())
+    return vol if math.isfinite(vol) and vol > 0 else None
