@@ -9,9 +9,9 @@ from flask_smorest import Blueprint
 from marshmallow import RAISE
 
 from app.api.schemas import BarsQuerySchema, BarsSchema, PriceSchema
+from app.api.symbols import known_symbol
 from app.container import services
 from app.errors import ValidationError
-from app.market.symbols import parse_symbol
 
 blp = Blueprint("market", __name__, url_prefix="/api", description="Market data")
 
@@ -19,7 +19,7 @@ blp = Blueprint("market", __name__, url_prefix="/api", description="Market data"
 @blp.route("/price/<string:symbol>")
 @blp.response(200, PriceSchema)
 def price(symbol: str) -> dict[str, Any]:
-    symbol = parse_symbol(symbol)
+    symbol = known_symbol(symbol)
     svc = services()
 
     def fetch() -> dict[str, Any]:
@@ -37,7 +37,7 @@ def price(symbol: str) -> dict[str, Any]:
 @blp.arguments(BarsQuerySchema, location="query", error_status_code=400, unknown=RAISE)
 @blp.response(200, BarsSchema)
 def bars(query: dict[str, Any], symbol: str) -> dict[str, Any]:
-    symbol = parse_symbol(symbol)
+    symbol = known_symbol(symbol)
     svc = services()
     limit: int = query["limit"]
     end: date = min(query.get("end") or svc.venue.today(), svc.venue.today())

@@ -10,10 +10,10 @@ from flask_smorest import Blueprint
 
 from app.ai.signals import ModelSignalSource
 from app.api.schemas import TaskStartedSchema
+from app.api.symbols import known_symbol
 from app.api.tasks import started
 from app.container import services
 from app.errors import ConflictError, NotFoundError
-from app.market.symbols import parse_symbol
 from app.store import tasks as task_service
 from app.trading.cycle import LOOKBACK_CALENDAR_DAYS
 
@@ -22,7 +22,7 @@ blp = Blueprint("trading", __name__, url_prefix="/api/trading", description="Sig
 
 @blp.route("/signal/<string:symbol>")
 def signal(symbol: str) -> dict[str, Any]:
-    symbol = parse_symbol(symbol)
+    symbol = known_symbol(symbol)
     svc = services()
     if svc.models.current_version() is None:
         raise ConflictError(

@@ -33,6 +33,9 @@ class Venue:
     today: Callable[[], date]
     #: The price orders would fill at now.
     latest_price: Callable[[str], float]
+    #: Whether the venue lists the symbol at all (the data source's files in sim, Alpaca's
+    #: asset endpoint live); the API answers 404 for the rest instead of an empty result.
+    knows_symbol: Callable[[str], bool]
     symbols: Callable[[], list[str]] | None = None
 
 
@@ -68,6 +71,7 @@ def _sim_venue(settings: Settings, db: Database) -> Venue:
         market=reader,
         today=exchange.session,
         latest_price=exchange.latest_price,
+        knows_symbol=lambda symbol: symbol in reader.available_symbols(),
         symbols=reader.available_symbols,
     )
 
@@ -109,4 +113,5 @@ def _alpaca_venue(settings: Settings, db: Database) -> Venue:
         market=CachedMarketData(data, db),
         today=lambda: datetime.now(UTC).date(),
         latest_price=data.get_latest_price,
+        knows_symbol=lambda symbol: broker.get_asset(symbol) is not None,
     )

@@ -144,3 +144,44 @@ def test_broker_faults_are_503_json(paper: PaperClient, kind: str) -> None:
 def test_unknown_symbol_on_alpaca_is_404(paper: PaperClient) -> None:
     response = paper.get("/api/price/ZZZZ")
     assert response.status_code == 404
+
+
+UNKNOWN_SYMBOL_ROUTES = [
+    "/api/market/bars/ZZZZQ?limit=5",
+    "/api/price/ZZZZQ",
+    "/api/trading/signal/ZZZZQ",
+]
+
+
+@pytest.mark.parametrize("path", UNKNOWN_SYMBOL_ROUTES)
+def test_symbol_alpaca_does_not_list_is_404_naming_it(paper: PaperClient, path: str) -> None:
+    response = paper.get(path)
+    assert response.status_code == 404, response.get_json()
+    error = response.get_json()["error"]
+    assert "ZZZZQ" in error["message"]
+    assert error["field"] == "symbol"
+
+
+def test_asset_lookup_is_cached(paper: PaperClient) -> None:
+    paper.fake.reset_counts()
+    for _ in range(5):
+        assert paper.get("/api/market/bars/ZZZZQ?limit=5").status_code == 404
+        assert paper.get("/api/market/bars/AAPL?limit=5").status_code == 200
+    assert paper.fake.count("GET /v2/assets/ZZZZQ") == 1
+    assert paper.fake.count("GET /v2/assets/AAPL") == 1
+
+
+@pytest.mark.parametrize("path", UNKNOWN_SYMBOL_ROUTES)
+def test_symbol_the_sim_data_lacks_is_404(
+    sim: tuple[FlaskClient, dict[str, str]], path: str
+) -> None:
+    client, headers = sim
+    response = client.get(path, headers=headers)
+    assert response.status_code == 404, response.get_json()
+    assert "ZZZZQ" in response.get_json()["error"]["message"]
+
+
+@pytest.mark.parametrize("path", ["/api/market/bars/AA$PL", "/api/price/" + "A" * 30])
+def test_malformed_symbol_stays_400(sim: tuple[FlaskClient, dict[str, str]], path: str) -> None:
+    client, headers = sim
+    assert client.get(path, headers=headers).status_code == 400
