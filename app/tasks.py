@@ -12,8 +12,10 @@ from uuid import uuid4
 from celery import Task, chord, group, shared_task
 from celery.signals import task_failure
 
+from app import job_slots
 from app.celery_config import TRAINING_QUEUE
 from app.container import services
+from app.job_slots import JobKind
 from app.services import task_service
 from app.services.market_data import NyseCalendar
 from app.services.optimizer_service import optimize, storage_url_for
@@ -88,7 +90,16 @@ def train_models_batch(mode: str | None = None) -> dict[str, Any]:
 
 
 def start_batch_training(svc: Any, mode: str | None, requested_by: str | None) -> str:
-    """Fan the watchlist out as a group of per-symbol data tasks, chorded into one fit."""
+    """Fan the watchlist out as a group of per-symbol data tasks, chorded into one fit.
+
+    Raises ConflictError naming the live one while another training is queued or running."""
+    with job_slots.claim(
+        svc.db, svc.celery, svc.redis, svc.settings.database_dir, JobKind.TRAINING
+    ):
+        return _start_batch_training(svc, mode, requested_by)
+
+
+def _start_batch_training(svc: Any, mode: str | None, requested_by: str | None) -> str:
     today = svc.venue.today()
     start, end = training_window(today, svc.settings.train_years, NyseCalendar())
     symbols = sorted(set(svc.settings.watchlist) | {"SPY"})
@@ -144,11 +155,17 @@ def optimize_hyperparameters_for_watchlist(
 @shared_task(name="app.tasks.nightly_tune_then_train")
 def nightly_tune_then_train() -> dict[str, Any]:
     """Tuning, then training with what it found: one chain, never both at once."""
-    workflow = optimize_hyperparameters_for_watchlist.si().set(
-        queue=TRAINING_QUEUE
-    ) | train_models_batch.si().set(queue=TRAINING_QUEUE)
-    result = workflow.apply_async()
-    return {"chain_id": result.id}
+    svc = services()
+    tune_id = str(uuid4())
+    with job_slots.claim(svc.db, svc.celery, svc.redis, svc.settings.database_dir, JobKind.TUNING):
+        task_service.record(
+            svc.db, tune_id, "app.tasks.optimize_hyperparameters_for_watchlist", {}, "beat"
+        )
+        workflow = optimize_hyperparameters_for_watchlist.si().set(
+            queue=TRAINING_QUEUE, task_id=tune_id
+        ) | train_models_batch.si().set(queue=TRAINING_QUEUE)
+        result = workflow.apply_async()
+    return {"chain_id": result.id, "tuning_task_id": tune_id}
 
 
 @shared_task(name="app.tasks.daily_summary")
