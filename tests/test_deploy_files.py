@@ -109,7 +109,8 @@ def test_trading_cycles_have_their_own_worker() -> None:
     trader, worker = procs["trader"].split(), procs["worker"].split()
     assert trader[trader.index("--queues") + 1] == "trading"
     assert trader[trader.index("--concurrency") + 1] == "1"
-    assert "--beat" in trader and "--beat" not in worker
+    assert "--beat" in trader
+    assert "--beat" not in worker
     assert "trading" not in worker[worker.index("--queues") + 1].split(",")
     services = compose()["services"]
     command = services["celery_trader"]["command"]

@@ -19,7 +19,7 @@ from app.orm import User
 from tests.conftest import Auth
 
 #: The constant the code shipped with before issue 15; sim tokens signed with it must fail.
-OLD_PUBLIC_SECRET = "insecure-dev-secret-for-sim-mode-only-change-me"  # noqa: S105
+OLD_PUBLIC_SECRET = "insecure-dev-secret-for-sim-mode-only-change-me"
 
 
 def forge(app: Flask, **claims: object) -> str:
