@@ -12,6 +12,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import jwt as pyjwt
@@ -103,6 +104,40 @@ def access_token(secret: str) -> str:
     return pyjwt.encode(claims, secret, algorithm="HS256")
 
 
+@dataclass
+class Client:
+    session: requests.Session
+    secret: str
+    calls: Counter[str]
+    failures: dict[str, list[str]]
+
+
+def exercise(operation: Any, mode: GenerationMode, examples: int, client: Client) -> None:
+    """Call one operation with `examples` generated cases; record each failed check."""
+    label = f"{operation.method.upper()} {operation.path}"
+
+    @settings(
+        max_examples=examples,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        phases=[Phase.explicit, Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(case=operation.as_strategy(generation_mode=mode), _=st.just(None))
+    def run(case: Any, _: None) -> None:
+        headers = {"Authorization": f"Bearer {access_token(client.secret)}"}
+        response = case.call(session=client.session, headers=headers, timeout=30)
+        client.calls[mode.value] += 1
+        client.calls[f"status {response.status_code}"] += 1
+        try:
+            case.validate_response(response, checks=CHECKS, headers=headers)
+        except (AssertionError, FailureGroup) as exc:
+            client.failures.setdefault(label, []).append(f"{mode.value}: {exc}"[:1500])
+
+    run()
+
+
 def test_every_operation_conforms_to_the_spec(live_api: dict[str, Any]) -> None:
     base, secret = live_api["base"], live_api["secret"]
     spec = requests.get(
@@ -121,29 +156,8 @@ def test_every_operation_conforms_to_the_spec(live_api: dict[str, Any]) -> None:
         label = f"{operation.method.upper()} {operation.path}"
         examples = HEAVY_EXAMPLES if label in HEAVY else EXAMPLES
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
-            strategy = operation.as_strategy(generation_mode=mode)
-
-            @settings(
-                max_examples=examples,
-                deadline=None,
-                database=None,
-                derandomize=True,
-                phases=[Phase.explicit, Phase.generate],
-                suppress_health_check=list(HealthCheck),
-            )
-            @given(case=strategy, _=st.just(None))
-            def run(case: Any, _: None) -> None:
-                headers = {"Authorization": f"Bearer {access_token(secret)}"}
-                response = case.call(session=session, headers=headers, timeout=30)
-                calls[f"{mode.value}"] += 1
-                calls[f"status {response.status_code}"] += 1
-                try:
-                    case.validate_response(response, checks=CHECKS, headers=headers)
-                except (AssertionError, FailureGroup) as exc:
-                    failures.setdefault(label, []).append(f"{mode.value}: {exc}"[:1500])
-
             try:
-                run()
+                exercise(operation, mode, examples, Client(session, secret, calls, failures))
             except Unsatisfiable:  # nothing to get wrong: an operation without parameters
                 assert mode is GenerationMode.NEGATIVE, label
                 calls["no invalid input possible"] += 1
