@@ -12,6 +12,7 @@ import json
 import time
 from collections.abc import Iterator
 from datetime import datetime
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -127,7 +128,7 @@ def test_a_flood_of_training_never_delays_a_cycle(stack: Any) -> None:
     expired = [m for m in cycle_results(client) if m["status"] == "REVOKED"]
     assert expired == [], logs
     done = [datetime.fromisoformat(m["date_done"]).timestamp() for m in cycles]
-    gaps = [round(b - a, 1) for a, b in zip(done, done[1:], strict=False)]
+    gaps = [round(b - a, 1) for a, b in pairwise(done)]
     print(f"\ncycles during the flood: {len(done)}, gaps {gaps}, training backlog {backlog}")
     assert len(done) >= WINDOW_SECONDS // CYCLE_SECONDS - 1, (gaps, logs)
     assert max(gaps) < 2 * CYCLE_SECONDS, (gaps, logs)  # no slot skipped or waited for
