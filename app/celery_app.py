@@ -75,6 +75,18 @@ def celery_init_app(app: Flask, settings: Settings) -> Celery:
     return celery
 
 
+def declare_queues(celery: Celery) -> None:
+    """Create every task queue on the broker before any worker starts (`db upgrade` does).
+
+    The embedded SQLite transport makes a queue's row on first use; with a trader and its beat
+    and a worker starting at once, two processes can insert the same row and one of them dies
+    (UNIQUE constraint failed: kombu_queue.name)."""
+    with celery.connection_for_write() as connection:
+        channel = connection.default_channel
+        for queue in celery.amqp.queues.values():
+            queue.bind(channel).declare()
+
+
 def _consumed_queues(consumer: Any) -> set[str]:
     """The queues a starting worker serves (its --queues), from the worker_ready sender."""
     try:

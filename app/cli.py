@@ -13,6 +13,7 @@ from tqdm import tqdm
 from app.ai_cli import register_ai_cli
 from app.api.market import parse_symbol
 from app.backtest_cli import backtest_command
+from app.celery_app import declare_queues
 from app.container import services
 from app.domain import MarketData
 from app.errors import AppError
@@ -38,6 +39,7 @@ db_group = AppGroup("db", help="Database schema migrations (Alembic).")
 def db_upgrade(revision: str) -> None:
     svc = services()
     migrations.upgrade(svc.settings.sql_url, revision)
+    declare_queues(svc.celery)
     password = svc.settings.effective_admin_password
     if password and svc.users.ensure_admin(svc.settings.admin_username, password):
         click.echo(f"created admin user {svc.settings.admin_username!r}")
