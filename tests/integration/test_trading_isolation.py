@@ -90,11 +90,12 @@ def empty_tables() -> None:
 
 
 def cycle_results(client: redis.Redis) -> list[dict[str, Any]]:
-    """Every trading cycle the result backend knows of, oldest first."""
+    """Every finished trading cycle (done, failed or expired) the result backend knows of,
+    oldest first."""
     found = []
     for key in client.scan_iter("celery-task-meta-*"):
         meta = json.loads(client.get(key) or b"{}")
-        if meta.get("name") == CYCLE_TASK:
+        if meta.get("name") == CYCLE_TASK and meta.get("date_done"):  # not one still running
             found.append(meta)
     return sorted(found, key=lambda m: m["date_done"])
 
