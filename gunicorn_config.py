@@ -23,6 +23,15 @@ accesslog = os.environ.get("GUNICORN_ACCESS_LOG", "-")
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(L)ss pid=%(p)s'
 errorlog = "-"
 
+# gunicorn's own limits, checked before Flask sees a request. Their answers (400 for a bad
+# request line, 414 for a long one, 431 / 400 for too many or too large headers) are gunicorn's
+# small text/HTML pages: the one place the API answers without JSON. The limits are far above
+# what any client of this API sends: the longest URL is a bars query (< 200 bytes) and the
+# largest header an Authorization with a JWT (< 1 KB).
+limit_request_line = 8190  # bytes in "METHOD /path?query HTTP/1.1"; gunicorn's maximum
+limit_request_fields = 100  # header count
+limit_request_field_size = 16380  # bytes in one header line
+
 
 def post_fork(server, worker):
     """In the new worker: no inherited database connections; sample its CPU and memory."""

@@ -15,6 +15,7 @@ from app import metrics_export
 from app.ai.store import ModelStore
 from app.api import register_api
 from app.api.errors import register_error_handlers
+from app.api.schemas import ErrorSchema
 from app.broker.venue import build_venue
 from app.cli import register_cli
 from app.config import Settings, load_settings
@@ -42,6 +43,7 @@ def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
     redis = Redis.from_url(settings.redis_url, socket_timeout=5) if settings.redis_url else None
     jwt.init_app(app)
     limiter.init_app(app)
+    api.ERROR_SCHEMA = ErrorSchema  # the spec documents the one error shape the API sends
     api.init_app(app)
     register_error_handlers(app)
     PrometheusMetrics(app, registry=metrics_export.app_registry(), group_by="endpoint")
@@ -69,7 +71,7 @@ def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
 
 def _flask_config(settings: Settings) -> dict[str, Any]:
     return {
-        "SECRET_KEY": settings.secret_key,
+        "SECRET_KEY": settings.effective_secret_key,
         "JWT_SECRET_KEY": settings.effective_jwt_secret,
         "JWT_ACCESS_TOKEN_EXPIRES": timedelta(minutes=settings.jwt_access_token_minutes),
         "JWT_REFRESH_TOKEN_EXPIRES": timedelta(days=settings.jwt_refresh_token_days),

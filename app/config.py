@@ -7,6 +7,7 @@ naming the key, so a typo never becomes a trading surprise.
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Mapping
 from datetime import date
 from enum import StrEnum
@@ -99,13 +100,20 @@ class Settings(BaseSettings):
     discord_webhook_url: str | None = None
 
     # --- security ---
-    secret_key: str = "insecure-dev-secret-for-sim-mode-only-change-me"  # noqa: S105 - refused outside sim
+    #: Required outside sim mode. Unset in sim mode: a random secret made on first start and
+    #: kept in DATABASE_DIR/secret_key, so no two installations share one.
+    secret_key: str | None = None
     jwt_secret_key: str | None = None
     jwt_access_token_minutes: int = Field(default=60, ge=1, le=24 * 60)
     jwt_refresh_token_days: int = Field(default=7, ge=1, le=90)
     admin_username: str = "admin"
     admin_password: str | None = None
+    #: Login attempts per client address, whatever the account.
     login_rate_limit: str = "10 per minute"
+    #: Failed logins per account, from any address; a locked account locks no other one.
+    login_account_rate_limit: str = "5 per minute"
+    #: When set, /metrics answers only `Authorization: Bearer <METRICS_TOKEN>`.
+    metrics_token: str | None = None
     max_request_bytes: int = Field(default=1_048_576, ge=1024, le=100 * 1_048_576)
 
     # --- risk (the seed's defaults) ---
@@ -173,7 +181,7 @@ class Settings(BaseSettings):
             raise ValueError("must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
         return value
 
-    @field_validator("login_rate_limit")
+    @field_validator("login_rate_limit", "login_account_rate_limit")
     @classmethod
     def _check_rate_limit(cls, value: str) -> str:
         from limits import parse_many
@@ -219,7 +227,7 @@ class Settings(BaseSettings):
                 "jwt_secret_key",
                 f"must be at least {MIN_JWT_SECRET_BYTES} bytes in {self.trading_mode} mode",
             )
-        if self.secret_key == Settings.model_fields["secret_key"].default:
+        if not self.secret_key:
             raise _KeyError("secret_key", f"must be set in {self.trading_mode} mode")
         if len(self.secret_key.encode()) < MIN_JWT_SECRET_BYTES:
             raise _KeyError(
@@ -241,8 +249,13 @@ class Settings(BaseSettings):
         return self.effective_admin_password == SIM_DEFAULT_PASSWORD
 
     @property
+    def effective_secret_key(self) -> str:
+        """SECRET_KEY, or in sim mode this installation's own random one."""
+        return self.secret_key or sim_secret(self.database_dir)
+
+    @property
     def effective_jwt_secret(self) -> str:
-        return self.jwt_secret_key or self.secret_key
+        return self.jwt_secret_key or self.effective_secret_key
 
     @property
     def ai_mode(self) -> str:
@@ -274,6 +287,28 @@ class Settings(BaseSettings):
         if self.redis_url:
             return self.redis_url
         return f"db+sqlite:///{self.database_dir / 'celery-results.sqlite'}"
+
+
+def sim_secret(directory: Path) -> str:
+    """The random secret of a sim installation: made once, atomically (gunicorn, the workers
+    and the CLI may start together), readable by its owner only."""
+    path = directory / "secret_key"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    directory.mkdir(parents=True, exist_ok=True)
+    draft = directory / f".secret_key.{os.getpid()}.{secrets.token_hex(4)}"
+    fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secrets.token_urlsafe(48))
+    try:
+        os.link(draft, path)  # fails if another process made it first: theirs wins
+    except FileExistsError:
+        pass
+    finally:
+        draft.unlink()
+    return path.read_text().strip()
 
 
 class _KeyError(ValueError):

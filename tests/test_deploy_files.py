@@ -45,10 +45,16 @@ def compose() -> dict[str, Any]:
 # ------------------------------------------------------------------------------ Prometheus
 
 
-def test_prometheus_config_passes_promtool() -> None:
+def test_prometheus_config_passes_promtool(tmp_path: Path) -> None:
+    # promtool insists that credentials files exist: point the compose secret at a real file.
+    token = tmp_path / "metrics_token"
+    token.write_text("token")
+    text = (ROOT / "prometheus.yml").read_text()
+    assert "/run/secrets/metrics_token" in text
+    (tmp_path / "prometheus.yml").write_text(text.replace("/run/secrets/metrics_token", str(token)))
     result = subprocess.run(
         [promtool(), "check", "config", "prometheus.yml"],
-        cwd=ROOT,
+        cwd=tmp_path,
         capture_output=True,
         text=True,
         timeout=60,
@@ -68,6 +74,50 @@ def test_prometheus_scrapes_the_api_and_the_worker() -> None:
     services = compose()["services"]
     assert "9808" in services["celery_worker"]["expose"]
     assert services["celery_worker"]["environment"]["METRICS_PORT"] == "9808"
+    assert targets["alpha-trader-trader"] == ["celery_trader:9809"]
+    assert services["celery_trader"]["environment"]["METRICS_PORT"] == "9809"
+
+
+def test_metrics_need_the_token_prometheus_sends() -> None:
+    """The app's /metrics require METRICS_TOKEN; compose hands the same value to the app and,
+    as a secret file, to Prometheus, whose every app job sends it as a bearer token."""
+    config = yaml.safe_load((ROOT / "prometheus.yml").read_text())
+    app_jobs = [j for j in config["scrape_configs"] if j["job_name"].startswith("alpha-trader")]
+    assert len(app_jobs) == 3
+    for job in app_jobs:
+        assert job["authorization"] == {
+            "type": "Bearer",
+            "credentials_file": "/run/secrets/metrics_token",
+        }, job["job_name"]
+    spec = compose()
+    assert spec["secrets"]["metrics_token"] == {"environment": "METRICS_TOKEN"}
+    assert "metrics_token" in spec["services"]["prometheus"]["secrets"]
+    for name in ("flask", "celery_worker", "celery_trader"):
+        token = spec["services"][name]["environment"]["METRICS_TOKEN"]
+        assert token.startswith("${METRICS_TOKEN:?"), name  # required, never a default
+    readme = (ROOT / "README.md").read_text()
+    assert "METRICS_TOKEN" in readme
+
+
+def test_trading_cycles_have_their_own_worker() -> None:
+    """Procfile (make run) and compose: one process serves only the trading queue with one
+    slot; the training/backtest worker does not serve it, so nothing queued there delays a
+    cycle. Beat runs once: in the trader under honcho, as its own service in compose."""
+    procs = dict(
+        line.split(": ", 1) for line in (ROOT / "Procfile").read_text().splitlines() if line
+    )
+    trader, worker = procs["trader"].split(), procs["worker"].split()
+    assert trader[trader.index("--queues") + 1] == "trading"
+    assert trader[trader.index("--concurrency") + 1] == "1"
+    assert "--beat" in trader
+    assert "--beat" not in worker
+    assert "trading" not in worker[worker.index("--queues") + 1].split(",")
+    services = compose()["services"]
+    command = services["celery_trader"]["command"]
+    assert command[command.index("--queues") + 1] == "trading"
+    assert command[command.index("--concurrency") + 1] == "1"
+    command = services["celery_worker"]["command"]
+    assert "trading" not in command[command.index("--queues") + 1].split(",")
 
 
 def test_every_dashboard_query_parses(tmp_path: Path) -> None:
@@ -208,7 +258,7 @@ def test_compose_runs_the_whole_service_safely() -> None:
         "flower",
     ):
         assert "healthcheck" in services[name], name
-    for name in ("flask", "celery_worker", "celery_beat"):
+    for name in ("flask", "celery_worker", "celery_trader", "celery_beat"):
         conditions = {dep: spec["condition"] for dep, spec in services[name]["depends_on"].items()}
         assert conditions == {
             "migrate": "service_completed_successfully",

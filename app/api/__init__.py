@@ -3,6 +3,7 @@ except the few public endpoints named here."""
 
 from __future__ import annotations
 
+import hmac
 from typing import Any
 
 from flask import Flask, Response, request
@@ -21,11 +22,13 @@ from app.api import (
     trading,
     training,
 )
+from app.api.edges import register_edges
 from app.api.errors import error_response
 from app.container import services
 from app.extensions import api, jwt
 
-PUBLIC_ENDPOINTS = frozenset({"auth.login", "auth.refresh", "health.health", "prometheus_metrics"})
+METRICS_ENDPOINT = "prometheus_metrics"
+PUBLIC_ENDPOINTS = frozenset({"auth.login", "auth.refresh", "health.health", METRICS_ENDPOINT})
 
 
 def register_api(app: Flask) -> None:
@@ -45,25 +48,60 @@ def register_api(app: Flask) -> None:
     for module in blueprints:
         api.register_blueprint(module.blp)
     app.before_request(_require_access_token)
+    register_edges(app)
     _register_jwt_callbacks()
 
 
-def _require_access_token() -> None:
+def _require_access_token() -> Any:
     if request.routing_exception is not None or request.method == "OPTIONS":
-        return  # let routing answer 404/405 in the JSON shape
+        return None  # let routing answer 404/405 in the JSON shape
+    if request.endpoint == METRICS_ENDPOINT:
+        return _check_metrics_token()
     if request.endpoint in PUBLIC_ENDPOINTS:
-        return
+        return None
     verify_jwt_in_request()
+    return None
+
+
+def _check_metrics_token() -> tuple[Response, int] | None:
+    """/metrics shows equity, cash and positions: with METRICS_TOKEN set, only a scraper that
+    sends it as a bearer token gets them."""
+    expected = services().settings.metrics_token
+    if not expected:
+        return None
+    sent = request.headers.get("Authorization", "")
+    if hmac.compare_digest(sent.encode(), f"Bearer {expected}".encode()):
+        return None
+    return _unauthorized("/metrics needs Authorization: Bearer <METRICS_TOKEN>")
 
 
 def _unauthorized(message: str) -> tuple[Response, int]:
     return error_response(401, message, "unauthorized")
 
 
+#: Claims every token this API issues carries; a token without one was not made here.
+REQUIRED_CLAIMS = ("sub", "exp", "iat", "jti", "type")
+
+
 def _register_jwt_callbacks() -> None:
     @jwt.token_in_blocklist_loader
     def _is_revoked(_header: dict[str, Any], payload: dict[str, Any]) -> bool:
-        return services().blocklist.is_revoked(payload["jti"])
+        jti = payload.get("jti")
+        return bool(jti) and services().blocklist.is_revoked(str(jti))
+
+    @jwt.token_verification_loader
+    def _has_required_claims(_header: dict[str, Any], payload: dict[str, Any]) -> bool:
+        """PyJWT checks `exp` only when present; a token without an expiry never expires."""
+        return all(payload.get(claim) is not None for claim in REQUIRED_CLAIMS)
+
+    @jwt.token_verification_failed_loader
+    def _claims_missing(_header: dict[str, Any], _payload: dict[str, Any]) -> tuple[Response, int]:
+        return _unauthorized(f"invalid token: it must carry {', '.join(REQUIRED_CLAIMS)}")
+
+    @jwt.user_lookup_loader
+    def _active_user(_header: dict[str, Any], payload: dict[str, Any]) -> object | None:
+        """Every request: the token's user must still exist and be active."""
+        return services().users.active_user(str(payload["sub"]))
 
     @jwt.unauthorized_loader
     def _missing(reason: str) -> tuple[Response, int]:

@@ -6,33 +6,35 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
+from app.api.fields import BoundedDate, StrictFloat, StrictInteger
+
 SYMBOL = validate.Regexp(r"^[A-Za-z][A-Za-z0-9.]{0,9}$", error="not a symbol")
 MAX_DAYS = 10_000
 
 
 class BacktestRunSchema(Schema):
     symbols = fields.List(fields.String(validate=SYMBOL), validate=validate.Length(min=1, max=200))
-    days = fields.Integer(
+    days = StrictInteger(
         validate=validate.Range(min=1, max=MAX_DAYS, error="must be between 1 and 10000")
     )
-    start = fields.Date()
-    end = fields.Date()
-    initial_capital = fields.Float(
+    start = BoundedDate()
+    end = BoundedDate()
+    initial_capital = StrictFloat(
         load_default=100_000.0,
         validate=validate.Range(
             min=0, min_inclusive=False, max=1e12, error="must be > 0 and at most 1e12"
         ),
     )
-    commission_bps = fields.Float(validate=validate.Range(min=0, max=1000))
-    slippage_bps = fields.Float(validate=validate.Range(min=0, max=1000))
-    retrain_every = fields.Integer(load_default=63, validate=validate.Range(min=1, max=MAX_DAYS))
+    commission_bps = StrictFloat(validate=validate.Range(min=0, max=1000))
+    slippage_bps = StrictFloat(validate=validate.Range(min=0, max=1000))
+    retrain_every = StrictInteger(load_default=63, validate=validate.Range(min=1, max=MAX_DAYS))
     model = fields.String(
         load_default="walk_forward",
         validate=validate.OneOf(["walk_forward", "current", "sma_cross"]),
     )
-    buy_threshold = fields.Float(validate=validate.Range(min=0, min_inclusive=False, max=1))
-    sell_threshold = fields.Float(validate=validate.Range(min=-1, max=0, max_inclusive=False))
-    confidence_threshold = fields.Float(validate=validate.Range(min=0, max=1))
+    buy_threshold = StrictFloat(validate=validate.Range(min=0, min_inclusive=False, max=1))
+    sell_threshold = StrictFloat(validate=validate.Range(min=-1, max=0, max_inclusive=False))
+    confidence_threshold = StrictFloat(validate=validate.Range(min=0, max=1))
 
     @validates_schema
     def _window(self, data: dict[str, Any], **_kwargs: Any) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 
 from flask_smorest import Blueprint
 
+from app.api.schemas import DashboardSchema
 from app.container import services
 from app.store import history as history_service
 from app.trading import kill_switch as risk_service
@@ -16,6 +17,7 @@ blp = Blueprint("dashboard", __name__, url_prefix="/api/dashboard", description=
 
 
 @blp.route("/all_data")
+@blp.response(200, DashboardSchema)
 def all_data() -> dict[str, Any]:
     svc = services()
     broker = svc.venue.broker

@@ -7,7 +7,12 @@ from typing import Any
 from flask_smorest import Blueprint
 from marshmallow import RAISE
 
-from app.api.schemas import HistoryQuerySchema, OrdersQuerySchema
+from app.api.schemas import (
+    HistoryQuerySchema,
+    OrdersPageSchema,
+    OrdersQuerySchema,
+    TradesPageSchema,
+)
 from app.container import services
 from app.errors import ValidationError
 from app.store import history as history_service
@@ -28,6 +33,7 @@ def _filters(query: dict[str, Any]) -> dict[str, Any]:
 
 @blp.route("/orders")
 @blp.arguments(OrdersQuerySchema, location="query", error_status_code=400, unknown=RAISE)
+@blp.response(200, OrdersPageSchema)
 def orders(query: dict[str, Any]) -> dict[str, Any]:
     page = Page(query["page"], query["per_page"])
     return history_service.orders(
@@ -37,6 +43,7 @@ def orders(query: dict[str, Any]) -> dict[str, Any]:
 
 @blp.route("/trades")
 @blp.arguments(HistoryQuerySchema, location="query", error_status_code=400, unknown=RAISE)
+@blp.response(200, TradesPageSchema)
 def trades(query: dict[str, Any]) -> dict[str, Any]:
     page = Page(query["page"], query["per_page"])
     return history_service.trades(services().db, page, **_filters(query))

@@ -9,7 +9,7 @@ from typing import Any
 from flask_jwt_extended import get_jwt_identity, verify_jwt_in_request
 from flask_smorest import Blueprint
 
-from app.api.schemas import HaltSchema, ResumeSchema
+from app.api.schemas import HaltResultSchema, HaltSchema, ResumeSchema, RiskStatusSchema
 from app.container import services
 from app.trading import kill_switch as risk_service
 
@@ -17,12 +17,14 @@ blp = Blueprint("risk", __name__, url_prefix="/api/risk", description="Risk stat
 
 
 @blp.route("/status")
+@blp.response(200, RiskStatusSchema)
 def status() -> dict[str, Any]:
     return risk_service.status(services())
 
 
 @blp.route("/halt", methods=["POST"])
 @blp.arguments(HaltSchema, required=False)
+@blp.response(200, HaltResultSchema)
 def halt(body: dict[str, Any]) -> dict[str, Any]:
     """Kill switch: HALTED now; optionally cancel open orders and flatten. Fresh token only."""
     verify_jwt_in_request(fresh=True)
@@ -41,6 +43,7 @@ def halt(body: dict[str, Any]) -> dict[str, Any]:
 
 @blp.route("/resume", methods=["POST"])
 @blp.arguments(ResumeSchema, required=False)
+@blp.response(200, RiskStatusSchema)
 def resume(body: dict[str, Any]) -> dict[str, Any]:
     verify_jwt_in_request(fresh=True)
     svc = services()

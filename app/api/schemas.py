@@ -1,8 +1,29 @@
-"""Marshmallow schemas shared by the API blueprints; unknown fields are rejected by default."""
+"""Marshmallow schemas shared by the API blueprints; unknown fields are rejected by default.
+
+Request bodies use the strict fields of app/api/fields.py; every answer, errors included, has a
+schema here, so the OpenAPI document describes what the API really sends.
+"""
 
 from __future__ import annotations
 
 from marshmallow import Schema, fields, validate
+
+from app.api.fields import BoundedDate, StrictBoolean, StrictFloat, StrictInteger
+
+
+class ErrorDetailSchema(Schema):
+    code = fields.String(required=True)
+    message = fields.String(required=True)
+    field = fields.String()
+    field_errors = fields.Dict(
+        keys=fields.String(), values=fields.List(fields.String()), data_key="fields"
+    )
+
+
+class ErrorSchema(Schema):
+    """The one error shape: {"error": {"code": ..., "message": ..., "field"/"fields": ...}}."""
+
+    error = fields.Nested(ErrorDetailSchema, required=True)
 
 
 class LoginSchema(Schema):
@@ -90,8 +111,8 @@ class PriceSchema(Schema):
 
 class BarsQuerySchema(Schema):
     limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=10_000))
-    start = fields.Date()
-    end = fields.Date()
+    start = BoundedDate()
+    end = BoundedDate()
 
 
 class BarSchema(Schema):
@@ -110,8 +131,8 @@ class BarsSchema(Schema):
 
 class HistoryQuerySchema(Schema):
     symbol = fields.String(validate=validate.Regexp(r"^[A-Za-z][A-Za-z0-9.]{0,9}$"))
-    start = fields.Date()
-    end = fields.Date()
+    start = BoundedDate()
+    end = BoundedDate()
     page = fields.Integer(load_default=1, validate=validate.Range(min=1, max=1_000_000))
     per_page = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))
 
@@ -126,9 +147,9 @@ class OrdersQuerySchema(HistoryQuerySchema):
 
 class HaltSchema(Schema):
     reason = fields.String(load_default="kill switch", validate=validate.Length(min=1, max=200))
-    cancel_orders = fields.Boolean(load_default=False)
-    flatten = fields.Boolean(load_default=False)
-    hours = fields.Float(validate=validate.Range(min=0.01, max=24 * 365))
+    cancel_orders = StrictBoolean(load_default=False)
+    flatten = StrictBoolean(load_default=False)
+    hours = StrictFloat(validate=validate.Range(min=0.01, max=24 * 365))
 
 
 class ResumeSchema(Schema):
@@ -146,6 +167,109 @@ class OptimizeSchema(Schema):
         fields.String(validate=validate.Regexp(r"^[A-Za-z][A-Za-z0-9.]{0,9}$")),
         validate=validate.Length(min=1, max=500),
     )
-    n_trials = fields.Integer(load_default=20, validate=validate.Range(min=1, max=1000))
-    timeout = fields.Integer(load_default=600, validate=validate.Range(min=10, max=86_400))
+    n_trials = StrictInteger(load_default=20, validate=validate.Range(min=1, max=1000))
+    timeout = StrictInteger(load_default=600, validate=validate.Range(min=10, max=86_400))
     mode = fields.String(validate=validate.OneOf(["pooled", "per-symbol", "per_symbol"]))
+
+
+class SignalSchema(Schema):
+    symbol = fields.String(required=True)
+    signal = fields.String(required=True)
+    predicted_return = fields.Float(required=True)
+    confidence = fields.Float(required=True)
+    dispersion = fields.Float(allow_none=True)
+    model_version = fields.String(allow_none=True)
+    as_of = fields.String(required=True)
+    warning = fields.String(allow_none=True)
+
+
+class RiskLimitsSchema(Schema):
+    max_positions = fields.Integer()
+    max_portfolio_exposure = fields.Float()
+    max_position_size = fields.Float()
+    stop_loss_pct = fields.Float()
+    take_profit_pct = fields.Float()
+    max_daily_loss = fields.Float()
+
+
+class RiskEventSchema(Schema):
+    kind = fields.String()
+    detail = fields.String(allow_none=True)
+    symbol = fields.String(allow_none=True)
+    at = fields.String()
+
+
+class RiskStatusSchema(Schema):
+    state = fields.String(required=True)
+    halted_until = fields.String(allow_none=True)
+    halt_reason = fields.String(allow_none=True)
+    limits = fields.Nested(RiskLimitsSchema)
+    equity = fields.Float()
+    exposure = fields.Float()
+    positions = fields.Integer()
+    daily_pnl = fields.Float(allow_none=True)
+    daily_pnl_pct = fields.Float(allow_none=True)
+    recent_events = fields.List(fields.Nested(RiskEventSchema))
+
+
+class KillReportSchema(Schema):
+    cancelled = fields.List(fields.String())
+    closed = fields.List(fields.String())
+    errors = fields.List(fields.String())
+
+
+class HaltResultSchema(RiskStatusSchema):
+    actions = fields.Nested(KillReportSchema)
+
+
+class OrderRowSchema(Schema):
+    client_order_id = fields.String(allow_none=True)
+    broker_order_id = fields.String(allow_none=True)
+    symbol = fields.String()
+    side = fields.String()
+    qty = fields.Float(allow_none=True)
+    notional = fields.Float(allow_none=True)
+    status = fields.String()
+    filled_qty = fields.Float(allow_none=True)
+    filled_avg_price = fields.Float(allow_none=True)
+    reason = fields.String(allow_none=True)
+    reject_reason = fields.String(allow_none=True)
+    session_date = fields.String(allow_none=True)
+    created_at = fields.String()
+
+
+class TradeRowSchema(Schema):
+    symbol = fields.String()
+    side = fields.String()
+    qty = fields.Float()
+    price = fields.Float()
+    commission = fields.Float(allow_none=True)
+    client_order_id = fields.String(allow_none=True)
+    filled_at = fields.String()
+
+
+class _PageSchema(Schema):
+    page = fields.Integer(required=True)
+    per_page = fields.Integer(required=True)
+    total = fields.Integer(required=True)
+
+
+class OrdersPageSchema(_PageSchema):
+    items = fields.List(fields.Nested(OrderRowSchema), required=True)
+
+
+class TradesPageSchema(_PageSchema):
+    items = fields.List(fields.Nested(TradeRowSchema), required=True)
+
+
+class DashboardSchema(Schema):
+    """Everything a dashboard shows; nested parts are documented by their own routes."""
+
+    as_of = fields.String(required=True)
+    trading_mode = fields.String(required=True)
+    account = fields.Dict(required=True)
+    positions = fields.List(fields.Dict(), required=True)
+    risk = fields.Nested(RiskStatusSchema, required=True)
+    recent_signals = fields.List(fields.Dict(), required=True)
+    model = fields.Dict(required=True)
+    performance = fields.Dict(required=True)

@@ -9,7 +9,7 @@ from flask_jwt_extended import get_jwt_identity
 from flask_smorest import Blueprint
 
 from app.ai.signals import ModelSignalSource
-from app.api.schemas import TaskStartedSchema
+from app.api.schemas import SignalSchema, TaskStartedSchema
 from app.api.symbols import known_symbol
 from app.api.tasks import started
 from app.container import services
@@ -21,6 +21,7 @@ blp = Blueprint("trading", __name__, url_prefix="/api/trading", description="Sig
 
 
 @blp.route("/signal/<string:symbol>")
+@blp.response(200, SignalSchema)
 def signal(symbol: str) -> dict[str, Any]:
     symbol = known_symbol(symbol)
     svc = services()

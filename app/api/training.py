@@ -12,7 +12,9 @@ from app.api.tasks import started
 from app.container import services
 from app.errors import ValidationError
 from app.store import tasks as task_service
+from app.tasks import job_slots
 from app.tasks.celery_config import TRAINING_QUEUE
+from app.tasks.job_slots import JobKind
 
 blp = Blueprint("training", __name__, url_prefix="/api", description="Model training and tuning")
 
@@ -20,6 +22,7 @@ blp = Blueprint("training", __name__, url_prefix="/api", description="Model trai
 @blp.route("/training/start/batch", methods=["POST"])
 @blp.arguments(TrainingSchema, required=False)
 @blp.response(202, TaskStartedSchema)
+@blp.alt_response(409, response="CONFLICT")  # a training is live: its id is named
 def start_batch(body: dict[str, Any]) -> dict[str, str]:
     """Train the watchlist: a group of per-symbol data tasks chorded into one fit."""
     from app.tasks.training import start_batch_training
@@ -30,6 +33,7 @@ def start_batch(body: dict[str, Any]) -> dict[str, str]:
 @blp.route("/hyperparameter/optimize/", methods=["POST"])
 @blp.arguments(OptimizeSchema, required=False)
 @blp.response(202, TaskStartedSchema)
+@blp.alt_response(409, response="CONFLICT")  # a tuning is live: its id is named
 def optimize(body: dict[str, Any]) -> dict[str, str]:
     svc = services()
     symbols = [s.upper() for s in body.get("symbols") or svc.settings.watchlist]
@@ -43,12 +47,13 @@ def optimize(body: dict[str, Any]) -> dict[str, str]:
         "timeout": body.get("timeout", 600),
         "mode": body.get("mode"),
     }
-    task_id = task_service.start(
-        svc.db,
-        svc.celery,
-        "app.tasks.optimize_hyperparameters_for_watchlist",
-        kwargs,
-        get_jwt_identity(),
-        queue=TRAINING_QUEUE,
-    )
+    with job_slots.claim(svc.db, svc.celery, svc.redis, svc.settings.database_dir, JobKind.TUNING):
+        task_id = task_service.start(
+            svc.db,
+            svc.celery,
+            "app.tasks.optimize_hyperparameters_for_watchlist",
+            kwargs,
+            get_jwt_identity(),
+            queue=TRAINING_QUEUE,
+        )
     return started(task_id)

@@ -21,6 +21,7 @@ from app.market.sources import CsvMarketData
 from app.market.symbols import parse_symbol
 from app.market.validation import rejection_counts
 from app.store import migrations
+from app.tasks.celery_app import declare_queues
 
 
 def register_cli(app: Flask) -> None:
@@ -39,6 +40,7 @@ db_group = AppGroup("db", help="Database schema migrations (Alembic).")
 def db_upgrade(revision: str) -> None:
     svc = services()
     migrations.upgrade(svc.settings.sql_url, revision)
+    declare_queues(svc.celery)
     password = svc.settings.effective_admin_password
     if password and svc.users.ensure_admin(svc.settings.admin_username, password):
         click.echo(f"created admin user {svc.settings.admin_username!r}")

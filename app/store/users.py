@@ -61,6 +61,12 @@ class UserService:
             return None
         return user if check_password_hash(user.password_hash, password) else None
 
+    def active_user(self, username: str) -> User | None:
+        """The user a token names, if it still exists and may log in."""
+        with self._db.session() as session:
+            user = session.scalar(select(User).where(User.username == username))
+        return user if user is not None and user.is_active else None
+
     def ensure_admin(self, username: str, password: str) -> bool:
         """Create the configured admin if absent; an existing user keeps its own password."""
         with self._db.session() as session:

@@ -7,11 +7,13 @@ log handler kept in place, so worker logs are redacted and carry the cycle id li
 
 from __future__ import annotations
 
+import hmac
 import logging
 import os
 import sys
 import threading
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from celery import Celery, Task
 from celery.apps.worker import Worker as CommandLineWorker
@@ -27,13 +29,15 @@ from celery.signals import (
     worker_shutting_down,
 )
 from flask import Flask
-from prometheus_client import start_http_server
+from prometheus_client import make_wsgi_app, start_http_server
+from prometheus_client.exposition import ThreadingWSGIServer
 
 from app import metrics, metrics_export
 from app.config import Settings, TradingMode, load_settings
+from app.errors import ConflictError
 from app.extensions import db
 from app.logging_setup import app_handler, configure_logging
-from app.tasks.celery_config import celery_settings
+from app.tasks.celery_config import TRAINING_QUEUE, celery_settings
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +55,12 @@ def celery_init_app(app: Flask, settings: Settings) -> Celery:
     celery.loader.import_default_modules()  # register the tasks in the API process too
 
     @worker_ready.connect(weak=False)
-    def _train_when_sim_has_no_model(**_kwargs: Any) -> None:
-        """Sim mode out of the box: a worker that finds no model trains one first."""
+    def _train_when_sim_has_no_model(sender: Any = None, **_kwargs: Any) -> None:
+        """Sim mode out of the box: the training worker trains a model first if none exists
+        (the trader, which does not serve the training queue, leaves it alone)."""
         if settings.trading_mode is not TradingMode.SIM or not settings.sim_auto_train:
+            return
+        if TRAINING_QUEUE not in _consumed_queues(sender):
             return
         with app.app_context():
             from app.container import services
@@ -61,10 +68,34 @@ def celery_init_app(app: Flask, settings: Settings) -> Celery:
 
             svc = services()
             if svc.models.current_version() is None:
-                task_id = start_batch_training(svc, None, requested_by="sim start-up")
-                logging.getLogger(__name__).info("no model yet: training one (task %s)", task_id)
+                try:
+                    task_id = start_batch_training(svc, None, requested_by="sim start-up")
+                except ConflictError as exc:
+                    log.info("no model yet, and %s", exc.message)
+                    return
+                log.info("no model yet: training one (task %s)", task_id)
 
     return celery
+
+
+def declare_queues(celery: Celery) -> None:
+    """Create every task queue on the broker before any worker starts (`db upgrade` does).
+
+    The embedded SQLite transport makes a queue's row on first use; with a trader and its beat
+    and a worker starting at once, two processes can insert the same row and one of them dies
+    (UNIQUE constraint failed: kombu_queue.name)."""
+    with celery.connection_for_write() as connection:
+        channel = connection.default_channel
+        for queue in celery.amqp.queues.values():
+            queue.bind(channel).declare()
+
+
+def _consumed_queues(consumer: Any) -> set[str]:
+    """The queues a starting worker serves (its --queues), from the worker_ready sender."""
+    try:
+        return set(consumer.app.amqp.queues.consume_from or ())
+    except AttributeError:
+        return {TRAINING_QUEUE}  # unknown: behave as the single worker of old did
 
 
 @worker_process_init.connect
@@ -99,11 +130,35 @@ def _serve_worker_metrics(**_kwargs: Any) -> None:
     if port is None:
         return
     try:
-        start_http_server(port, addr=addr, registry=metrics_export.collector_registry())
+        if settings.metrics_token:
+            _serve_guarded_metrics(addr, port, settings.metrics_token)
+        else:
+            start_http_server(port, addr=addr, registry=metrics_export.collector_registry())
     except OSError as exc:  # a busy port must not stop trading
         log.error("worker metrics endpoint on %s:%d failed to start: %s", addr, port, exc)
         return
     log.info("worker metrics on http://%s:%d/metrics", addr, port)
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Scrapes every few seconds would drown the worker's log."""
+
+
+def _serve_guarded_metrics(addr: str, port: int, token: str) -> None:
+    """The worker's /metrics behind the same bearer token as the API's (METRICS_TOKEN)."""
+    expected = f"Bearer {token}".encode()
+    exposition = make_wsgi_app(metrics_export.collector_registry())
+
+    def guarded(environ: dict[str, Any], start_response: Any) -> Any:
+        sent = str(environ.get("HTTP_AUTHORIZATION", "")).encode()
+        if not hmac.compare_digest(sent, expected):
+            start_response("401 Unauthorized", [("Content-Type", "application/json")])
+            return [b'{"error": {"code": "unauthorized", "message": "metrics need the token"}}']
+        return exposition(environ, start_response)
+
+    server = make_server(addr, port, guarded, ThreadingWSGIServer, handler_class=_QuietHandler)
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
 
 
 @worker_process_shutdown.connect

@@ -12,6 +12,9 @@ from app.config import Settings, TradingMode
 
 TRAINING_QUEUE = "training"
 EMBEDDED_TRANSPORT = "app.tasks.embedded_broker:Transport"
+#: Trading cycles have a queue and a worker slot of their own (the Procfile's `trader`,
+#: compose's `celery_trader`), so no pile of training, tuning or backtests can delay a cycle.
+TRADING_QUEUE = "trading"
 
 
 def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
@@ -28,7 +31,7 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
         "smart-trading-pipeline": {
             "task": "app.tasks.smart_trading_pipeline",
             "schedule": cycle,
-            "options": {"expires": cycle_expires},
+            "options": {"expires": cycle_expires, "queue": TRADING_QUEUE},
         },
         "daily-summary": {
             "task": "app.tasks.daily_summary",
@@ -68,8 +71,13 @@ def celery_settings(settings: Settings) -> dict[str, Any]:
         "worker_prefetch_multiplier": 1,
         "task_track_started": True,
         "task_default_queue": "default",
-        "task_queues": (Queue("default"), Queue(TRAINING_QUEUE)),  # type: ignore[no-untyped-call]
+        "task_queues": (
+            Queue("default"),  # type: ignore[no-untyped-call]
+            Queue(TRAINING_QUEUE),  # type: ignore[no-untyped-call]
+            Queue(TRADING_QUEUE),  # type: ignore[no-untyped-call]
+        ),
         "task_routes": {
+            "app.tasks.smart_trading_pipeline": {"queue": TRADING_QUEUE},
             "app.tasks.train_*": {"queue": TRAINING_QUEUE},
             "app.tasks.optimize_*": {"queue": TRAINING_QUEUE},
             "app.tasks.nightly_*": {"queue": TRAINING_QUEUE},

@@ -16,7 +16,9 @@ from app.ai.tuning_storage import storage_url_for
 from app.container import services
 from app.market.calendar import NyseCalendar
 from app.store import tasks as task_service
+from app.tasks import job_slots
 from app.tasks.celery_config import TRAINING_QUEUE
+from app.tasks.job_slots import JobKind
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +64,16 @@ def train_models_batch(mode: str | None = None) -> dict[str, Any]:
 
 
 def start_batch_training(svc: Any, mode: str | None, requested_by: str | None) -> str:
-    """Fan the watchlist out as a group of per-symbol data tasks, chorded into one fit."""
+    """Fan the watchlist out as a group of per-symbol data tasks, chorded into one fit.
+
+    Raises ConflictError naming the live one while another training is queued or running."""
+    with job_slots.claim(
+        svc.db, svc.celery, svc.redis, svc.settings.database_dir, JobKind.TRAINING
+    ):
+        return _start_batch_training(svc, mode, requested_by)
+
+
+def _start_batch_training(svc: Any, mode: str | None, requested_by: str | None) -> str:
     today = svc.venue.today()
     start, end = training_window(today, svc.settings.train_years, NyseCalendar())
     symbols = sorted(set(svc.settings.watchlist) | {"SPY"})
@@ -118,8 +129,14 @@ def optimize_hyperparameters_for_watchlist(
 @shared_task(name="app.tasks.nightly_tune_then_train")
 def nightly_tune_then_train() -> dict[str, Any]:
     """Tuning, then training with what it found: one chain, never both at once."""
-    workflow = optimize_hyperparameters_for_watchlist.si().set(
-        queue=TRAINING_QUEUE
-    ) | train_models_batch.si().set(queue=TRAINING_QUEUE)
-    result = workflow.apply_async()
-    return {"chain_id": result.id}
+    svc = services()
+    tune_id = str(uuid4())
+    with job_slots.claim(svc.db, svc.celery, svc.redis, svc.settings.database_dir, JobKind.TUNING):
+        task_service.record(
+            svc.db, tune_id, "app.tasks.optimize_hyperparameters_for_watchlist", {}, "beat"
+        )
+        workflow = optimize_hyperparameters_for_watchlist.si().set(
+            queue=TRAINING_QUEUE, task_id=tune_id
+        ) | train_models_batch.si().set(queue=TRAINING_QUEUE)
+        result = workflow.apply_async()
+    return {"chain_id": result.id, "tuning_task_id": tune_id}

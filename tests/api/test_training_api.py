@@ -79,3 +79,26 @@ def test_optimize_starts_a_task(trained_app: Flask) -> None:
     assert response.status_code == 202
     status = client.get(response.get_json()["status_url"], headers=headers).get_json()
     assert status["name"] == "app.tasks.optimize_hyperparameters_for_watchlist"
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [("/api/training/start/batch", {}), ("/api/hyperparameter/optimize/", {"n_trials": 1})],
+)
+def test_second_training_or_tuning_is_409_naming_the_live_task(
+    make_app: Callable[..., Flask], path: str, body: dict
+) -> None:
+    """No worker runs here, so the first task stays queued: that holds the slot too."""
+    client = make_app(WATCHLIST="AAPL,MSFT,SPY").test_client()
+    headers = Auth(client).headers()
+    first = client.post(path, headers=headers, json=body)
+    assert first.status_code == 202
+    task_id = first.get_json()["task_id"]
+    for _ in range(3):
+        again = client.post(path, headers=headers, json=body)
+        assert again.status_code == 409
+        error = again.get_json()["error"]
+        assert error["code"] == "conflict"
+        assert task_id in error["message"]
+    other = "/api/hyperparameter/optimize/" if "training" in path else "/api/training/start/batch"
+    assert client.post(other, headers=headers, json={}).status_code == 202  # separate slots

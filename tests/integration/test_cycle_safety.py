@@ -88,7 +88,7 @@ def start_worker(settings: dict[str, str], log: Path, concurrency: int) -> suppo
         "app.make_celery",
         "worker",
         "--queues",
-        "default",
+        "trading",
         "--concurrency",
         str(concurrency),
         "--loglevel",

@@ -90,3 +90,61 @@ def test_blocklist_rate_limit_and_metrics_are_shared(gunicorn: support.Process) 
     assert counts, metrics[:2000]
     # at least the 10 probes above (plus the start-up wait) counted across both workers
     assert sum(float(c) for c in counts) >= 10
+
+
+def raw_request(base: str, request: bytes) -> bytes:
+    """Bytes on a socket: what a broken or hostile client sends, unaltered by any library."""
+    import socket
+
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(request)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_gunicorn_limits_are_set_and_above_normal_clients(gunicorn: support.Process) -> None:
+    """gunicorn's own answers are the one non-JSON place (README): limits set explicitly in
+    gunicorn_config.py, far above what a client of this API sends, so none meets them."""
+    import gunicorn_config
+
+    assert gunicorn_config.limit_request_line == 8190
+    assert gunicorn_config.limit_request_fields == 100
+    assert gunicorn_config.limit_request_field_size == 16380
+    base = gunicorn.base_url  # type: ignore[attr-defined]
+    # a long but normal request: a 4 KB Authorization header and a long query string
+    long_query = "&".join(["limit=10"] * 300)
+    normal = fresh(
+        "GET",
+        f"{base}/api/market/bars/AAPL?{long_query}",
+        headers={"Authorization": "Bearer " + "x" * 4000},
+    )
+    assert normal.status_code == 401  # Flask answered, in JSON
+    assert normal.json()["error"]["code"] == "unauthorized"
+    # beyond the limits: gunicorn answers itself
+    too_long = raw_request(base, b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert too_long.startswith(b"HTTP/1.1 414")
+    garbage = raw_request(base, b"NOT A REQUEST\r\n\r\n")
+    assert garbage.startswith(b"HTTP/1.1 400")
+
+
+def test_chunked_body_over_the_limit_is_413_through_gunicorn(gunicorn: support.Process) -> None:
+    base = gunicorn.base_url  # type: ignore[attr-defined]
+
+    def body() -> Iterator[bytes]:
+        yield b'{"username": "admin", "password": "'
+        for _ in range(40):
+            yield b"x" * 65536  # 2.5 MB in all, over MAX_REQUEST_BYTES (1 MB)
+        yield b'"}'
+
+    response = requests.post(
+        f"{base}/api/auth/login",
+        data=body(),
+        headers={"Content-Type": "application/json"},
+        timeout=30,
+    )
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "payload_too_large"
+    assert response.headers["X-Content-Type-Options"] == "nosniff"

@@ -61,9 +61,18 @@ def grafana_expr(expr: str) -> str:
     return expr
 
 
-def loopback_config(targets: dict[str, str], scrape_interval: str) -> dict[str, Any]:
-    """prometheus.yml with docker hostnames mapped to loopback; jobs left unmapped dropped."""
+METRICS_TOKEN = "test-metrics-token-0123456789abcdef"
+
+
+def loopback_config(
+    targets: dict[str, str], scrape_interval: str, token_file: Path | None = None
+) -> dict[str, Any]:
+    """prometheus.yml with docker hostnames mapped to loopback; jobs left unmapped dropped;
+    the compose secret holding METRICS_TOKEN replaced by `token_file`."""
     config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    for job in config["scrape_configs"]:
+        if token_file is not None and "authorization" in job:
+            job["authorization"]["credentials_file"] = str(token_file)
     config["global"].update(
         scrape_interval=scrape_interval,
         scrape_timeout=scrape_interval,
@@ -77,6 +86,16 @@ def loopback_config(targets: dict[str, str], scrape_interval: str) -> dict[str, 
             jobs.append(job)
     config["scrape_configs"] = jobs
     return config
+
+
+SCRAPER = {"Authorization": f"Bearer {METRICS_TOKEN}"}
+
+
+def scrape_ok(url: str) -> bool:
+    try:
+        return requests.get(url, headers=SCRAPER, timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
 
 
 @dataclass
@@ -130,8 +149,11 @@ def observed_stack(
         SIM_CYCLE_SECONDS=cycle_seconds,
         SIM_AUTO_TRAIN="true",  # the worker trains a model at start, then cycles trade
         LOG_LEVEL="INFO",
+        METRICS_TOKEN=METRICS_TOKEN,
     )
     support.migrate(env)
+    token_file = tmp / "metrics_token"
+    token_file.write_text(METRICS_TOKEN)
 
     def metrics_env(folder: str, **extra: str) -> dict[str, str]:
         path = tmp / folder
@@ -144,6 +166,7 @@ def observed_stack(
             "celery_worker:9808": f"127.0.0.1:{worker_port}",
         },
         scrape_interval,
+        token_file,
     )
     config_path = tmp / "prometheus.yml"
     config_path.write_text(yaml.safe_dump(config))
@@ -170,7 +193,7 @@ def observed_stack(
                     "worker",
                     "--beat",
                     "--queues",
-                    "default,training",
+                    "default,training,trading",
                     "--concurrency",
                     "2",
                     "--loglevel",
@@ -205,7 +228,7 @@ def observed_stack(
         try:
             support.wait_until(lambda: support.http_ok(f"{observed.api}/health"), 90, "the API")
             support.wait_until(
-                lambda: support.http_ok(observed.worker_metrics), 90, "the worker's metrics"
+                lambda: scrape_ok(observed.worker_metrics), 90, "the worker's metrics"
             )
             support.wait_until(
                 lambda: support.http_ok(f"{observed.prometheus}/-/ready"), 60, "Prometheus"
@@ -273,7 +296,10 @@ def test_every_dashboard_query_returns_data(tmp_path: Path) -> None:
         )
         assert any(not math.isnan(_value(r)) for r in latency)
         # The API serves no trading state of its own: the portfolio comes from the worker only.
-        api_text = requests.get(f"{stack.api}/metrics", timeout=5).text
+        api_text = requests.get(f"{stack.api}/metrics", headers=SCRAPER, timeout=5).text
+        # Both endpoints refuse a scraper without METRICS_TOKEN.
+        assert requests.get(f"{stack.api}/metrics", timeout=5).status_code == 401
+        assert requests.get(stack.worker_metrics, timeout=5).status_code == 401
         assert "alpha_portfolio_value_usd" not in api_text
         assert "flask_http_request_duration_seconds_count" in api_text
     for name in ("api", "worker"):
