@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import func, select
 
 from app import metrics
+from app.ai.signals import NO_MODEL
 from app.broker.instrumented import InstrumentedBroker
 from app.broker.sim_exchange import SimExchange
 from app.broker.venue import Venue
@@ -211,7 +212,10 @@ class TradingService:
         self._record(signals, session, account, positions, decision.risk_state)
         exchange = self._venue.broker
         if sim and isinstance(exchange, SimExchange):
-            exchange.advance(from_session=session)
+            if problem == NO_MODEL:  # the first model is training: the replay waits for it
+                log.info("sim replay holds at %s until the first model is trained", session)
+            else:
+                exchange.advance(from_session=session)
         log.info(
             "cycle %s %s: %d signals, %d orders, %d denied",
             session,

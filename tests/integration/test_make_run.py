@@ -192,7 +192,11 @@ def test_readme_make_run_in_a_fresh_clone(tmp_path: Path) -> None:
 
     # First start: creates .venv, installs, migrates (creating the admin user), serves, trades.
     stack = start(clone, env, tmp_path / "first.log", base, timeout=900)
-    assert_trades(base, login(base), stack)
+    try:
+        assert_trades(base, login(base), stack)
+    except BaseException:
+        os.killpg(stack.popen.pid, signal.SIGKILL)  # nothing of a failed run is left behind
+        raise
     stack.ctrl_c()
     assert re.search(r"created admin user 'admin'", stack.output())
 

@@ -219,3 +219,19 @@ def test_daily_summary_reaches_discord(discord: tuple[Flask, Any]) -> None:
     assert summary["positions"] == ["AAPL"]
     assert receiver.received[-1]["embeds"][0]["title"].startswith("Daily summary")
     assert "AAPL" in receiver.received[-1]["embeds"][0]["description"]
+
+
+def test_sim_replay_waits_for_the_first_model(make_app: Callable[..., Flask]) -> None:
+    """While the first model trains (on the training worker), sim cycles do not use up the
+    replay: the model is trained on the history before the replay's first session, and the
+    demo trades from there."""
+    app = make_app(DATA_DIR=str(SHARED_DATA), WATCHLIST=WATCH)
+    with app.app_context():
+        svc = services()
+        first = svc.venue.today()
+        assert svc.models.current_version() is None
+        for _ in range(3):
+            assert svc.trading().run_cycle().session == first.isoformat()
+        assert svc.venue.today() == first
+        assert svc.trading(FixedSignals({})).run_cycle().session == first.isoformat()
+        assert svc.venue.today() > first  # with signals the replay moves on
