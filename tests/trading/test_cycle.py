@@ -113,11 +113,20 @@ def test_early_close_day_trades_before_the_close(paper_app: Flask, fake: FakeAlp
     assert [o["symbol"] for o in result.orders] == ["AAPL"]
 
 
-def test_stop_loss_and_sell_signal_exit(paper_app: Flask, fake: FakeAlpaca) -> None:
+def test_stop_loss_and_sell_signal_exit(
+    make_app: Callable[..., Flask], fake: FakeAlpaca
+) -> None:
+    app = make_app(  # positions set by hand: the bot manages them only when told to
+        **PAPER,
+        ALPACA_BASE_URL=fake.base_url,
+        ALPACA_DATA_URL=fake.base_url,
+        WATCHLIST=WATCH,
+        MANAGE_EXTERNAL_POSITIONS=True,
+    )
     price = fake.price("KO")
     fake.set_position("KO", 10, price * 1.2)  # 17 % under water
     fake.set_position("PEP", 5, fake.price("PEP"))
-    result = trading(paper_app, FixedSignals({}, sells=("PEP",))).run_cycle()
+    result = trading(app, FixedSignals({}, sells=("PEP",))).run_cycle()
     reasons = {o["symbol"]: o["reason"].split(":")[0] for o in result.orders}
     assert reasons == {"KO": "stop_loss", "PEP": "signal_sell"}
     assert "KO" not in fake.positions
