@@ -113,9 +113,7 @@ def test_early_close_day_trades_before_the_close(paper_app: Flask, fake: FakeAlp
     assert [o["symbol"] for o in result.orders] == ["AAPL"]
 
 
-def test_stop_loss_and_sell_signal_exit(
-    make_app: Callable[..., Flask], fake: FakeAlpaca
-) -> None:
+def test_stop_loss_and_sell_signal_exit(make_app: Callable[..., Flask], fake: FakeAlpaca) -> None:
     app = make_app(  # positions set by hand: the bot manages them only when told to
         **PAPER,
         ALPACA_BASE_URL=fake.base_url,
