@@ -18,10 +18,7 @@ from app.trading.cycle import TradingService
 from app.trading.risk import RiskStateStore
 from tests.api.test_market_api import PAPER
 from tests.fakes.fake_alpaca import FakeAlpaca
-from tests.support import SHARED_DATA
-
-WATCH = "AAPL,MSFT,KO,PEP,SPY"
-OPEN = datetime(2021, 11, 29, 15, 0, tzinfo=UTC)  # Monday, 10:00 in New York
+from tests.trading.conftest import OPEN, WATCH
 
 
 class FixedSignals:
@@ -37,21 +34,6 @@ class FixedSignals:
         out = {s: Signal(s, SignalAction.BUY, r, 0.9, 0.01, "test") for s, r in self.buys.items()}
         out.update({s: Signal(s, SignalAction.SELL, -0.02, 0.9, 0.01, "test") for s in self.sells})
         return out, None
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeAlpaca]:
-    with FakeAlpaca(SHARED_DATA, today=date(2021, 11, 29)) as f:
-        f.set_early_close(date(2021, 11, 26), "13:00")
-        f.set_clock(OPEN)
-        yield f
-
-
-@pytest.fixture
-def paper_app(make_app: Callable[..., Flask], fake: FakeAlpaca) -> Flask:
-    return make_app(
-        **PAPER, ALPACA_BASE_URL=fake.base_url, ALPACA_DATA_URL=fake.base_url, WATCHLIST=WATCH
-    )
 
 
 def trading(app: Flask, source: FixedSignals) -> TradingService:
