@@ -183,7 +183,7 @@ class TradingService:
             unmanaged=frozenset()
             if self._settings.manage_external_positions
             else frozenset(held - held_since.keys()),
-            whole_shares=frozenset(s for s in candidates if not broker.is_fractionable(s)),
+            whole_shares=frozenset(s for s in candidates | held if not broker.is_fractionable(s)),
             no_entry=self._rejected_entries(session),
         )
         decision = decide(inputs, self._limits, self._config)

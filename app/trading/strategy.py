@@ -19,6 +19,7 @@ import numpy as np
 from app.config import Settings
 from app.domain import Account, BarFrame, Order, Position, RiskDecision, Side, Signal, SignalAction
 from app.trading.risk import (
+    EPS,
     PortfolioView,
     ProposedOrder,
     RiskLimits,
@@ -120,6 +121,7 @@ def decide(inputs: DecisionInputs, limits: RiskLimits, config: StrategyConfig) -
         return verdict
 
     exits = _exits(positions, inputs, limits, busy)
+    exits += _trims(positions, inputs, limits, busy | {o.symbol for o in exits})
     for order in exits:
         gate(order)
     leaving = {o.symbol for o in exits}
@@ -187,6 +189,37 @@ def _exits(
         else:
             continue
         orders.append(_close(position, inputs, reason))
+    return orders
+
+
+def _trims(
+    positions: Mapping[str, Position],
+    inputs: DecisionInputs,
+    limits: RiskLimits,
+    skip: set[str],
+) -> list[ProposedOrder]:
+    """Entries of the last decision that filled above the size cap (a gap wider than the
+    margin) are cut back to it: the caps hold after the fill, not only at the decision price.
+    Older holdings that grew through price moves are left alone."""
+    orders = []
+    cap = limits.max_position_size * inputs.account.equity
+    for symbol, position in sorted(positions.items()):
+        since = inputs.held_since.get(symbol)
+        if symbol in skip or since is None or weekdays_between(since, inputs.session) > 1:
+            continue
+        if position.cost_basis <= cap + EPS or position.avg_entry_price <= 0:
+            continue
+        decimals = 0 if symbol in inputs.whole_shares else QTY_DECIMALS
+        keep = math.floor(cap / position.avg_entry_price * 10**decimals) / 10**decimals
+        excess = round(position.qty - keep, QTY_DECIMALS)
+        if excess <= 0:
+            continue
+        price = inputs.market.prices.get(symbol, position.current_price)
+        reason = (
+            f"trim: filled at {position.cost_basis / inputs.account.equity:.2%} of equity, "
+            f"the limit is {limits.max_position_size:.0%}"
+        )
+        orders.append(ProposedOrder(symbol, Side.SELL, excess, price, reason))
     return orders
 
 

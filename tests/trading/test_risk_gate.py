@@ -3,6 +3,7 @@ whole shares, each reproduced by calling `strategy.decide` directly."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -189,3 +190,23 @@ def test_halt_instants_are_kept_in_utc() -> None:
     assert state.halted_until == noon
     with pytest.raises(ValueError, match="timezone-aware"):
         RiskState(halted_until=datetime(2021, 11, 30, 12, 0))
+
+
+def test_an_entry_that_filled_above_the_cap_is_trimmed_back() -> None:
+    """A gap wider than the margin: the next decision cuts the new holding to 10 %."""
+    gapped = Position("G", 100, 106.0, 106.0)  # 10 600 of 100 000 after a +6 % open
+    older = Position("OLD", 100, 115.0, 120.0)  # 11 % of equity, held 30 days: left alone
+    base = inputs([gapped], cash=89_400, signals={})
+    fresh = replace(
+        base,
+        positions=[gapped, older],
+        account=replace(base.account, cash=77_400, equity=100_000, buying_power=77_400),
+        held_since={"G": SESSION - timedelta(days=1), "OLD": SESSION - timedelta(days=30)},
+        market=MarketSnapshot(bars={}, prices={"G": 106.0, "OLD": 120.0}),
+    )
+    decision = decide(fresh, LIMITS, CONFIG)
+    (trim,) = decision.orders
+    assert (trim.symbol, trim.side) == ("G", Side.SELL)
+    assert trim.reason.startswith("trim")
+    left = (gapped.qty - trim.qty) * gapped.avg_entry_price
+    assert left <= 0.10 * fresh.account.equity + 1e-6
