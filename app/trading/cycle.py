@@ -327,20 +327,31 @@ class TradingService:
         ]
 
     def _held_since(self, held: set[str]) -> dict[str, date]:
-        """Session of the first buy since each holding was last flat."""
+        """Session of the first buy since each holding was last flat (a partial sell, such as
+        a trim, keeps the date; a sell of everything bought clears it)."""
         since: dict[str, date] = {}
+        net: dict[str, float] = {}
         with self._db.session() as session:
             rows = session.execute(
-                select(OrderRecord.symbol, OrderRecord.side, OrderRecord.session_date)
+                select(
+                    OrderRecord.symbol,
+                    OrderRecord.side,
+                    OrderRecord.session_date,
+                    OrderRecord.filled_qty,
+                )
                 .where(OrderRecord.symbol.in_(held), OrderRecord.filled_qty > 0)
                 .order_by(OrderRecord.created_at)
             ).all()
-        for symbol, side, day in rows:
+        for symbol, side, day, qty in rows:
             if day is None:
                 continue
             if side == Side.SELL.value:
-                since.pop(symbol, None)
+                net[symbol] = net.get(symbol, 0.0) - qty
+                if net[symbol] <= 1e-9:
+                    since.pop(symbol, None)
+                    net.pop(symbol)
             else:
+                net[symbol] = net.get(symbol, 0.0) + qty
                 since.setdefault(symbol, day)
         return since
 
