@@ -162,3 +162,25 @@ def test_non_fractionable_assets_get_whole_shares_and_a_rejection_is_not_resent(
         rows = session.scalars(select(OrderRecord.symbol).where(OrderRecord.symbol == "MSFT"))
         assert len(list(rows)) == 1
     assert later.tzinfo is UTC
+
+
+def test_a_holding_trimmed_by_the_bot_stays_the_bots(paper_app: Flask, fake: FakeAlpaca) -> None:
+    """A partial sell (a trim) does not make the rest look opened by hand."""
+    from app.domain import OrderRequest, Side
+
+    service = trading(paper_app, FixedSignals({"AAPL": 0.02}))
+    service.run_cycle()
+    held = fake.positions["AAPL"].qty
+    with paper_app.app_context():
+        services().trading(FixedSignals({}))._orders.place(
+            OrderRequest("AAPL", Side.SELL, "alpha-trim-AAPL", qty=1),
+            reason="trim: test",
+            session_date=OPEN.date(),
+        )
+    assert fake.positions["AAPL"].qty == held - 1
+    fake.set_price("AAPL", fake.price("AAPL") * 1.15)  # +15 %: take-profit, if it is ours
+    fake.set_clock(OPEN + timedelta(minutes=10))
+    result = trading(paper_app, FixedSignals({})).run_cycle()
+    assert [(o["symbol"], o["reason"].split(":")[0]) for o in result.orders] == [
+        ("AAPL", "take_profit")
+    ]
