@@ -123,6 +123,12 @@ class Settings(BaseSettings):
     risk_stop_loss_pct: float = Field(default=-0.05, gt=-1, lt=0)
     risk_take_profit_pct: float = Field(default=0.10, gt=0)
     risk_max_daily_loss: float = Field(default=-0.02, gt=-1, lt=0)
+    #: Entries are sized and checked as if they fill this much above the decision price (the
+    #: gap to the next open plus slippage), so the caps still hold after the fill.
+    risk_entry_gap_margin: float = Field(default=0.03, ge=0, le=0.5)
+    #: false: positions the bot did not open are never sold or rebalanced by it (they count
+    #: in exposure, not in RISK_MAX_POSITIONS, and are reported once).
+    manage_external_positions: bool = False
 
     # --- schedule (UTC) ---
     trading_cycle_minutes: int = Field(default=10, ge=1, le=60)

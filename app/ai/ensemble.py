@@ -326,28 +326,40 @@ class Ensemble:
         y: FloatArray | pd.Series,
         X_val: pd.DataFrame | None = None,
         y_val: FloatArray | pd.Series | None = None,
+        X_cal: pd.DataFrame | None = None,
+        y_cal: FloatArray | pd.Series | None = None,
     ) -> None:
+        """Members early-stop on (X_val, y_val); the calibrator and `validation` are fitted on
+        (X_cal, y_cal), rows no member saw. Without them, the later half of the validation
+        rows (in the order given: pass them by date) is kept out of early stopping for it."""
         self.feature_names = [str(c) for c in X.columns]
         Xm = _as_matrix(X, self.feature_names)
         ym = np.asarray(y, dtype=np.float64)
         q = float(self.params["label_clip_quantile"])
         lo, hi = (float(v) for v in np.quantile(ym, [q, 1.0 - q]))
         self.label_clip = (lo, hi)
-        has_val = X_val is not None and y_val is not None and len(X_val) > 0
-        Xv = _as_matrix(X_val, self.feature_names) if has_val and X_val is not None else None
-        yv = np.asarray(y_val, dtype=np.float64) if has_val else None
+        Xv = yv = Xc = yc = None
+        if X_val is not None and y_val is not None and len(X_val) > 0:
+            Xv = _as_matrix(X_val, self.feature_names)
+            yv = np.asarray(y_val, dtype=np.float64)
+        if X_cal is not None and y_cal is not None and len(X_cal) > 0:
+            Xc = _as_matrix(X_cal, self.feature_names)
+            yc = np.asarray(y_cal, dtype=np.float64)
+        elif Xv is not None and yv is not None and len(yv) >= 2:
+            half = len(yv) // 2
+            Xv, Xc, yv, yc = Xv[:half], Xv[half:], yv[:half], yv[half:]
         yv_clipped = np.clip(yv, lo, hi) if yv is not None else None
         for member in self.members:
             member.fit(Xm, np.clip(ym, lo, hi), Xv, yv_clipped)
-        if Xv is not None and yv is not None:
-            raw = self.member_predictions(Xv)
+        if Xc is not None and yc is not None:
+            raw = self.member_predictions(Xc)
             mean, disp = raw.mean(axis=0), raw.std(axis=0)
-            self.calibrator = ConfidenceCalibrator.fit(mean, disp, yv)
+            self.calibrator = ConfidenceCalibrator.fit(mean, disp, yc)
             self.validation = {
-                "n": float(len(yv)),
-                "hit_rate": float(_hits(mean, yv).mean()),
-                "mse": float(np.mean((mean - yv) ** 2)),
-                "corr": _safe_corr(mean, yv),
+                "n": float(len(yc)),
+                "hit_rate": float(_hits(mean, yc).mean()),
+                "mse": float(np.mean((mean - yc) ** 2)),
+                "corr": _safe_corr(mean, yc),
             }
         else:
             self.calibrator = ConfidenceCalibrator.uninformative()

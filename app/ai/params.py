@@ -12,6 +12,7 @@ import os
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -160,6 +161,16 @@ def load_best_params(best_params_dir: str | Path, mode: str) -> dict[str, Any] |
         logger.warning("ignoring malformed best params %s", path)
         return None
     return dict(params)
+
+
+def best_params_tuned_through(best_params_dir: str | Path, mode: str) -> date | None:
+    """The last date whose labels the stored tuning saw (its best trial's `train_end`), or
+    None when the file does not say: such params cannot be shown to predate a backtest."""
+    try:
+        record = json.loads(_best_params_path(best_params_dir, mode).read_text())
+        return date.fromisoformat(str(record["best_trial_window"]["train_end"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _fail(field: str, message: str) -> ValidationError:

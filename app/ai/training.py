@@ -181,8 +181,10 @@ def train(
     """Train on every row whose label is known by the close of `train_end`.
 
     Rows qualify when ``label_end <= train_end`` (the trade's closing open has happened). The
-    last `val_fraction` of dates, after a 2-session gap, validate early stopping and calibrate
-    confidence; nothing is shuffled. `features` (from ``build_features``) skips recomputation.
+    last `val_fraction` of dates, after a 2-session gap, are held out: their first half
+    early-stops the members, their second half (after another gap) calibrates confidence and
+    gives the validation metrics, so calibration is fitted on rows no member saw; nothing is
+    shuffled. `features` (from ``build_features``) skips recomputation.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -198,29 +200,36 @@ def train(
     if rows.empty:
         raise ValueError(f"no labelled rows to train on up to {end.date()}")
     dates = rows.index.get_level_values("date")
-    train_mask, val_mask = split_by_date(dates, val_fraction)
+    train_mask, held_out = split_by_date(dates, val_fraction)
+    # The held-out dates: the first half early-stops the members, the second half (after the
+    # label gap) calibrates confidence and reports validation, on rows no member saw.
+    stop_part, cal_part = split_by_date(dates[held_out], 0.5)
+    val_mask, cal_mask = held_out.copy(), held_out.copy()
+    val_mask[held_out] = stop_part
+    cal_mask[held_out] = cal_part
     X, y = rows[FEATURE_COLUMNS], rows[LABEL_COLUMN]
 
     ensembles: dict[str, Ensemble] = {}
     if mode == "pooled":
         ens = Ensemble(n_lgbm, n_xgb, params, seed)
-        ens.fit(X[train_mask], y[train_mask], X[val_mask], y[val_mask])
+        ens.fit(X[train_mask], y[train_mask], X[val_mask], y[val_mask], X[cal_mask], y[cal_mask])
         ensembles[POOLED_KEY] = ens
     else:
         symbols = _symbols_of(rows)
         for sym in np.unique(symbols):
-            tm, vm = train_mask & (symbols == sym), val_mask & (symbols == sym)
-            if tm.sum() < MIN_SYMBOL_TRAIN_ROWS or vm.sum() < MIN_SYMBOL_VAL_ROWS:
+            mine = symbols == sym
+            tm, vm, cm = train_mask & mine, val_mask & mine, cal_mask & mine
+            if tm.sum() < MIN_SYMBOL_TRAIN_ROWS or vm.sum() + cm.sum() < MIN_SYMBOL_VAL_ROWS:
                 logger.info("per-symbol model for %s skipped: too few rows", sym)
                 continue
             ens = Ensemble(n_lgbm, n_xgb, params, seed)
-            ens.fit(X[tm], y[tm], X[vm], y[vm])
+            ens.fit(X[tm], y[tm], X[vm], y[vm], X[cm], y[cm])
             ensembles[str(sym)] = ens
     if not ensembles:
         raise ValueError("no ensemble could be trained (too few rows)")
 
     bundle = ModelBundle(mode=mode, feature_columns=list(FEATURE_COLUMNS), ensembles=ensembles)
-    val_rows = rows[val_mask]
+    val_rows = rows[cal_mask]
     val_metrics: dict[str, float] = {}
     if not val_rows.empty:
         scored = bundle.predict_frame(val_rows).join(val_rows[[LABEL_COLUMN]])
@@ -238,6 +247,7 @@ def train(
         }
     train_dates = dates[train_mask]
     val_dates = dates[val_mask]
+    cal_dates = dates[cal_mask]
     bundle.metadata = {
         "mode": mode,
         "features": list(FEATURE_COLUMNS),
@@ -246,9 +256,13 @@ def train(
         "train_end": _iso(train_dates.max()) if len(train_dates) else None,
         "val_start": _iso(val_dates.min()) if len(val_dates) else None,
         "val_end": _iso(val_dates.max()) if len(val_dates) else None,
+        # Confidence calibration and the "validation" metrics: dates after val_end + the gap.
+        "calibration_start": _iso(cal_dates.min()) if len(cal_dates) else None,
+        "calibration_end": _iso(cal_dates.max()) if len(cal_dates) else None,
+        "n_calibration_rows": int(cal_mask.sum()),
         "labels_known_by": end.date().isoformat(),
         # The latest open any training label used: must precede the first decision it serves.
-        "last_label_end": _iso(rows.loc[train_mask | val_mask, LABEL_END_COLUMN].max()),
+        "last_label_end": _iso(rows.loc[train_mask | val_mask | cal_mask, LABEL_END_COLUMN].max()),
         "n_train_rows": int(train_mask.sum()),
         "n_val_rows": int(val_mask.sum()),
         "symbols": sorted(str(s) for s in np.unique(_symbols_of(rows))),

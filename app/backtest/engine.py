@@ -129,11 +129,17 @@ class _Book:
             return
         entry.commission = self._commission(order)
         lot = self.open_lots.pop(symbol, None)
-        self.held_since.pop(symbol, None)
         if lot is None:
+            self.held_since.pop(symbol, None)
             return
-        buy, qty, price, buy_fee = lot
-        pnl = order.filled_qty * entry.fill_price - qty * price - buy_fee - entry.commission
+        buy, held, price, held_fee = lot
+        qty = min(order.filled_qty, held)
+        buy_fee = held_fee * qty / held if held > 0 else held_fee
+        if held - qty > 1e-9:  # a partial exit (a trim): the rest of the lot stays open
+            self.open_lots[symbol] = (buy, held - qty, price, held_fee - buy_fee)
+        else:
+            self.held_since.pop(symbol, None)
+        pnl = qty * entry.fill_price - qty * price - buy_fee - entry.commission
         self.trades.append(
             Trade(
                 symbol=symbol,

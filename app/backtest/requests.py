@@ -62,8 +62,10 @@ def run_request(
     progress: ProgressFn | None = None,
 ) -> BacktestResult:
     """Load the bars, build the strategy from Settings, run. `bundle` is the saved model for
-    ``model="current"``. Tuned parameters in BEST_PARAMS_DIR are used, as live training does."""
-    from app.ai.params import load_best_params, to_train_params
+    ``model="current"``. Tuned parameters in BEST_PARAMS_DIR are used, as live training does,
+    but only by walk-forward windows that start after the tuning's data ended (the defaults
+    before that, and everywhere when the file does not say what data it was tuned on)."""
+    from app.ai.params import best_params_tuned_through, load_best_params, to_train_params
 
     symbols = tuple(dict.fromkeys(s.upper() for s in request.symbols))
     config = BacktestConfig(
@@ -109,11 +111,13 @@ def run_request(
         else:
             mode = settings.ai_mode
             tuned = load_best_params(settings.best_params_dir, mode)
+            through = best_params_tuned_through(settings.best_params_dir, mode)
             wf = WalkForwardConfig(
                 retrain_every=request.retrain_every,
                 train_years=settings.train_years,
                 mode=mode,  # type: ignore[arg-type]
-                params=to_train_params(tuned) if tuned else None,
+                params=to_train_params(tuned) if tuned and through else None,
+                params_tuned_through=through,
             )
             predictor = WalkForwardPredictor(bars, sessions, symbols, wf, calendar=calendar)
         signal_fn = ModelSignals(predictor, thresholds)

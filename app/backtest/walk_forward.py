@@ -47,6 +47,9 @@ class WalkForwardConfig:
     train_years: float | None = 5.0
     mode: Mode = "pooled"
     params: Mapping[str, Any] | None = None
+    #: The last label date the tuning of `params` saw. A window whose training ends before it
+    #: trains with the defaults instead: a backtest never uses tuning from its future.
+    params_tuned_through: date | None = None
     n_lgbm: int = 3
     n_xgb: int = 3
     seed: int = 0
@@ -140,13 +143,16 @@ class WalkForwardPredictor:
         if cfg.shuffle_labels:
             pool = pool.copy()
             pool[LABEL_COLUMN] = self._rng.permutation(pool[LABEL_COLUMN].to_numpy())
+        tuned = cfg.params is not None and (
+            cfg.params_tuned_through is None or cfg.params_tuned_through <= cutoff.date()
+        )
         t0 = time.perf_counter()
         bundle = train(
             None,
             None,
             cfg.mode,
             cutoff,
-            cfg.params,
+            cfg.params if tuned else None,
             features=pool,
             n_lgbm=cfg.n_lgbm,
             n_xgb=cfg.n_xgb,
@@ -166,6 +172,7 @@ class WalkForwardPredictor:
             "last_label_end": last_label,
             "n_train_rows": meta.get("n_train_rows"),
             "n_val_rows": meta.get("n_val_rows"),
+            "params": "tuned" if tuned else "defaults",
             "validation": meta.get("validation"),
             "seconds": round(seconds, 2),
         }

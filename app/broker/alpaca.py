@@ -175,6 +175,7 @@ class AlpacaBroker(_AlpacaBase):
         # "model | raw dict", which would need a cast on every call.
         self._client: Any = TradingClient(api_key, api_secret, paper=paper, url_override=url)
         self._harden(self._client)
+        self._fractionable: dict[str, bool] = {}
 
     # ------------------------------------------------------------------ reads
 
@@ -270,6 +271,16 @@ class AlpacaBroker(_AlpacaBase):
             status=_enum_value(a.status),
             exchange=_enum_value(a.exchange),
         )
+
+    def is_fractionable(self, symbol: str) -> bool:
+        """Alpaca's `fractionable` flag, asked once per symbol per broker instance; an unknown
+        symbol counts as whole shares only (the safe side)."""
+        symbol = symbol.upper()
+        known = self._fractionable.get(symbol)
+        if known is None:
+            asset = self.get_asset(symbol)
+            known = self._fractionable[symbol] = asset is not None and asset.fractionable
+        return known
 
     def is_tradable(self, symbol: str) -> bool:
         asset = self.get_asset(symbol)

@@ -69,6 +69,11 @@ class InstrumentedBroker:
             functools.partial(self.wrapped.close_position, symbol, client_order_id),
         )
 
+    def is_fractionable(self, symbol: str) -> bool:
+        return self._call(
+            "is_fractionable", functools.partial(self.wrapped.is_fractionable, symbol)
+        )
+
     def get_clock(self) -> MarketClock:
         return self._call("get_clock", self.wrapped.get_clock)
 

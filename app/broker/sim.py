@@ -89,6 +89,7 @@ class SimBroker:
         slippage: SlippageModel | None = None,
         fill_immediately: bool = True,
         fractional: bool = True,
+        whole_shares_only: frozenset[str] = frozenset(),
     ) -> None:
         if not math.isfinite(starting_cash) or starting_cash < 0:
             raise ValueError("starting_cash must be a finite amount >= 0")
@@ -99,6 +100,8 @@ class SimBroker:
         self._slippage = slippage or SlippageModel()
         self._fill_immediately = fill_immediately
         self._fractional = fractional
+        #: Symbols that trade in whole shares only, like Alpaca's non-fractionable assets.
+        self._whole_shares_only = frozenset(s.upper() for s in whole_shares_only)
         self._lock = threading.RLock()
         self._cash = float(starting_cash)
         self._last_equity = float(starting_cash)
@@ -269,9 +272,12 @@ class SimBroker:
             )
         return existing
 
+    def is_fractionable(self, symbol: str) -> bool:
+        return self._fractional and symbol.upper() not in self._whole_shares_only
+
     def _precheck(self, req: OrderRequest) -> str | None:
         """Rules that need no price: fractional permission and selling what is held."""
-        if not self._fractional:
+        if not self.is_fractionable(req.symbol):
             if req.notional is not None:
                 return "notional orders need fractional trading, which is disabled"
             if req.qty is not None and abs(req.qty - round(req.qty)) > _QTY_EPS:

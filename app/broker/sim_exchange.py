@@ -79,6 +79,9 @@ class SimExchange:
     def close_position(self, symbol: str, client_order_id: str) -> Order:
         return self._run(lambda b: b.close_position(symbol, client_order_id), write=True)
 
+    def is_fractionable(self, symbol: str) -> bool:
+        return self._run(lambda b: b.is_fractionable(symbol), write=False)
+
     def get_clock(self) -> MarketClock:
         return self._run(lambda b: b.get_clock(), write=False)
 

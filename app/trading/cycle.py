@@ -24,14 +24,23 @@ from app.broker.instrumented import InstrumentedBroker
 from app.broker.sim_exchange import SimExchange
 from app.broker.venue import Venue
 from app.config import Settings, TradingMode
-from app.domain import BarFrame, Order, OrderRequest, OrderStatus, Side, Signal, SignalAction
+from app.domain import (
+    BarFrame,
+    Order,
+    OrderRequest,
+    OrderStatus,
+    RiskDecision,
+    Side,
+    Signal,
+    SignalAction,
+)
 from app.logging_setup import cycle_context
 from app.store.database import Database
 from app.store.orm import EquitySnapshot, FillRecord, OrderRecord, RiskEvent, SignalRecord
 from app.trading.cycle_lock import CycleLock
 from app.trading.notifier import Notifier
 from app.trading.orders import OPEN_STATUSES, OrderService
-from app.trading.risk import RiskLimits, RiskStateStore, daily_pnl
+from app.trading.risk import ProposedOrder, RiskLimits, RiskStateStore, daily_pnl
 from app.trading.strategy import DecisionInputs, MarketSnapshot, StrategyConfig, decide
 
 log = logging.getLogger(__name__)
@@ -52,6 +61,11 @@ class SignalSource(Protocol):
 def client_order_id(session: date, cycle_key: str, symbol: str, side: Side) -> str:
     """The same order of the same cycle always gets the same id, so it is never sent twice."""
     return f"{STRATEGY}-{session:%Y%m%d}-{cycle_key}-{symbol}-{side.value}"
+
+
+def _unique(orders: list[Order]) -> list[Order]:
+    """Open orders seen by the broker and in the database, each once (by client_order_id)."""
+    return list({o.client_order_id: o for o in reversed(orders)}.values())
 
 
 def cycle_key_for(now: datetime, interval_minutes: int) -> str:
@@ -152,37 +166,43 @@ class TradingService:
         prices = {s: float(f["close"].iloc[-1]) for s, f in bars.items() if len(f)}
         prices.update({p.symbol: p.current_price for p in positions if p.current_price > 0})
 
+        loaded = self._risk.load()
+        held = {p.symbol for p in positions}
+        held_since = self._held_since(held)
+        candidates = {s for s, sig in signals.items() if sig.action is SignalAction.BUY} - held
         inputs = DecisionInputs(
             account=account,
             positions=positions,
-            open_orders=[*open_orders, *self._open_orders_in_database()],
+            open_orders=_unique([*open_orders, *self._open_orders_in_database()]),
             market=MarketSnapshot(bars=bars, prices=prices),
             signals=signals,
-            risk_state=self._risk.load(),
+            risk_state=loaded,
             now=now,
             session=session,
-            held_since=self._held_since({p.symbol for p in positions}),
+            held_since=held_since,
+            # The bot opened a holding when it has a filled buy since the symbol was last flat.
+            unmanaged=frozenset()
+            if self._settings.manage_external_positions
+            else frozenset(held - held_since.keys()),
+            whole_shares=frozenset(s for s in candidates | held if not broker.is_fractionable(s)),
+            no_entry=self._rejected_entries(session),
         )
         decision = decide(inputs, self._limits, self._config)
-        self._risk.save(decision.risk_state)
+        state = self._risk.save(decision.risk_state, loaded=loaded)
         for event in decision.events:
             detail = decision.risk_state.halt_reason or event
             self._risk.record_event(event, detail)
             self._notifier.notify(f"Risk: {event}", detail, "error")
         result.events = list(decision.events)
         metrics.record_risk_events(decision.events)
-
         for order, verdict in decision.denied:
-            metrics.record_order_rejected("risk", verdict.rule or "unspecified")
-            result.denied.append(
-                {
-                    "symbol": order.symbol,
-                    "side": order.side.value,
-                    "reason": verdict.reason,
-                    "rule": verdict.rule,
-                }
-            )
+            self._deny(result, order, verdict)
         for order in decision.orders:
+            # Re-read before each send: a halt written while this cycle ran stops its entries.
+            if order.side is Side.BUY and not (now_state := self._risk.load()).allows_entries(now):
+                why = f"trading is {now_state.state} since the decision: {now_state.halt_reason}"
+                self._deny(result, order, RiskDecision.deny(why, "trading_state"))
+                continue
             request = OrderRequest(
                 symbol=order.symbol,
                 side=order.side,
@@ -209,7 +229,7 @@ class TradingService:
             if kind in {"stop_loss", "take_profit"} and placed.order is not None:
                 self._risk.record_event(kind, order.reason, order.symbol)
                 metrics.record_risk_events([kind])
-        self._record(signals, session, account, positions, decision.risk_state)
+        self._record(signals, session, account, positions, state)
         exchange = self._venue.broker
         if sim and isinstance(exchange, SimExchange):
             if problem == NO_MODEL:  # the first model is training: the replay waits for it
@@ -225,6 +245,30 @@ class TradingService:
             len(result.denied),
         )
         return result
+
+    @staticmethod
+    def _deny(result: CycleResult, order: ProposedOrder, verdict: RiskDecision) -> None:
+        metrics.record_order_rejected("risk", verdict.rule or "unspecified")
+        result.denied.append(
+            {
+                "symbol": order.symbol,
+                "side": order.side.value,
+                "reason": verdict.reason,
+                "rule": verdict.rule,
+            }
+        )
+
+    def _rejected_entries(self, session_day: date) -> frozenset[str]:
+        """Symbols whose buy the broker rejected this session: not re-sent until the next."""
+        with self._db.session() as session:
+            rows = session.scalars(
+                select(OrderRecord.symbol).where(
+                    OrderRecord.session_date == session_day,
+                    OrderRecord.side == Side.BUY.value,
+                    OrderRecord.status == OrderStatus.REJECTED.value,
+                )
+            )
+            return frozenset(rows)
 
     def reconcile(self) -> list[str]:
         """Bring the database in line with the broker (the truth); each change is counted."""
@@ -287,20 +331,31 @@ class TradingService:
         ]
 
     def _held_since(self, held: set[str]) -> dict[str, date]:
-        """Session of the first buy since each holding was last flat."""
+        """Session of the first buy since each holding was last flat (a partial sell, such as
+        a trim, keeps the date; a sell of everything bought clears it)."""
         since: dict[str, date] = {}
+        net: dict[str, float] = {}
         with self._db.session() as session:
             rows = session.execute(
-                select(OrderRecord.symbol, OrderRecord.side, OrderRecord.session_date)
+                select(
+                    OrderRecord.symbol,
+                    OrderRecord.side,
+                    OrderRecord.session_date,
+                    OrderRecord.filled_qty,
+                )
                 .where(OrderRecord.symbol.in_(held), OrderRecord.filled_qty > 0)
                 .order_by(OrderRecord.created_at)
             ).all()
-        for symbol, side, day in rows:
+        for symbol, side, day, qty in rows:
             if day is None:
                 continue
             if side == Side.SELL.value:
-                since.pop(symbol, None)
+                net[symbol] = net.get(symbol, 0.0) - qty
+                if net[symbol] <= 1e-9:
+                    since.pop(symbol, None)
+                    net.pop(symbol)
             else:
+                net[symbol] = net.get(symbol, 0.0) + qty
                 since.setdefault(symbol, day)
         return since
 

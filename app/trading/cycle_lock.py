@@ -8,12 +8,15 @@ if the lock fails (a lost TTL, a partitioned Redis).
 from __future__ import annotations
 
 import fcntl
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from redis import Redis
+
+_POLL_SECONDS = 0.05
 
 _RELEASE = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
@@ -31,11 +34,17 @@ class CycleLock:
         self._ttl_ms = int(ttl * 1000)
 
     @contextmanager
-    def hold(self) -> Iterator[bool]:
-        """Yields True when this caller owns the lock, False when another run holds it."""
+    def hold(self, wait: float = 0.0) -> Iterator[bool]:
+        """Yields True when this caller owns the lock, False when another run holds it (after
+        trying for up to `wait` seconds: the kill switch waits for a running cycle)."""
+        deadline = time.monotonic() + wait
         if self._redis is not None:
             token = uuid.uuid4().hex
-            acquired = bool(self._redis.set(self._key, token, nx=True, px=self._ttl_ms))
+            while True:
+                acquired = bool(self._redis.set(self._key, token, nx=True, px=self._ttl_ms))
+                if acquired or time.monotonic() >= deadline:
+                    break
+                time.sleep(_POLL_SECONDS)
             try:
                 yield acquired
             finally:
@@ -44,11 +53,15 @@ class CycleLock:
             return
         self._path.parent.mkdir(parents=True, exist_ok=True)
         with self._path.open("a") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                yield False
-                return
+            while True:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        yield False
+                        return
+                    time.sleep(_POLL_SECONDS)
             try:
                 yield True
             finally:

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
 
+from app.domain import OrderRequest, OrderStatus, Position, Side
 from app.errors import AppError
+from app.trading.orders import OrderService
 from app.trading.risk import RiskLimits, RiskStateStore, daily_pnl
 
 if TYPE_CHECKING:
     from app.trading.services import TradingServices
 
 log = logging.getLogger(__name__)
+NEW_YORK = ZoneInfo("America/New_York")
 
 
 @dataclass
@@ -53,6 +57,11 @@ def status(svc: TradingServices) -> dict[str, Any]:
     }
 
 
+#: How long the kill switch waits for a running cycle to finish before halting anyway (the
+#: cycle re-reads the risk state before each send, so a halt it did not wait for still holds).
+KILL_LOCK_WAIT_SECONDS = 30.0
+
+
 def halt(
     svc: TradingServices,
     reason: str,
@@ -61,32 +70,56 @@ def halt(
     hours: float | None,
     cancel_orders: bool,
     flatten: bool,
+    lock_wait: float = KILL_LOCK_WAIT_SECONDS,
 ) -> KillReport:
+    """HALTED now; optionally cancel open orders and flatten through OrderService (a PENDING
+    row, a fill record, reconciled like any bot order). Takes the cycle lock so no cycle
+    decides or sends in between."""
     store = RiskStateStore(svc.db)
-    store.halt(reason, now, hours)
-    svc.notifier.notify("Trading HALTED", reason, "error")
     report = KillReport()
-    broker = svc.venue.broker
-    if cancel_orders or flatten:
-        for order in broker.get_open_orders():
-            try:
-                broker.cancel_order(order.client_order_id)
-                report.cancelled.append(order.client_order_id)
-            except AppError as exc:
-                report.errors.append(f"cancel {order.client_order_id}: {exc.message}")
-    if flatten:
-        stamp = now.strftime("%Y%m%d%H%M")
-        for position in broker.get_positions():
-            try:
-                broker.close_position(position.symbol, f"alpha-kill-{stamp}-{position.symbol}")
-                report.closed.append(position.symbol)
-            except AppError as exc:
-                report.errors.append(f"close {position.symbol}: {exc.message}")
+    with svc.cycle_lock.hold(wait=lock_wait) as owned:
+        if not owned:
+            log.warning("kill switch: a cycle still holds the lock; halting without it")
+        store.halt(reason, now, hours)
+        svc.notifier.notify("Trading HALTED", reason, "error")
+        broker = svc.venue.broker
+        if cancel_orders or flatten:
+            for order in broker.get_open_orders():
+                try:
+                    broker.cancel_order(order.client_order_id)
+                    report.cancelled.append(order.client_order_id)
+                except AppError as exc:
+                    report.errors.append(f"cancel {order.client_order_id}: {exc.message}")
+        if flatten:
+            _flatten(OrderService(svc.db, broker), broker.get_positions(), now, report)
     if report.cancelled or report.closed:
         store.record_event(
             "kill_switch", f"cancelled {len(report.cancelled)}, closed {report.closed}"
         )
     return report
+
+
+def _flatten(
+    orders: OrderService, positions: list[Position], now: datetime, report: KillReport
+) -> None:
+    stamp = now.astimezone(UTC).strftime("%Y%m%d%H%M")
+    for position in positions:
+        if position.qty == 0:
+            continue
+        side = Side.SELL if position.qty > 0 else Side.BUY
+        request = OrderRequest(
+            symbol=position.symbol,
+            side=side,
+            client_order_id=f"alpha-kill-{stamp}-{position.symbol}",
+            qty=abs(position.qty),
+        )
+        placed = orders.place(
+            request, reason="kill_switch: flatten", session_date=now.astimezone(NEW_YORK).date()
+        )
+        if placed.order is None or placed.order.status is OrderStatus.REJECTED:
+            report.errors.append(f"close {position.symbol}: {placed.error or 'rejected'}")
+        else:
+            report.closed.append(position.symbol)
 
 
 def resume(svc: TradingServices, reason: str) -> None:

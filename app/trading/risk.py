@@ -8,15 +8,15 @@ allowed: a halted bot must still be able to get out.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 
 from sqlalchemy import select
 
 from app.config import Settings
-from app.domain import Account, Position, RiskDecision, Side, TradingState
+from app.domain import Account, Order, Position, RiskDecision, Side, TradingState
 from app.store.database import Database
 from app.store.orm import RiskEvent, RiskStateRecord
 
@@ -35,6 +35,8 @@ class RiskLimits:
     take_profit_pct: float = 0.10
     max_daily_loss: float = -0.02
     halt_hours: float = 24.0
+    #: Entries are valued at price x (1 + margin): the gap to the next open plus slippage.
+    entry_gap_margin: float = 0.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RiskLimits:
@@ -45,6 +47,7 @@ class RiskLimits:
             stop_loss_pct=settings.risk_stop_loss_pct,
             take_profit_pct=settings.risk_take_profit_pct,
             max_daily_loss=settings.risk_max_daily_loss,
+            entry_gap_margin=settings.risk_entry_gap_margin,
         )
 
 
@@ -55,6 +58,14 @@ class RiskState:
     halt_reason: str | None = None
     session_date: date | None = None
     start_of_day_equity: float | None = None
+
+    def __post_init__(self) -> None:
+        # Kept in UTC: SQLite stores no offset and reads the wall time back as UTC, so an
+        # instant carrying -04:00 would end the halt 4 h early after a round trip.
+        if self.halted_until is not None:
+            if self.halted_until.tzinfo is None:
+                raise ValueError("halted_until must be timezone-aware")
+            object.__setattr__(self, "halted_until", self.halted_until.astimezone(UTC))
 
     def halted(self, now: datetime) -> bool:
         if self.state is not TradingState.HALTED:
@@ -87,45 +98,106 @@ class ProposedOrder:
 
 @dataclass
 class PortfolioView:
-    """Positions by market value after the orders approved so far in this decision."""
+    """The portfolio as the caps see it: positions plus every open or approved buy, valued at
+    the worst fill the gate plans for; sells are not credited to exposure or buying power until
+    they fill (only to the position count, as a swap).
+
+    `values` holds what exposure and size are measured on; `qtys` what is (or will be) held,
+    which decides whether a sell is an exit and how many positions count. Symbols in
+    `unmanaged` (positions the bot did not open) count in exposure, not in the position cap.
+    """
 
     equity: float
     buying_power: float
     values: dict[str, float]
     qtys: dict[str, float]
+    margin: float = 0.0
+    unmanaged: frozenset[str] = frozenset()
+    #: Shares already promised to open sells: not available to a new sell.
+    promised: dict[str, float] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, account: Account, positions: Iterable[Position]) -> PortfolioView:
-        held = list(positions)
-        return cls(
+    def of(
+        cls,
+        account: Account,
+        positions: Iterable[Position],
+        open_orders: Iterable[Order] = (),
+        prices: Mapping[str, float] | None = None,
+        *,
+        margin: float = 0.0,
+        unmanaged: Iterable[str] = (),
+    ) -> PortfolioView:
+        held = [p for p in positions if p.qty > 0]
+        view = cls(
             equity=account.equity,
             buying_power=account.buying_power,
             values={p.symbol: p.market_value for p in held},
             qtys={p.symbol: p.qty for p in held},
+            margin=margin,
+            unmanaged=frozenset(unmanaged),
         )
+        marks = {p.symbol: p.current_price for p in held}
+        marks.update(prices or {})
+        seen: set[str] = set()
+        for order in open_orders:
+            if not order.status.is_open or order.client_order_id in seen:
+                continue
+            seen.add(order.client_order_id)
+            price = marks.get(order.symbol, 0.0)
+            if order.qty is not None:
+                remaining = order.qty - order.filled_qty
+            elif order.notional is not None and price > 0:
+                remaining = order.notional / price - order.filled_qty
+            else:
+                continue
+            if remaining <= EPS:
+                continue
+            if order.side is Side.BUY:
+                # Bought shares already show in positions; the rest may still fill.
+                view.qtys[order.symbol] = view.qtys.get(order.symbol, 0.0) + remaining
+                view.values[order.symbol] = view.values.get(order.symbol, 0.0) + (
+                    remaining * price * (1.0 + margin)
+                )
+            else:  # promised to a sell: not sellable again, but held (and exposed) until it fills
+                view.promised[order.symbol] = view.promised.get(order.symbol, 0.0) + remaining
+        return view
 
     @property
     def exposure(self) -> float:
         return sum(abs(v) for v in self.values.values())
 
+    @property
+    def count(self) -> int:
+        """Positions held or being bought that take a slot."""
+        return sum(1 for s, q in self.qtys.items() if q > EPS and s not in self.unmanaged)
+
+    def worst_value(self, order: ProposedOrder) -> float:
+        """An entry's value if it fills `margin` above its decision price."""
+        return order.value * (1.0 + self.margin)
+
     def kind(self, order: ProposedOrder) -> OrderKind:
-        held = self.qtys.get(order.symbol, 0.0)
+        held = self.qtys.get(order.symbol, 0.0) - self.promised.get(order.symbol, 0.0)
         if order.side is Side.SELL and order.qty <= held + EPS:
             return OrderKind.EXIT
         return OrderKind.ENTRY
 
     def apply(self, order: ProposedOrder) -> None:
-        sign = 1.0 if order.side is Side.BUY else -1.0
-        qty = self.qtys.get(order.symbol, 0.0) + sign * order.qty
-        value = self.values.get(order.symbol, 0.0) + sign * order.value
-        if abs(qty) <= EPS:
+        if order.side is Side.BUY:
+            self.qtys[order.symbol] = self.qtys.get(order.symbol, 0.0) + order.qty
+            self.values[order.symbol] = self.values.get(order.symbol, 0.0) + self.worst_value(order)
+            self.buying_power -= self.worst_value(order)
+            return
+        # A sell frees its slot for a swap, but neither exposure nor cash until it fills.
+        qty = self.qtys.get(order.symbol, 0.0) - order.qty
+        if qty <= EPS:
             self.qtys.pop(order.symbol, None)
-            self.values.pop(order.symbol, None)
         else:
             self.qtys[order.symbol] = qty
-            self.values[order.symbol] = value
-        if order.side is Side.BUY:
-            self.buying_power -= order.value
+
+    def copy(self) -> PortfolioView:
+        return replace(
+            self, values=dict(self.values), qtys=dict(self.qtys), promised=dict(self.promised)
+        )
 
 
 Rule = Callable[[ProposedOrder, PortfolioView, RiskState, RiskLimits, datetime], RiskDecision]
@@ -145,17 +217,18 @@ def rule_trading_state(
 def rule_max_positions(
     order: ProposedOrder, view: PortfolioView, state: RiskState, limits: RiskLimits, now: datetime
 ) -> RiskDecision:
-    if order.symbol in view.qtys or len(view.qtys) < limits.max_positions:
+    if view.qtys.get(order.symbol, 0.0) > EPS or view.count < limits.max_positions:
         return RiskDecision.allow(rule="max_positions")
     return RiskDecision.deny(
-        f"{len(view.qtys)} positions open, the limit is {limits.max_positions}", "max_positions"
+        f"{view.count} positions open or being bought, the limit is {limits.max_positions}",
+        "max_positions",
     )
 
 
 def rule_position_size(
     order: ProposedOrder, view: PortfolioView, state: RiskState, limits: RiskLimits, now: datetime
 ) -> RiskDecision:
-    after = view.values.get(order.symbol, 0.0) + order.value
+    after = view.values.get(order.symbol, 0.0) + view.worst_value(order)
     cap = limits.max_position_size * view.equity
     if after <= cap + EPS:
         return RiskDecision.allow(rule="max_position_size")
@@ -169,7 +242,7 @@ def rule_position_size(
 def rule_exposure(
     order: ProposedOrder, view: PortfolioView, state: RiskState, limits: RiskLimits, now: datetime
 ) -> RiskDecision:
-    after = view.exposure + order.value
+    after = view.exposure + view.worst_value(order)
     cap = limits.max_exposure * view.equity
     if after <= cap + EPS:
         return RiskDecision.allow(rule="max_exposure")
@@ -183,10 +256,11 @@ def rule_exposure(
 def rule_buying_power(
     order: ProposedOrder, view: PortfolioView, state: RiskState, limits: RiskLimits, now: datetime
 ) -> RiskDecision:
-    if order.value <= view.buying_power + EPS:
+    if view.worst_value(order) <= view.buying_power + EPS:
         return RiskDecision.allow(rule="buying_power")
     return RiskDecision.deny(
-        f"needs {order.value:.2f}, buying power is {view.buying_power:.2f}", "buying_power"
+        f"needs {view.worst_value(order):.2f}, buying power is {view.buying_power:.2f}",
+        "buying_power",
     )
 
 
@@ -265,17 +339,31 @@ class RiskStateStore:
             row = session.get(RiskStateRecord, self.ROW_ID)
             return _from_row(row) if row else RiskState()
 
-    def save(self, state: RiskState) -> None:
+    def save(self, state: RiskState, *, loaded: RiskState | None = None) -> RiskState:
+        """Write `state`. With `loaded` (what a cycle read when it started), a halt or resume
+        written since then by someone else (the kill switch, an operator) wins over the
+        cycle's view of the trading state: a halt is never overwritten by an older cycle.
+        Returns what was written."""
         with self._db.session() as session:
             row = session.get(RiskStateRecord, self.ROW_ID, with_for_update=True)
             if row is None:
                 row = RiskStateRecord(id=self.ROW_ID, state=state.state.value)
                 session.add(row)
+            elif loaded is not None:
+                current = _from_row(row)
+                if _trading_state(current) != _trading_state(loaded):
+                    state = replace(
+                        state,
+                        state=current.state,
+                        halted_until=current.halted_until,
+                        halt_reason=current.halt_reason,
+                    )
             row.state = state.state.value
             row.halted_until = state.halted_until
             row.halt_reason = state.halt_reason
             row.session_date = state.session_date
             row.start_of_day_equity = state.start_of_day_equity
+        return state
 
     def record_event(self, kind: str, detail: str, symbol: str | None = None) -> None:
         log.warning("risk event %s: %s", kind, detail)
@@ -314,6 +402,10 @@ class RiskStateStore:
                 }
                 for r in rows
             ]
+
+
+def _trading_state(state: RiskState) -> tuple[TradingState, datetime | None, str | None]:
+    return state.state, state.halted_until, state.halt_reason
 
 
 def _from_row(row: RiskStateRecord) -> RiskState:

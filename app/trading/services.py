@@ -8,6 +8,7 @@ from typing import Protocol
 from app.broker.venue import Venue
 from app.config import Settings
 from app.store.database import Database
+from app.trading.cycle_lock import CycleLock
 from app.trading.notifier import Notifier
 
 
@@ -16,3 +17,4 @@ class TradingServices(Protocol):
     db: Database
     venue: Venue
     notifier: Notifier
+    cycle_lock: CycleLock

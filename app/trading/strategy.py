@@ -19,6 +19,7 @@ import numpy as np
 from app.config import Settings
 from app.domain import Account, BarFrame, Order, Position, RiskDecision, Side, Signal, SignalAction
 from app.trading.risk import (
+    EPS,
     PortfolioView,
     ProposedOrder,
     RiskLimits,
@@ -74,6 +75,13 @@ class DecisionInputs:
     held_since: Mapping[str, date] = field(default_factory=dict)
     #: Sessions between two dates, supplied by the caller's calendar.
     sessions_between: Mapping[str, int] = field(default_factory=dict)
+    #: Holdings the bot did not open and must leave alone (MANAGE_EXTERNAL_POSITIONS=false):
+    #: never sold or swapped, counted in exposure, not in the position cap.
+    unmanaged: frozenset[str] = frozenset()
+    #: Symbols the broker trades in whole shares only (not fractionable).
+    whole_shares: frozenset[str] = frozenset()
+    #: Symbols not to enter this session (an entry was already rejected by the broker).
+    no_entry: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -90,41 +98,69 @@ def decide(inputs: DecisionInputs, limits: RiskLimits, config: StrategyConfig) -
         inputs.risk_state, inputs.account, inputs.session, inputs.now
     )
     busy = {o.symbol for o in inputs.open_orders if o.status.is_open}
-    positions = {p.symbol: p for p in inputs.positions if p.qty > 0}
-    view = PortfolioView.of(inputs.account, positions.values())
-    proposals: list[ProposedOrder] = []
-
-    exits = _exits(positions, inputs, limits, busy)
-    proposals.extend(exits)
-    leaving = {o.symbol for o in exits}
-
-    candidates = _ranked_candidates(inputs.signals, positions, busy)
-    remaining = [s for s in positions if s not in leaving]
-    slots = limits.max_positions - len(remaining)
-    chosen = candidates[: max(0, slots)]
-    for candidate in candidates[max(0, slots) :]:
-        swap = _rebalance(candidate, remaining, inputs, config, busy)
-        if swap is None:
-            break
-        proposals.append(_close(positions[swap], inputs, f"rebalance: replaced by {candidate}"))
-        remaining.remove(swap)
-        chosen.append(candidate)
-
-    equity = inputs.account.equity
-    for symbol in chosen:
-        order = _entry(symbol, inputs, equity, limits, config)
-        if order is not None:
-            proposals.append(order)
-
+    held = {p.symbol: p for p in inputs.positions if p.qty > 0}
+    positions = {s: p for s, p in held.items() if s not in inputs.unmanaged}
+    view = PortfolioView.of(
+        inputs.account,
+        held.values(),
+        inputs.open_orders,
+        inputs.market.prices,
+        margin=limits.entry_gap_margin,
+        unmanaged=inputs.unmanaged & held.keys(),
+    )
     approved: list[ProposedOrder] = []
     denied: list[tuple[ProposedOrder, RiskDecision]] = []
-    for order in proposals:
+
+    def gate(order: ProposedOrder) -> RiskDecision:
         verdict = manager.check(order, view, state, inputs.now)
         if verdict.allowed:
             view.apply(order)
             approved.append(order)
         else:
             denied.append((order, verdict))
+        return verdict
+
+    exits = _exits(positions, inputs, limits, busy)
+    exits += _trims(positions, inputs, limits, busy | {o.symbol for o in exits})
+    for order in exits:
+        gate(order)
+    leaving = {o.symbol for o in exits}
+
+    candidates = _ranked_candidates(inputs.signals, held, busy | inputs.no_entry)
+    remaining = [s for s in positions if s not in leaving]
+    slots = limits.max_positions - view.count
+    equity = inputs.account.equity
+    for symbol in candidates[: max(0, slots)]:
+        if (buy := _entry(symbol, inputs, equity, limits, config)) is not None:
+            gate(buy)
+    for candidate in candidates[max(0, slots) :]:
+        swap = _rebalance(candidate, remaining, inputs, config, busy)
+        if swap is None:
+            break
+        entry = _entry(candidate, inputs, equity, limits, config)
+        if entry is None:
+            continue  # nothing to buy: keep the holding
+        sell = _close(positions[swap], inputs, f"rebalance: replaced by {candidate}")
+        # The SELL goes out only with an approved BUY: try the pair on a copy of the view.
+        trial = view.copy()
+        sell_verdict = manager.check(sell, trial, state, inputs.now)
+        trial.apply(sell)
+        verdict = manager.check(entry, trial, state, inputs.now)
+        if not (sell_verdict.allowed and verdict.allowed):
+            denied.append((entry, verdict))
+            denied.append(
+                (
+                    sell,
+                    RiskDecision.deny(
+                        f"replacement {candidate} denied: {verdict.reason}", "rebalance"
+                    ),
+                )
+            )
+            continue
+        view = trial
+        view.apply(entry)
+        approved.extend((sell, entry))
+        remaining.remove(swap)
     return Decision(approved, denied, state, events)
 
 
@@ -153,6 +189,37 @@ def _exits(
         else:
             continue
         orders.append(_close(position, inputs, reason))
+    return orders
+
+
+def _trims(
+    positions: Mapping[str, Position],
+    inputs: DecisionInputs,
+    limits: RiskLimits,
+    skip: set[str],
+) -> list[ProposedOrder]:
+    """Entries of the last decision that filled above the size cap (a gap wider than the
+    margin) are cut back to it: the caps hold after the fill, not only at the decision price.
+    Older holdings that grew through price moves are left alone."""
+    orders = []
+    cap = limits.max_position_size * inputs.account.equity
+    for symbol, position in sorted(positions.items()):
+        since = inputs.held_since.get(symbol)
+        if symbol in skip or since is None or weekdays_between(since, inputs.session) > 1:
+            continue
+        if position.cost_basis <= cap + EPS or position.avg_entry_price <= 0:
+            continue
+        decimals = 0 if symbol in inputs.whole_shares else QTY_DECIMALS
+        keep = math.floor(cap / position.avg_entry_price * 10**decimals) / 10**decimals
+        excess = round(position.qty - keep, QTY_DECIMALS)
+        if excess <= 0:
+            continue
+        price = inputs.market.prices.get(symbol, position.current_price)
+        reason = (
+            f"trim: filled at {position.cost_basis / inputs.account.equity:.2%} of equity, "
+            f"the limit is {limits.max_position_size:.0%}"
+        )
+        orders.append(ProposedOrder(symbol, Side.SELL, excess, price, reason))
     return orders
 
 
@@ -217,8 +284,11 @@ def _entry(
         if vol is None
         else min(limits.max_position_size, config.risk_budget / vol)
     )
-    qty = math.floor(equity * fraction / price * 10**QTY_DECIMALS) / 10**QTY_DECIMALS
-    if qty * price < config.min_order_value:
+    # Sized so that a fill up to `entry_gap_margin` above the price still fits the caps.
+    target = equity * fraction / (1.0 + limits.entry_gap_margin)
+    decimals = 0 if symbol in inputs.whole_shares else QTY_DECIMALS
+    qty = math.floor(target / price * 10**decimals) / 10**decimals
+    if qty <= 0 or qty * price < config.min_order_value:
         return None
     signal = inputs.signals[symbol]
     reason = (

@@ -209,6 +209,41 @@ def test_train_uses_only_labels_known_by_train_end(real_features: pd.DataFrame, 
     assert all(0.0 <= p.confidence <= 1.0 for p in predictions.values())
 
 
+def test_confidence_is_calibrated_on_rows_the_members_never_saw(
+    real_features: pd.DataFrame,
+) -> None:
+    """Members early-stop on the first held-out dates; the calibrator and the reported
+    validation come from later dates, after the label gap (issue 12, item 7)."""
+    end = pd.Timestamp("2017-12-29")
+    bundle = train(None, None, "pooled", end, FAST, features=real_features, n_lgbm=1, n_xgb=1)
+    meta = bundle.metadata
+    gap_dates = real_features.loc[
+        pd.Timestamp(meta["val_end"]) : pd.Timestamp(meta["calibration_start"])
+    ].index.get_level_values("date")
+    assert gap_dates.nunique() - 2 == 2  # two sessions between, so no label overlaps
+    rows = real_features[real_features[LABEL_END_COLUMN] <= end]
+    dates = rows.index.get_level_values("date")
+    cal = rows[(dates >= pd.Timestamp(meta["calibration_start"]))]
+    assert len(cal) == meta["n_calibration_rows"]
+    ens = bundle.ensembles[POOLED_KEY]
+    raw = ens.member_predictions(cal[FEATURE_COLUMNS])
+    expected = ConfidenceCalibrator.fit(raw.mean(axis=0), raw.std(axis=0), cal["label"].to_numpy())
+    assert ens.calibrator == expected
+    assert ens.validation["n"] == len(cal)
+    assert meta["validation"]["n_rows"] == len(cal)
+
+
+def test_an_ensemble_keeps_calibration_rows_out_of_early_stopping() -> None:
+    X, y = synthetic(2000, 11)
+    X_val, y_val = synthetic(1000, 12)
+    ens = Ensemble(n_lgbm=1, n_xgb=1, params=FAST)
+    ens.fit(X, y, X_val, y_val)
+    raw = ens.member_predictions(X_val[500:])
+    assert ens.calibrator == ConfidenceCalibrator.fit(
+        raw.mean(axis=0), raw.std(axis=0), y_val[500:]
+    )
+
+
 def test_train_from_bars_equals_train_from_features(real_features: pd.DataFrame) -> None:
     market = CsvMarketData(SHARED_DATA)
     bars = market.get_daily_bars(["AAPL", "JPM", "XOM", "KO", "SPY"], "2014-01-01", "2018-12-31")

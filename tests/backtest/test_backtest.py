@@ -149,7 +149,7 @@ def live_replay(
                 continue
             if order.side is Side.BUY:
                 held_since.setdefault(order.symbol, decided_on[order.client_order_id])
-            else:
+            elif broker.get_position(order.symbol) is None:  # a trim keeps the date
                 held_since.pop(order.symbol, None)
 
     for i, day in enumerate(sessions):

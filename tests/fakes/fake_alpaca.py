@@ -279,6 +279,8 @@ class FakeAlpaca:
         self.orders_by_client_id: dict[str, str] = {}
         self.prices: dict[str, float] = {}
         self.untradable: set[str] = set()
+        #: Assets Alpaca trades in whole shares only: fractional orders are rejected (422).
+        self.non_fractionable: set[str] = set()
         self.early_closes: dict[date, str] = {}
         self.request_counts: Counter[str] = Counter()
         #: (unix time, "METHOD /path") of every request, in arrival order.
@@ -729,6 +731,8 @@ class FakeAlpaca:
         fractional = notional is not None or (qty is not None and qty != int(qty))
         if fractional and tif != "day":
             raise _HttpError(422, 40010001, "fractional orders must be DAY orders")
+        if fractional and symbol in self.non_fractionable:
+            raise _HttpError(422, 40310000, f"asset {symbol} is not fractionable")
         return self._place(symbol, side, qty, notional, cid, tif or "day", partial).to_json()
 
     def _place(
@@ -855,7 +859,7 @@ class FakeAlpaca:
             "marginable": True,
             "shortable": True,
             "easy_to_borrow": True,
-            "fractionable": True,
+            "fractionable": symbol not in self.non_fractionable,
             "attributes": [],
         }
 

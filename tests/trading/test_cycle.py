@@ -18,10 +18,7 @@ from app.trading.cycle import TradingService
 from app.trading.risk import RiskStateStore
 from tests.api.test_market_api import PAPER
 from tests.fakes.fake_alpaca import FakeAlpaca
-from tests.support import SHARED_DATA
-
-WATCH = "AAPL,MSFT,KO,PEP,SPY"
-OPEN = datetime(2021, 11, 29, 15, 0, tzinfo=UTC)  # Monday, 10:00 in New York
+from tests.trading.conftest import OPEN, WATCH
 
 
 class FixedSignals:
@@ -37,21 +34,6 @@ class FixedSignals:
         out = {s: Signal(s, SignalAction.BUY, r, 0.9, 0.01, "test") for s, r in self.buys.items()}
         out.update({s: Signal(s, SignalAction.SELL, -0.02, 0.9, 0.01, "test") for s in self.sells})
         return out, None
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeAlpaca]:
-    with FakeAlpaca(SHARED_DATA, today=date(2021, 11, 29)) as f:
-        f.set_early_close(date(2021, 11, 26), "13:00")
-        f.set_clock(OPEN)
-        yield f
-
-
-@pytest.fixture
-def paper_app(make_app: Callable[..., Flask], fake: FakeAlpaca) -> Flask:
-    return make_app(
-        **PAPER, ALPACA_BASE_URL=fake.base_url, ALPACA_DATA_URL=fake.base_url, WATCHLIST=WATCH
-    )
 
 
 def trading(app: Flask, source: FixedSignals) -> TradingService:
@@ -113,11 +95,18 @@ def test_early_close_day_trades_before_the_close(paper_app: Flask, fake: FakeAlp
     assert [o["symbol"] for o in result.orders] == ["AAPL"]
 
 
-def test_stop_loss_and_sell_signal_exit(paper_app: Flask, fake: FakeAlpaca) -> None:
+def test_stop_loss_and_sell_signal_exit(make_app: Callable[..., Flask], fake: FakeAlpaca) -> None:
+    app = make_app(  # positions set by hand: the bot manages them only when told to
+        **PAPER,
+        ALPACA_BASE_URL=fake.base_url,
+        ALPACA_DATA_URL=fake.base_url,
+        WATCHLIST=WATCH,
+        MANAGE_EXTERNAL_POSITIONS=True,
+    )
     price = fake.price("KO")
     fake.set_position("KO", 10, price * 1.2)  # 17 % under water
     fake.set_position("PEP", 5, fake.price("PEP"))
-    result = trading(paper_app, FixedSignals({}, sells=("PEP",))).run_cycle()
+    result = trading(app, FixedSignals({}, sells=("PEP",))).run_cycle()
     reasons = {o["symbol"]: o["reason"].split(":")[0] for o in result.orders}
     assert reasons == {"KO": "stop_loss", "PEP": "signal_sell"}
     assert "KO" not in fake.positions
