@@ -149,7 +149,9 @@ def start(clone: Path, env: dict[str, str], log: Path, base: str, timeout: float
 
 def assert_trades(base: str, headers: dict[str, str], stack: MakeRun) -> None:
     """The whole loop offline: a model trained at start, then every cycle replays a session."""
-    task_id = requests.post(f"{base}/api/tasks/ping", headers=headers, timeout=5).json()["task_id"]
+    ping = requests.post(f"{base}/api/tasks/ping", headers=headers, timeout=10)
+    assert ping.status_code == 202, (ping.status_code, ping.text, stack.output()[-3000:])
+    task_id = ping.json()["task_id"]
     body: dict[str, object] = {}
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:

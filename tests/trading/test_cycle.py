@@ -18,6 +18,7 @@ from app.trading.cycle import TradingService
 from app.trading.risk import RiskStateStore
 from tests.api.test_market_api import PAPER
 from tests.fakes.fake_alpaca import FakeAlpaca
+from tests.support import SHARED_DATA
 from tests.trading.conftest import OPEN, WATCH
 
 
