@@ -46,6 +46,14 @@ def user_env(port: int) -> dict[str, str]:
     return env
 
 
+def _stat(pid: int | str) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name (state first), or None if gone."""
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
 def session_pids(sid: int) -> set[int]:
     """Every live process of a session: honcho's children start sessions of their own
     (setsid), Celery's pool children leave their group; all stay descendants of make's session
@@ -53,14 +61,8 @@ def session_pids(sid: int) -> set[int]:
     parents: dict[int, int] = {}
     sessions: dict[int, int] = {}
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if fields[0] == "Z":
+        fields = _stat(entry.name) if entry.name.isdigit() else None
+        if fields is None or fields[0] == "Z":
             continue
         parents[int(entry.name)] = int(fields[1])
         sessions[int(entry.name)] = int(fields[3])
@@ -116,15 +118,7 @@ class MakeRun:
 
 
 def _alive(pids: set[int]) -> set[int]:
-    alive = set()
-    for pid in pids:
-        try:
-            state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state != "Z":
-            alive.add(pid)
-    return alive
+    return {pid for pid in pids if (fields := _stat(pid)) is not None and fields[0] != "Z"}
 
 
 def login(base: str) -> dict[str, str]:
