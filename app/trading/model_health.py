@@ -39,8 +39,8 @@ log = logging.getLogger(__name__)
 #: Sessions from the entry open (t+1) to the exit open, when settings do not say otherwise.
 DEFAULT_HORIZON_DAYS = 1
 WINDOWS = (20, 60)
-#: The alert watches the 60-session live mean (a 20-session mean of a daily IC whose noise is
-#: about 0.15 on 32 symbols flips sign every few weeks), once 20 sessions are labelled.
+#: The alert watches the 60-session live mean once 20 sessions are labelled: a daily rank IC on
+#: 32 symbols has a noise of about 0.18, so a 20-session mean flips sign every few weeks.
 ALERT_WINDOW = 60
 ALERT_MIN_SESSIONS = 20
 #: Signals older than this (calendar days) are not scored any more.
