@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from datetime import date
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -12,7 +13,9 @@ import pytest
 from flask import Flask
 from prometheus_client.parser import text_string_to_metric_families
 from scipy.stats import spearmanr
+from sqlalchemy import select
 
+from app.ai.training import fit_and_save
 from app.config import load_settings
 from app.container import Services
 from app.market.calendar import NyseCalendar
@@ -38,12 +41,12 @@ def receiver() -> Iterator[Receiver]:
     r.close()
 
 
-def labels() -> pd.DataFrame:
+def labels(symbols: list[str] = SYMBOLS) -> pd.DataFrame:
     """open[t+2] / open[t+1] - 1 per session t, straight from the CSV files (no app code)."""
     opens = pd.DataFrame(
         {
             s: pd.read_csv(SHARED_DATA / f"{s}.csv", index_col="date", parse_dates=True)["open"]
-            for s in SYMBOLS
+            for s in symbols
         }
     )
     return opens.shift(-2) / opens.shift(-1) - 1
@@ -260,3 +263,50 @@ def test_model_health_runs_daily_after_the_close_off_the_trading_queue() -> None
     assert schedule.hour == {21}
     assert schedule.minute == {30}
     assert schedule.day_of_week == {1, 2, 3, 4, 5}
+
+
+def test_signals_the_sim_cycle_records_are_scored(
+    make_app: Callable[..., Flask], tmp_path: Path
+) -> None:
+    """End to end: a model, real sim cycles recording signals, then the realised rank IC of
+    each replayed session, checked with scipy against the CSV opens."""
+    app = make_app(
+        DATA_DIR=str(SHARED_DATA),
+        WATCHLIST=",".join([*SYMBOLS, "SPY"]),
+        MODELS_DIR=str(tmp_path / "models"),
+        BEST_PARAMS_DIR=str(tmp_path / "best"),
+        TRAIN_YEARS=2,
+        SIM_START_DATE=SESSIONS[40].isoformat(),
+    )
+    svc: Services = app.extensions["alpha_trader"]
+    with app.app_context():
+        fit_and_save(
+            settings=svc.settings,
+            db=svc.db,
+            market=svc.venue.market,
+            store=svc.models,
+            today=svc.venue.today(),
+        )
+        for _ in range(8):
+            assert svc.trading().run_cycle().status == "done"
+    today = svc.venue.today()
+    assert today == SESSIONS[48]
+    result = ModelHealth.of(svc).update(today)
+    assert result["scored"] == 7  # sessions 40..46; session 47's exit open is session 49
+    assert result["waiting_for_labels"] == 1
+    truth = labels([*SYMBOLS, "SPY"])
+    with svc.db.session() as session:
+        signals = pd.read_sql(
+            select(SignalRecord.as_of, SignalRecord.symbol, SignalRecord.predicted_return),
+            session.connection(),
+        )
+        rows = session.query(ModelDailyIC).order_by(ModelDailyIC.session_day).all()
+    assert [r.session_day for r in rows] == SESSIONS[40:47]
+    for row in rows:
+        day = signals[signals["as_of"] == row.session_day].set_index("symbol")
+        assert len(day) == len(SYMBOLS) + 1  # every watchlist symbol, SPY included
+        expected = spearmanr(
+            day["predicted_return"], truth.loc[pd.Timestamp(row.session_day), day.index]
+        )
+        assert row.n_symbols == len(day)
+        assert row.rank_ic == pytest.approx(expected.statistic)
