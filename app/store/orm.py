@@ -113,7 +113,7 @@ class SignalRecord(Base):
     confidence: Mapped[float] = mapped_column(Float)
     dispersion: Mapped[float] = mapped_column(Float)
     model_version: Mapped[str] = mapped_column(String(64))
-    as_of: Mapped[date | None] = mapped_column(Date)
+    as_of: Mapped[date | None] = mapped_column(Date, index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
 

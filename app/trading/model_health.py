@@ -161,14 +161,10 @@ class ModelHealth:
     def _score_pending(self, today: date) -> tuple[list[ModelDailyIC], int]:
         since = today - timedelta(days=LOOKBACK_DAYS)
         with self._db.session() as session:
-            records = session.execute(
-                select(
-                    SignalRecord.id,
-                    SignalRecord.model_version,
-                    SignalRecord.as_of,
-                    SignalRecord.symbol,
-                    SignalRecord.predicted_return,
-                ).where(SignalRecord.as_of >= since, SignalRecord.as_of <= today)
+            recorded = session.execute(
+                select(SignalRecord.model_version, SignalRecord.as_of)
+                .where(SignalRecord.as_of >= since, SignalRecord.as_of <= today)
+                .group_by(SignalRecord.model_version, SignalRecord.as_of)
             ).all()
             done = set(
                 session.execute(
@@ -177,6 +173,20 @@ class ModelHealth:
                         ModelDailyIC.session_day >= since,
                     )
                 ).all()
+            )
+            days = sorted({d for v, d in recorded if d is not None and (v, d) not in done})
+            records = (
+                session.execute(
+                    select(
+                        SignalRecord.id,
+                        SignalRecord.model_version,
+                        SignalRecord.as_of,
+                        SignalRecord.symbol,
+                        SignalRecord.predicted_return,
+                    ).where(SignalRecord.as_of.in_(days))
+                ).all()
+                if days
+                else []
             )
         if not records:
             return [], 0
