@@ -155,6 +155,9 @@ class Settings(BaseSettings):
     model_mode: str = Field(default="pooled", pattern="^(pooled|per-symbol|per_symbol)$")
     #: Years of daily bars each training uses, ending the session before "today".
     train_years: float = Field(default=5.0, ge=1, le=20)
+    #: Champion / challenger: a nightly retrain replaces the current model only when its rank
+    #: IC on rows neither model trained on is at least the champion's minus this.
+    model_gate_tolerance: float = Field(default=0.0, ge=0, le=0.1)
     #: Optuna storage URL; default: the service's database.
     optuna_storage: str | None = None
 

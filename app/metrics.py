@@ -165,6 +165,18 @@ MODEL_CREATED = StateGauge(
     "Creation time of the model the last cycle used (unix seconds)",
 )
 
+MODEL_RANK_IC = StateGauge(
+    "alpha_model_rank_ic",
+    "Mean realised cross-sectional rank IC over the last `window` labelled sessions "
+    '(model_version="live": the signals the service acted on, whichever version made them)',
+    ("model_version", "window"),
+)
+MODEL_RANK_IC_SESSIONS = StateGauge(
+    "alpha_model_rank_ic_sessions",
+    "Labelled sessions behind alpha_model_rank_ic (fewer than `window` while history builds up)",
+    ("model_version", "window"),
+)
+
 # ---------------------------------------------------------------------------- cycle
 
 CYCLES = Counter("alpha_cycles_total", "Trading cycles run", ["outcome"])
@@ -351,6 +363,12 @@ def record_model(meta: Mapping[str, Any] | None, now: datetime | None = None) ->
         created = created.replace(tzinfo=UTC)
     MODEL_CREATED.set(created.timestamp())
     MODEL_AGE.set(max(((now or datetime.now(UTC)) - created).total_seconds(), 0.0))
+
+
+def record_model_ic(version: str, window: int, mean: float, sessions: int) -> None:
+    """The rolling realised rank IC of a model version (or of the live series)."""
+    MODEL_RANK_IC.set(mean, model_version=version, window=str(window))
+    MODEL_RANK_IC_SESSIONS.set(sessions, model_version=version, window=str(window))
 
 
 def record_cycle(outcome: str, seconds: float) -> None:

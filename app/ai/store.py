@@ -177,8 +177,15 @@ class ModelStore:
         self.keep = keep
 
     # --- writing ---
-    def save(self, bundle: ModelBundle, extra_metadata: Mapping[str, Any] | None = None) -> str:
-        """Write `bundle` as a new version and make it current; returns the version."""
+    def save(
+        self,
+        bundle: ModelBundle,
+        extra_metadata: Mapping[str, Any] | None = None,
+        *,
+        promote: bool = True,
+    ) -> str:
+        """Write `bundle` as a new version and, with `promote`, make it current; returns the
+        version (a challenger the gate rejected is kept for the record, not served)."""
         self.models_dir.mkdir(parents=True, exist_ok=True)
         self._remove_stale_temps()
         files = _serialise(bundle)
@@ -217,12 +224,25 @@ class ModelStore:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        self._switch_current(version)
+        if promote:
+            self._switch_current(version)
         self._prune()
         bundle.version = version
         bundle.metadata = meta
         logger.info("model %s saved (%s, %d ensembles)", version, bundle.mode, len(files))
         return version
+
+    def mark_validated(self, version: str, at: datetime, detail: Mapping[str, Any]) -> None:
+        """Record in `version`'s metadata that it just beat a fresh challenger on data it never
+        saw: its age for MODEL_MAX_AGE_DAYS counts from `at` (atomic rewrite of meta.json)."""
+        meta = self.metadata(version) or {}
+        meta["validated_at"] = at.isoformat()
+        meta["last_gate"] = dict(detail)
+        folder = self.models_dir / version
+        tmp = folder / f".meta-{secrets.token_hex(6)}"
+        _write_durable(tmp, _json_bytes(meta))
+        os.replace(tmp, folder / "meta.json")
+        _fsync_dir(folder)
 
     def _switch_current(self, version: str) -> None:
         tmp = self.models_dir / f".current-{secrets.token_hex(6)}"
@@ -310,9 +330,14 @@ class ModelStore:
         return bundle
 
     def is_stale(self, max_age_days: int, now: datetime | None = None) -> bool:
-        """True when there is no current model or it was created more than `max_age_days` ago."""
+        """True when there is no current model or it was created (or last re-validated by the
+        champion / challenger gate) more than `max_age_days` ago."""
         meta = self.metadata()
         if meta is None:
             return True
-        created = datetime.fromisoformat(str(meta["created_at"]))
+        created = max(
+            datetime.fromisoformat(str(meta[key]))
+            for key in ("created_at", "validated_at")
+            if meta.get(key)
+        )
         return (now or datetime.now(UTC)) - created > timedelta(days=max_age_days)

@@ -20,6 +20,7 @@ import pandas as pd
 from sqlalchemy.exc import IntegrityError
 
 from app.ai.calibration import _hits
+from app.ai.champion import settle
 from app.ai.ensemble import (
     MIN_SYMBOL_TRAIN_ROWS,
     MIN_SYMBOL_VAL_ROWS,
@@ -80,7 +81,10 @@ def fit_and_save(
     symbols: Sequence[str] | None = None,
     mode: str | None = None,
     progress: Progress | None = None,
+    gated: bool = False,
 ) -> dict[str, Any]:
+    """Train a challenger; with `gated` (the nightly retrain) it replaces the current model only
+    when it is not worse on rows neither trained on (app.ai.champion), else it always does."""
     mode = (mode or settings.model_mode).replace("-", "_")
     report = progress or (lambda stage, done, total: None)
     calendar = NyseCalendar()
@@ -92,18 +96,28 @@ def fit_and_save(
         raise ValueError("SPY bars are needed: features measure strength relative to SPY")
     report("fit", 1, 3)
     params = load_best_params(settings.best_params_dir, mode)
+    day = _day(end)
+    features = build_features(
+        {sym: frame.loc[:day] for sym, frame in bars.items()}, bars["SPY"].loc[:day]
+    )
     bundle = train(
-        bars,
-        bars["SPY"],
+        None,
+        None,
         cast(Mode, mode),  # validated by Settings and the API
         end,
         to_train_params(params) if params else None,
+        features=features,
     )
     report("save", 2, 3)
-    version = store.save(
+    gate = settle(
+        store,
         bundle,
+        features,
         {"train_start": start.isoformat(), "train_end": end.isoformat(), "symbols": sorted(bars)},
+        tolerance=settings.model_gate_tolerance,
+        gated=gated,
     )
+    version = str(gate.challenger)
     metrics = dict(bundle.metadata.get("validation", {}))
     try:
         with db.session() as session:
@@ -112,7 +126,7 @@ def fit_and_save(
                     version=version,
                     mode=mode,
                     symbols={"symbols": sorted(bars)},
-                    metrics=metrics,
+                    metrics={**metrics, "gate": gate.as_dict()},
                     train_start=start,
                     train_end=end,
                 )
@@ -124,6 +138,9 @@ def fit_and_save(
     report("done", 3, 3)
     return {
         "version": version,
+        "kept": gate.kept,
+        "current_version": store.current_version(),
+        "gate": gate.as_dict(),
         "mode": mode,
         "symbols": len(bars),
         "train_start": start.isoformat(),

@@ -113,7 +113,7 @@ class SignalRecord(Base):
     confidence: Mapped[float] = mapped_column(Float)
     dispersion: Mapped[float] = mapped_column(Float)
     model_version: Mapped[str] = mapped_column(String(64))
-    as_of: Mapped[date | None] = mapped_column(Date)
+    as_of: Mapped[date | None] = mapped_column(Date, index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
 
@@ -164,6 +164,26 @@ class ModelRun(Base):
     train_start: Mapped[date | None] = mapped_column(Date)
     train_end: Mapped[date | None] = mapped_column(Date)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class ModelDailyIC(Base):
+    """One session's realised cross-sectional rank IC of one model version's signals, written
+    once the labels of that session are known (app.trading.model_health)."""
+
+    __tablename__ = "model_daily_ic"
+    __table_args__ = (UniqueConstraint("model_version", "session_day", "horizon_days"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_version: Mapped[str] = mapped_column(String(64), index=True)
+    session_day: Mapped[date] = mapped_column(Date, index=True)
+    horizon_days: Mapped[int] = mapped_column(Integer)
+    #: NULL when the cross-section had fewer than 3 labelled symbols or no spread.
+    rank_ic: Mapped[float | None] = mapped_column(Float)
+    n_symbols: Mapped[int] = mapped_column(Integer)
+    #: The version whose signals the service recorded last that session (the one it acted on).
+    live: Mapped[bool] = mapped_column(Boolean, default=True)
+    label_end: Mapped[date] = mapped_column(Date)
+    computed_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class BacktestRun(Base):

@@ -27,6 +27,13 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
     else:
         cycle = crontab(minute=f"*/{every}", hour=settings.trading_hours_utc, day_of_week="mon-fri")
         cycle_expires = max(30, every * 60 - 60)
+    # Model health after the close (labels of older sessions arrive with each new open); in
+    # sim every few replayed sessions.
+    if settings.trading_mode is TradingMode.SIM:
+        health: Any = timedelta(seconds=max(10.0, 5 * settings.sim_cycle_seconds))
+        health_expires = max(5.0, 5 * settings.sim_cycle_seconds - 1)
+    else:
+        health, health_expires = crontab(hour=21, minute=30, day_of_week="mon-fri"), 3600
     return {
         "smart-trading-pipeline": {
             "task": "app.tasks.smart_trading_pipeline",
@@ -37,6 +44,11 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             "task": "app.tasks.daily_summary",
             "schedule": crontab(hour=21, minute=15, day_of_week="mon-fri"),
             "options": {"expires": 3600},
+        },
+        "model-health": {
+            "task": "app.tasks.update_model_health",
+            "schedule": health,
+            "options": {"expires": health_expires, "queue": "default"},
         },
         "nightly-tune-then-train": {
             "task": "app.tasks.nightly_tune_then_train",
@@ -52,7 +64,12 @@ def celery_settings(settings: Settings) -> dict[str, Any]:
         # kombu hands these to create_engine: wait on SQLite locks instead of failing.
         broker_options = {"connect_args": {"timeout": 30}}
     return {
-        "imports": ("app.tasks.trading", "app.tasks.training", "app.tasks.backtest"),
+        "imports": (
+            "app.tasks.trading",
+            "app.tasks.training",
+            "app.tasks.backtest",
+            "app.tasks.model_health",
+        ),
         "broker_url": settings.broker_url,
         "broker_transport": EMBEDDED_TRANSPORT if settings.uses_embedded_broker else None,
         "result_backend": settings.result_backend,

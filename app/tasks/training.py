@@ -34,16 +34,20 @@ def prepare_symbol_bars(symbol: str, start: str, end: str) -> dict[str, Any]:
 
 @shared_task(bind=True, name="app.tasks.fit_models", soft_time_limit=3 * 3600, time_limit=3 * 3700)
 def fit_models(
-    self: Task, prepared: list[dict[str, Any]] | None = None, mode: str | None = None
+    self: Task,
+    prepared: list[dict[str, Any]] | None = None,
+    mode: str | None = None,
+    gated: bool = False,
 ) -> dict[str, Any]:
-    """Train on the prepared symbols and save the model atomically."""
+    """Train on the prepared symbols and save the model atomically; `gated` (the nightly
+    retrain): it replaces the current model only when not worse (champion / challenger)."""
     svc = services()
     symbols = [p["symbol"] for p in prepared or [] if p.get("bars")] or None
 
     def progress(stage: str, done: int, total: int) -> None:
         self.update_state(state="PROGRESS", meta={"stage": stage, "done": done, "total": total})
 
-    return fit_and_save(
+    result = fit_and_save(
         settings=svc.settings,
         db=svc.db,
         market=svc.venue.market,
@@ -52,28 +56,41 @@ def fit_models(
         symbols=symbols,
         mode=mode,
         progress=progress,
+        gated=gated,
     )
+    gate = result["gate"]
+    svc.notifier.notify(
+        f"Training: kept the {gate['kept']}",
+        f"Current model {result['current_version']} (challenger {result['version']}, "
+        f"champion {gate['champion'] or 'none'}): {gate['reason']}.",
+        "info" if gate["kept"] == "challenger" else "warning",
+    )
+    return result
 
 
 @shared_task(name="app.tasks.train_models_batch")
 def train_models_batch(mode: str | None = None) -> dict[str, Any]:
     """Start a batch training (the beat entry point); returns the fit task's id."""
     svc = services()
-    fit_id = start_batch_training(svc, mode, requested_by="beat")
+    fit_id = start_batch_training(svc, mode, requested_by="beat", gated=True)
     return {"fit_task_id": fit_id}
 
 
-def start_batch_training(svc: Any, mode: str | None, requested_by: str | None) -> str:
+def start_batch_training(
+    svc: Any, mode: str | None, requested_by: str | None, *, gated: bool = False
+) -> str:
     """Fan the watchlist out as a group of per-symbol data tasks, chorded into one fit.
+    `gated`: the champion / challenger gate decides (the nightly retrain); a manual request
+    (API, CLI, sim start-up) promotes its model as before, and reports what the gate says.
 
     Raises ConflictError naming the live one while another training is queued or running."""
     with job_slots.claim(
         svc.db, svc.celery, svc.redis, svc.settings.database_dir, JobKind.TRAINING
     ):
-        return _start_batch_training(svc, mode, requested_by)
+        return _start_batch_training(svc, mode, requested_by, gated)
 
 
-def _start_batch_training(svc: Any, mode: str | None, requested_by: str | None) -> str:
+def _start_batch_training(svc: Any, mode: str | None, requested_by: str | None, gated: bool) -> str:
     today = svc.venue.today()
     start, end = training_window(today, svc.settings.train_years, NyseCalendar())
     symbols = sorted(set(svc.settings.watchlist) | {"SPY"})
@@ -82,12 +99,12 @@ def _start_batch_training(svc: Any, mode: str | None, requested_by: str | None) 
         for s in symbols
     ]
     fit_id = str(uuid4())
-    body = fit_models.s(mode=mode).set(task_id=fit_id, queue=TRAINING_QUEUE)
+    body = fit_models.s(mode=mode, gated=gated).set(task_id=fit_id, queue=TRAINING_QUEUE)
     task_service.record(
         svc.db,
         fit_id,
         "app.tasks.fit_models",
-        {"mode": mode, "symbols": symbols, "subtasks": [h.id for h in header]},
+        {"mode": mode, "gated": gated, "symbols": symbols, "subtasks": [h.id for h in header]},
         requested_by,
     )
     chord(group(header))(body)

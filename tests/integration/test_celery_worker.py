@@ -64,3 +64,38 @@ def test_ping_task_round_trips(app: Flask, worker: support.Process) -> None:
     assert body["result"]["pong"] is True
     # the task ran in the worker process, not here
     assert body["result"]["worker"].split(":")[1] != str(__import__("os").getpid())
+
+
+def test_model_health_task_runs_in_a_real_worker(app: Flask, worker: support.Process) -> None:
+    """Beat's daily model-health entry, sent by name to the default queue: the worker scores
+    the recorded signals whose labels its market already has."""
+    from datetime import date
+
+    from app.container import Services
+    from app.market.calendar import NyseCalendar
+    from app.store.orm import SignalRecord
+
+    svc: Services = app.extensions["alpha_trader"]
+    symbols = list(svc.settings.watchlist)[:8]
+    sessions = NyseCalendar().sessions(date(2020, 11, 2), date(2020, 11, 30))
+    with svc.db.session() as session:
+        for day in sessions:
+            session.add_all(
+                SignalRecord(
+                    symbol=s,
+                    action="HOLD",
+                    predicted_return=float(i),
+                    confidence=0.5,
+                    dispersion=0.0,
+                    model_version="integration",
+                    as_of=day,
+                )
+                for i, s in enumerate(symbols)
+            )
+    result = app.extensions["celery"].send_task("app.tasks.update_model_health", queue="default")
+    try:
+        body = result.get(timeout=90)
+    except Exception:
+        raise AssertionError(worker.output()[-3000:]) from None
+    assert body["scored"] == len(sessions)  # the sim replay starts 2021-01-04: all labelled
+    assert {w["window"]: w["sessions"] for w in body["live"]} == {20: 20, 60: len(sessions)}
