@@ -14,6 +14,7 @@ from app.api import (
     auth,
     backtest,
     dashboard,
+    divergence,
     health,
     history,
     market,
@@ -44,6 +45,7 @@ def register_api(app: Flask) -> None:
         history,
         dashboard,
         backtest,
+        divergence,
     )
     for module in blueprints:
         api.register_blueprint(module.blp)

@@ -24,9 +24,12 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
     if settings.trading_mode is TradingMode.SIM:
         cycle: Any = timedelta(seconds=settings.sim_cycle_seconds)
         cycle_expires = max(1.0, settings.sim_cycle_seconds - 1)
+        # Sim replays a session per cycle: report every 10 sessions, not every one.
+        divergence: Any = timedelta(seconds=10 * settings.sim_cycle_seconds)
     else:
         cycle = crontab(minute=f"*/{every}", hour=settings.trading_hours_utc, day_of_week="mon-fri")
         cycle_expires = max(30, every * 60 - 60)
+        divergence = crontab(hour=21, minute=30, day_of_week="mon-fri")  # after the close
     return {
         "smart-trading-pipeline": {
             "task": "app.tasks.smart_trading_pipeline",
@@ -36,6 +39,11 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
         "daily-summary": {
             "task": "app.tasks.daily_summary",
             "schedule": crontab(hour=21, minute=15, day_of_week="mon-fri"),
+            "options": {"expires": 3600},
+        },
+        "divergence-report": {
+            "task": "app.tasks.divergence_report",
+            "schedule": divergence,
             "options": {"expires": 3600},
         },
         "nightly-tune-then-train": {
@@ -52,7 +60,12 @@ def celery_settings(settings: Settings) -> dict[str, Any]:
         # kombu hands these to create_engine: wait on SQLite locks instead of failing.
         broker_options = {"connect_args": {"timeout": 30}}
     return {
-        "imports": ("app.tasks.trading", "app.tasks.training", "app.tasks.backtest"),
+        "imports": (
+            "app.tasks.trading",
+            "app.tasks.training",
+            "app.tasks.backtest",
+            "app.tasks.divergence",
+        ),
         "broker_url": settings.broker_url,
         "broker_transport": EMBEDDED_TRANSPORT if settings.uses_embedded_broker else None,
         "result_backend": settings.result_backend,
