@@ -84,6 +84,8 @@ class Settings(BaseSettings):
     sim_starting_cash: float = Field(default=100_000.0, gt=0)
     sim_commission_bps: float = Field(default=0.0, ge=0, le=100)
     sim_slippage_bps: float = Field(default=5.0, ge=0, le=100)
+    #: A live fill further than this from the backtest's modelled price is a divergence.
+    divergence_fill_tolerance_bps: float = Field(default=10.0, ge=0, le=10_000)
     #: Seed of the synthetic market used when DATA_DIR is unset.
     sim_seed: int = 42
     #: In sim mode beat runs a cycle (one replayed session) this often, whatever the wall clock.

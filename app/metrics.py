@@ -256,6 +256,19 @@ for _reason in ("rejected", "never_reached_broker"):
     ORDERS_REJECTED.labels(stage="broker", reason=_reason)
 
 
+# ---------------------------------------------------------------------------- divergence
+
+DIVERGENCE_DIFFERENCES = StateGauge(
+    "alpha_divergence_differences",
+    "Orders live executed differently from the backtest replay of the live period, by kind",
+    ("kind",),
+)
+DIVERGENCE_FILL_BPS = StateGauge(
+    "alpha_divergence_max_fill_bps",
+    "Largest gap between a live fill price and the backtest's modelled price, in bps",
+)
+
+
 # ---------------------------------------------------------------------------- helpers
 
 
@@ -449,3 +462,10 @@ def task_finished(task_id: str | None, task: str, state: str | None) -> None:
 def task_failed(task: str, exception: BaseException | None) -> None:
     error = type(exception).__name__ if exception is not None else "unknown"
     CELERY_TASK_FAILURES.labels(task=task, exception=error).inc()
+
+
+def record_divergence(counts: Mapping[str, int], max_fill_bps: float) -> None:
+    """The last divergence report: one gauge per kind, so a non-zero panel names the kind."""
+    for kind, count in counts.items():
+        DIVERGENCE_DIFFERENCES.set(float(count), kind=kind)
+    DIVERGENCE_FILL_BPS.set(max_fill_bps)

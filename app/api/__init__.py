@@ -14,6 +14,7 @@ from app.api import (
     auth,
     backtest,
     dashboard,
+    divergence,
     health,
     history,
     market,
@@ -46,6 +47,7 @@ def register_api(app: Flask) -> None:
         history,
         dashboard,
         backtest,
+        divergence,
     )
     for module in blueprints:
         api.register_blueprint(module.blp)

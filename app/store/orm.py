@@ -248,3 +248,17 @@ class SimExchangeState(Base):
     session_day: Mapped[date] = mapped_column(Date)
     book: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class DivergenceRecord(Base):
+    """One divergence report: the live period replayed through the backtest, and what live did
+    differently (GET /api/divergence serves the latest)."""
+
+    __tablename__ = "divergence_reports"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    through: Mapped[date] = mapped_column(Date, index=True)
+    status: Mapped[str] = mapped_column(String(16))
+    differences: Mapped[int] = mapped_column(Integer, default=0)
+    report: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)

@@ -24,9 +24,12 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
     if settings.trading_mode is TradingMode.SIM:
         cycle: Any = timedelta(seconds=settings.sim_cycle_seconds)
         cycle_expires = max(1.0, settings.sim_cycle_seconds - 1)
+        # Sim replays a session per cycle: report every 10 sessions, not every one.
+        divergence: Any = timedelta(seconds=10 * settings.sim_cycle_seconds)
     else:
         cycle = crontab(minute=f"*/{every}", hour=settings.trading_hours_utc, day_of_week="mon-fri")
         cycle_expires = max(30, every * 60 - 60)
+        divergence = crontab(hour=21, minute=45, day_of_week="mon-fri")  # after the close
     # Model health after the close (labels of older sessions arrive with each new open); in
     # sim every few replayed sessions.
     if settings.trading_mode is TradingMode.SIM:
@@ -45,10 +48,16 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             "schedule": crontab(hour=21, minute=15, day_of_week="mon-fri"),
             "options": {"expires": 3600},
         },
+<<<<<<< HEAD
         "model-health": {
             "task": "app.tasks.update_model_health",
             "schedule": health,
             "options": {"expires": health_expires, "queue": "default"},
+        },
+        "divergence-report": {
+            "task": "app.tasks.divergence_report",
+            "schedule": divergence,
+            "options": {"expires": 3600},
         },
         "nightly-tune-then-train": {
             "task": "app.tasks.nightly_tune_then_train",
@@ -69,6 +78,7 @@ def celery_settings(settings: Settings) -> dict[str, Any]:
             "app.tasks.training",
             "app.tasks.backtest",
             "app.tasks.model_health",
+            "app.tasks.divergence",
         ),
         "broker_url": settings.broker_url,
         "broker_transport": EMBEDDED_TRANSPORT if settings.uses_embedded_broker else None,
