@@ -48,7 +48,6 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             "schedule": crontab(hour=21, minute=15, day_of_week="mon-fri"),
             "options": {"expires": 3600},
         },
-<<<<<<< HEAD
         "model-health": {
             "task": "app.tasks.update_model_health",
             "schedule": health,
