@@ -35,6 +35,7 @@ from app.domain import (
     SignalAction,
 )
 from app.logging_setup import cycle_context
+from app.market.universe import feature_universe
 from app.store.database import Database
 from app.store.orm import EquitySnapshot, FillRecord, OrderRecord, RiskEvent, SignalRecord
 from app.trading.cycle_lock import CycleLock
@@ -153,7 +154,7 @@ class TradingService:
         account = broker.get_account()
         positions = broker.get_positions()
         open_orders = broker.get_open_orders()
-        symbols = sorted(set(self._settings.watchlist) | {p.symbol for p in positions})
+        symbols = feature_universe(self._settings.watchlist, (p.symbol for p in positions))
         bars = self._venue.market.get_daily_bars(
             symbols, session - timedelta(days=LOOKBACK_CALENDAR_DAYS), session
         )
