@@ -39,6 +39,7 @@ from app.market.universe import feature_universe
 from app.store.database import Database
 from app.store.orm import EquitySnapshot, FillRecord, OrderRecord, RiskEvent, SignalRecord
 from app.trading.cycle_lock import CycleLock
+from app.trading.missing_signals import report_missing_signals
 from app.trading.notifier import Notifier
 from app.trading.orders import OPEN_STATUSES, OrderService
 from app.trading.risk import ProposedOrder, RiskLimits, RiskStateStore, daily_pnl
@@ -159,6 +160,7 @@ class TradingService:
             symbols, session - timedelta(days=LOOKBACK_CALENDAR_DAYS), session
         )
         signals, problem = self._signals.signals(bars, session)
+        report_missing_signals(self._db, self._notifier, symbols, bars, signals, session, problem)
         if problem:
             result.problem = problem
             self._notifier.notify("No trading signals", problem, "warning")
