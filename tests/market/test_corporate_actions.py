@@ -97,7 +97,7 @@ def test_split_and_dividend_readjust_the_cached_history(
     assert readjusted_total("dividend") == dividends + 1
     live = latest_features(after, after["SPY"], date(2021, 6, 16))
     expected = clean_features(date(2021, 6, 16))
-    pd.testing.assert_frame_equal(live, expected, rtol=1e-9)
+    pd.testing.assert_frame_equal(live, expected, check_exact=True)
     assert live.loc["NVDA", "ret_5"] == pytest.approx(expected.loc["NVDA", "ret_5"])
     assert abs(live.loc["NVDA", "ret_5"]) < 0.2  # not the -90 % of a split-corrupted history
 
@@ -123,7 +123,7 @@ def test_a_raw_bar_after_a_split_is_rejected_until_the_history_is_adjusted(
     after = cache.get_daily_bars(SYMBOLS, START, date(2021, 6, 14))
     assert [r.symbol for r in cache.readjustments] == ["NVDA"]
     live = latest_features(after, after["SPY"], date(2021, 6, 14))
-    pd.testing.assert_frame_equal(live, clean_features(date(2021, 6, 14)), rtol=1e-9)
+    pd.testing.assert_frame_equal(live, clean_features(date(2021, 6, 14)), check_exact=True)
 
 
 def test_sessions_missing_upstream_are_fetched_again(
