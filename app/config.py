@@ -77,6 +77,11 @@ class Settings(BaseSettings):
     #: Longest a read may spend waiting to retry (429s, 5xx, dropped connections).
     alpaca_retry_seconds: float = Field(default=15.0, ge=0, le=300)
     alpaca_data_feed: str = Field(default="iex", pattern="^(iex|sip|delayed_sip)$")
+    #: Bar validation: a bar whose whole range lies beyond (1 + this) times the previous close,
+    #: up or down, is rejected as an unadjusted split/dividend or a bad print.
+    bar_max_jump: float = Field(default=0.6, gt=0, le=100)
+    #: Stored sessions each incremental bar fetch re-requests to detect re-adjusted history.
+    bar_overlap_sessions: int = Field(default=5, ge=0, le=60)
 
     # --- sim mode ---
     #: The replay starts at this session; each trading cycle advances one session.

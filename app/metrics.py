@@ -159,6 +159,14 @@ PREDICTION_CONFIDENCE = Histogram(
     ["action"],
     buckets=_CONFIDENCE_BUCKETS,
 )
+SIGNALS_MISSING = Counter(
+    "alpha_signal_missing_total", "Universe symbols a cycle had no signal for", ["reason"]
+)
+BARS_READJUSTED = Counter(
+    "alpha_bars_readjusted_total",
+    "Symbols whose cached bars were re-adjusted upstream and re-fetched",
+    ["kind"],
+)
 MODEL_AGE = StateGauge("alpha_model_age_seconds", "Age of the model the last cycle used")
 MODEL_CREATED = StateGauge(
     "alpha_model_created_timestamp_seconds",
@@ -364,6 +372,16 @@ def record_signals(signals: Iterable[Signal]) -> None:
         action = signal.action.value
         SIGNALS.labels(action=action).inc()
         PREDICTION_CONFIDENCE.labels(action=action).observe(signal.confidence)
+
+
+def record_signals_missing(reasons: Iterable[str]) -> None:
+    """One count per symbol without a signal, labelled by its reason code (a few values)."""
+    for reason in reasons:
+        SIGNALS_MISSING.labels(reason=reason).inc()
+
+
+def record_bars_readjusted(kind: str) -> None:
+    BARS_READJUSTED.labels(kind=kind).inc()
 
 
 def record_model(meta: Mapping[str, Any] | None, now: datetime | None = None) -> None:

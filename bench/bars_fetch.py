@@ -80,6 +80,30 @@ def run_once(
     return cold, warm
 
 
+def run_next_session(fake: FakeAlpaca, symbols: list[str], limiter: SlidingWindowLimiter) -> Fetch:
+    """The daily update: a cache filled up to the session before END fetches END (one new
+    session per symbol plus the overlap re-checked for re-adjusted history)."""
+    before = date(2021, 12, 30)
+    clock = {"now": datetime(2021, 12, 31, 1, 0, tzinfo=UTC)}  # after 2021-12-30's close
+    with tempfile.TemporaryDirectory(prefix="bars-bench-") as tmp:
+        url = f"sqlite:///{tmp}/bars.db"
+        migrations.upgrade(url)
+        db = Database()
+        db.configure(url)
+        market = AlpacaMarketData("key", "secret", data_url=fake.base_url, limiter=limiter)
+        try:
+            cache = CachedMarketData(market, db, now=lambda: clock["now"])
+            fake.set_today(before)
+            cache.get_daily_bars(symbols, START, before)
+            fake.set_today(END)
+            clock["now"] = NOW
+            return timed_fetch(cache, fake, symbols)
+        finally:
+            fake.set_today(END)
+            market.close()
+            db.dispose()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--runs", type=int, default=5, help="cold+warm repetitions (default 5)")
@@ -106,6 +130,8 @@ def main(argv: list[str] | None = None) -> None:
                 f"warm {warm.seconds:.3f}s {warm.http_requests} req ({warm.bars} bars)"
             )
 
+        nexts = [run_next_session(fake, symbols, limiter) for _ in range(runs)]
+
     def med(values: list[float]) -> float:
         return float(statistics.median(values))
 
@@ -119,6 +145,10 @@ def main(argv: list[str] | None = None) -> None:
         f"warm (median of {runs}): {warm_s:.3f} s, "
         f"{med([f.http_requests for f in warms]):g} HTTP requests, "
         f"{med([f.bars for f in warms]):g} bars"
+    )
+    print(
+        f"next session (median of {runs}): {med([f.seconds for f in nexts]):.3f} s, "
+        f"{med([f.http_requests for f in nexts]):g} HTTP requests"
     )
     ratio = cold_s / warm_s if warm_s > 0 else float("inf")
     print(f"cold/warm time ratio: {ratio:.1f}x")

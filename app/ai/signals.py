@@ -7,18 +7,24 @@ alerts, instead of trading on nothing or on a model that no longer knows the mar
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Protocol
 
+import pandas as pd
+
 from app import metrics
 from app.ai.ensemble import SymbolPrediction
 from app.ai.features import (
+    FEATURE_COLUMNS,
+    MAX_LOOKBACK,
     latest_features,
 )
 from app.ai.store import ModelStore
 from app.domain import BarFrame, Signal, SignalAction
+from app.market.universe import BENCHMARK
+from app.market.validation import recent_rejection
 
 NO_MODEL = "no trained model yet: run `flask --app app train` or POST /api/training/start/batch"
 
@@ -107,3 +113,54 @@ def make_signal(
         dispersion=float(prediction.dispersion),
         model_version=model_version,
     )
+
+
+#: Why a universe symbol got no signal; the code before ":" labels the metric.
+MISSING_CODES = (
+    "no_bars",
+    "no_session_bar",
+    "rejected",
+    "too_few_bars",
+    "feature_nan",
+    "no_prediction",
+)
+
+
+def missing_signal_reasons(
+    universe: Iterable[str],
+    bars: Mapping[str, BarFrame],
+    session: date,
+    signals: Mapping[str, Signal],
+    rejection: Callable[[str, date], str | None] = recent_rejection,
+) -> dict[str, str]:
+    """For each universe symbol without a signal, why: "<code>: <detail>" (MISSING_CODES).
+
+    Walks the steps a signal needs (bars, the session's own bar, MAX_LOOKBACK bars, finite
+    features, a prediction) on the bars the source saw, so it explains any SignalSource.
+    `rejection(symbol, day)` names a bar validation refused (default: this process's log).
+    """
+    day = pd.Timestamp(session).normalize()
+    spy = bars.get(BENCHMARK)
+    out: dict[str, str] = {}
+    for symbol in sorted(set(universe) - set(signals)):
+        frame = bars.get(symbol)
+        upto = frame.loc[:day] if frame is not None else None
+        refused = rejection(symbol, session)
+        if upto is None or upto.empty or upto.index[-1] != day:
+            if refused:
+                out[symbol] = f"rejected: the bar of {session} was rejected ({refused})"
+            elif upto is None or upto.empty:
+                out[symbol] = f"no_bars: no bars up to {session}"
+            else:
+                last = upto.index[-1].date()
+                out[symbol] = f"no_session_bar: no bar for {session} (the last is {last})"
+        elif len(upto) < MAX_LOOKBACK:
+            out[symbol] = f"too_few_bars: {len(upto)} bars, the features need {MAX_LOOKBACK}"
+        else:
+            row = latest_features({symbol: upto}, spy, session)
+            nan = [c for c in FEATURE_COLUMNS if symbol in row.index and pd.isna(row.at[symbol, c])]
+            if nan:
+                out[symbol] = f"feature_nan: {', '.join(nan)} not finite on {session}"
+            else:
+                out[symbol] = "no_prediction: the model gave none (not trained on this symbol?)"
+    return out

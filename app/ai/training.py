@@ -45,6 +45,7 @@ from app.ai.store import ModelStore
 from app.config import Settings
 from app.domain import BarFrame, MarketData
 from app.market.calendar import NyseCalendar
+from app.market.universe import BENCHMARK, feature_universe
 from app.store.database import Database
 from app.store.orm import ModelRun
 
@@ -66,7 +67,7 @@ def training_window(today: date, years: float, calendar: NyseCalendar) -> tuple[
 def load_bars(
     market: MarketData, symbols: Sequence[str], start: date, end: date
 ) -> dict[str, BarFrame]:
-    universe = sorted(set(symbols) | {"SPY"})
+    universe = feature_universe(symbols)
     bars = market.get_daily_bars(universe, start, end)
     return {s: f for s, f in bars.items() if len(f)}
 
@@ -92,13 +93,13 @@ def fit_and_save(
     started = time.perf_counter()
     report("data", 0, 3)
     bars = load_bars(market, symbols or settings.watchlist, start, end)
-    if "SPY" not in bars:
-        raise ValueError("SPY bars are needed: features measure strength relative to SPY")
+    if BENCHMARK not in bars:
+        raise ValueError(f"{BENCHMARK} bars are needed: features measure strength relative to it")
     report("fit", 1, 3)
     params = load_best_params(settings.best_params_dir, mode)
     day = _day(end)
     features = build_features(
-        {sym: frame.loc[:day] for sym, frame in bars.items()}, bars["SPY"].loc[:day]
+        {sym: frame.loc[:day] for sym, frame in bars.items()}, bars[BENCHMARK].loc[:day]
     )
     bundle = train(
         None,

@@ -14,6 +14,7 @@ from app.api.symbols import known_symbol
 from app.api.tasks import started
 from app.container import services
 from app.errors import ConflictError, NotFoundError
+from app.market.universe import feature_universe
 from app.store import tasks as task_service
 from app.trading.cycle import LOOKBACK_CALENDAR_DAYS
 
@@ -31,7 +32,8 @@ def signal(symbol: str) -> dict[str, Any]:
             "or `flask --app app train`"
         )
     session = svc.venue.today()
-    universe = sorted(set(svc.settings.watchlist) | {symbol, "SPY"})
+    held = [p.symbol for p in svc.venue.broker.get_positions()]
+    universe = feature_universe(svc.settings.watchlist, [*held, symbol])  # what the cycle sees
 
     def compute() -> dict[str, Any]:
         bars = svc.venue.market.get_daily_bars(

@@ -19,6 +19,7 @@ from app.domain import (
     Signal,
 )
 from app.errors import ValidationError
+from app.market.universe import BENCHMARK
 from app.trading.risk import RiskLimits
 from app.trading.strategy import StrategyConfig
 
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
 CYCLE_KEY = "eod"
 #: Cycle key of stop-loss / take-profit exits found inside a bar.
 INTRADAY_KEY = "intraday"
-BENCHMARK_SYMBOL = "SPY"
+BENCHMARK_SYMBOL = BENCHMARK
 #: Calendar days of history loaded before the first session beyond the training window:
 #: the 120-bar feature warm-up plus holidays.
 WARMUP_CALENDAR_DAYS = 400

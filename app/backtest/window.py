@@ -10,13 +10,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from app.backtest.results import BENCHMARK_SYMBOL, WARMUP_CALENDAR_DAYS
+from app.backtest.results import WARMUP_CALENDAR_DAYS
 from app.domain import (
     BarFrame,
     MarketData,
 )
 from app.errors import ValidationError
 from app.market.calendar import NyseCalendar
+from app.market.universe import feature_universe
 from app.trading.cycle import LOOKBACK_CALENDAR_DAYS
 from app.trading.risk import RiskLimits
 
@@ -28,7 +29,7 @@ def load_bars(
     market: MarketData, symbols: Sequence[str], start: date, end: date
 ) -> dict[str, BarFrame]:
     """The universe plus SPY (features and benchmark) from `start` to `end`; empty frames out."""
-    wanted = sorted({s.upper() for s in symbols} | {BENCHMARK_SYMBOL})
+    wanted = feature_universe(symbols)
     bars = market.get_daily_bars(wanted, start, end)
     return {s: f for s, f in bars.items() if len(f)}
 

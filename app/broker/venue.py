@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import date
 
 from app.broker.alpaca import AlpacaBroker
 from app.broker.alpaca_client import RetryPolicy
@@ -20,6 +20,7 @@ from app.domain import Broker, MarketData
 from app.errors import ConfigError
 from app.market.cache import CachedMarketData
 from app.market.calendar import NyseCalendar
+from app.market.sessions import BrokerSessions
 from app.market.sources import CsvMarketData, SyntheticMarketData
 from app.store.database import Database
 
@@ -29,7 +30,8 @@ class Venue:
     name: str
     broker: Broker
     market: MarketData
-    #: The session date decisions are made for: the replay session in sim, the date live.
+    #: The session date decisions are made for: the replay session in sim; live, the New York
+    #: date of the broker's clock (app/market/sessions.py: one date for cache, API and cycle).
     today: Callable[[], date]
     #: The price orders would fill at now.
     latest_price: Callable[[str], float]
@@ -37,6 +39,8 @@ class Venue:
     #: asset endpoint live); the API answers 404 for the rest instead of an empty result.
     knows_symbol: Callable[[str], bool]
     symbols: Callable[[], list[str]] | None = None
+    #: The last session whose daily bar is final (live: from the broker's clock, as the cache).
+    last_closed_session: Callable[[], date] | None = None
 
 
 def build_venue(settings: Settings, db: Database) -> Venue:
@@ -73,6 +77,7 @@ def _sim_venue(settings: Settings, db: Database) -> Venue:
         latest_price=exchange.latest_price,
         knows_symbol=lambda symbol: symbol in reader.available_symbols(),
         symbols=reader.available_symbols,
+        last_closed_session=exchange.session,  # a replayed session is decided at its close
     )
 
 
@@ -107,11 +112,22 @@ def _alpaca_venue(settings: Settings, db: Database) -> Venue:
         limiter=limiter,
         retry=RetryPolicy(max_total_wait=settings.alpaca_retry_seconds),
     )
+    calendar = NyseCalendar()
+    sessions = BrokerSessions(broker.get_clock, calendar)
+    market = CachedMarketData(
+        data,
+        db,
+        calendar,
+        sessions=sessions,
+        overlap_sessions=settings.bar_overlap_sessions,
+        max_jump=settings.bar_max_jump,
+    )
     return Venue(
         name="alpaca-paper" if settings.alpaca_paper else "alpaca-live",
         broker=broker,
-        market=CachedMarketData(data, db),
-        today=lambda: datetime.now(UTC).date(),
+        market=market,
+        today=sessions.today,
         latest_price=data.get_latest_price,
         knows_symbol=lambda symbol: broker.get_asset(symbol) is not None,
+        last_closed_session=sessions.last_closed_session,
     )

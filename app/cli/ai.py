@@ -17,6 +17,7 @@ from app.ai.tuning_storage import storage_url_for
 from app.container import services
 from app.market.calendar import NyseCalendar
 from app.market.sources import CsvMarketData
+from app.market.universe import BENCHMARK, feature_universe
 
 MODES = click.Choice(["pooled", "per-symbol", "per_symbol"])
 
@@ -66,7 +67,7 @@ def optimize_command(mode: str | None, symbols: str | None, n_trials: int, timeo
     bars = load_bars(svc.venue.market, _symbols(symbols, list(settings.watchlist)), start, end)
     result = optimize(
         bars,
-        bars.get("SPY"),
+        bars.get(BENCHMARK),
         mode=(mode or settings.model_mode).replace("-", "_"),  # type: ignore[arg-type]
         storage_url=settings.optuna_storage or storage_url_for(settings.sql_url),
         n_trials=n_trials,
@@ -104,10 +105,10 @@ def evaluate_command(
     source = CsvMarketData(data_dir)
     wanted = _symbols(symbols, source.available_symbols())
     history = start.date() - timedelta(days=int(train_years * 366) + 200)
-    bars = source.get_daily_bars(sorted(set(wanted) | {"SPY"}), history, end.date())
+    bars = source.get_daily_bars(feature_universe(wanted), history, end.date())
     result: dict[str, Any] = evaluate(
         bars,
-        bars.get("SPY"),
+        bars.get(BENCHMARK),
         start.date(),
         end.date(),
         mode.replace("-", "_"),  # type: ignore[arg-type]

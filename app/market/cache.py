@@ -4,6 +4,16 @@ A fetch asks the upstream source only for the days outside what is already cover
 symbols per request, validates what arrives (bad bars are rejected with a logged, counted
 reason) and stores the clean bars. Bars of a session that has not closed yet are served but never
 stored, so a partial daily bar cannot stick.
+
+Corporate actions: every incremental fetch also re-requests the last `overlap_sessions` stored
+sessions; when upstream's closes there differ from the stored ones (beyond `tolerance`,
+relative), a split or dividend has re-adjusted the history, and the symbol's whole cached
+window is fetched again and replaces what was stored (logged, counted in
+alpha_bars_readjusted_total, listed in `readjustments`).
+
+Coverage ends at the last session whose bar actually arrived (and passed validation), so
+sessions missing upstream (an outage, a feed gap, a bar rejected by validation) are asked for
+again by the next fetch instead of being covered forever.
 """
 
 from __future__ import annotations
@@ -11,25 +21,65 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from datetime import UTC, date, datetime, timedelta
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from app import metrics
 from app.domain import BAR_COLUMNS, BarFrame, MarketData
 from app.market.calendar import NyseCalendar
-from app.market.validation import validate_bars
+from app.market.sessions import CalendarSessions, SessionClock
+from app.market.validation import DEFAULT_MAX_JUMP, validate_bars
 from app.store.database import Database
 from app.store.orm import BarCoverage, BarRecord
 
 log = logging.getLogger(__name__)
 
+#: Stored sessions each incremental fetch asks for again, to notice re-adjusted history.
+DEFAULT_OVERLAP_SESSIONS = 5
+#: Relative difference of a close that counts as re-adjusted (float noise is ~1e-15; a
+#: quarterly dividend of 0.1 % is 1e-3).
+DEFAULT_TOLERANCE = 1e-5
+
+
+@dataclass(frozen=True)
+class Readjustment:
+    """A symbol whose stored history upstream re-adjusted, and what was done about it."""
+
+    symbol: str
+    day: date
+    stored_close: float
+    upstream_close: float
+    refetched_from: date
+    refetched_to: date
+
+    @property
+    def kind(self) -> str:
+        """ "split" for a large factor, else "dividend" (a small back-adjustment)."""
+        ratio = self.upstream_close / self.stored_close
+        return "split" if not 0.8 < ratio < 1.25 else "dividend"
+
+    @property
+    def reason(self) -> str:
+        return (
+            f"{self.symbol}: stored close {self.stored_close:.6g} on {self.day} is "
+            f"{self.upstream_close:.6g} upstream (x{self.upstream_close / self.stored_close:.6g},"
+            f" a {self.kind} re-adjusted the history): re-fetched {self.refetched_from} to "
+            f"{self.refetched_to}"
+        )
+
 
 class CachedMarketData:
-    """MarketData that reads through the database cache to an upstream source."""
+    """MarketData that reads through the database cache to an upstream source.
+
+    `sessions` says which session last closed (paper/live: the broker's clock); without it
+    the NYSE calendar at `now()` (default: the machine's clock) does.
+    """
 
     def __init__(
         self,
@@ -37,19 +87,31 @@ class CachedMarketData:
         db: Database,
         calendar: NyseCalendar | None = None,
         now: Callable[[], datetime] | None = None,
+        *,
+        sessions: SessionClock | None = None,
+        overlap_sessions: int = DEFAULT_OVERLAP_SESSIONS,
+        tolerance: float = DEFAULT_TOLERANCE,
+        max_jump: float | None = DEFAULT_MAX_JUMP,
     ) -> None:
         self.upstream = upstream
         self._db = db
         self._calendar = calendar or NyseCalendar()
-        self._now = now or (lambda: datetime.now(UTC))
+        self._sessions = sessions or CalendarSessions(self._calendar, now)
+        self._overlap = max(overlap_sessions, 0)
+        self._tolerance = tolerance
+        self._max_jump = max_jump
         self.upstream_requests = 0
+        self.readjustments: list[Readjustment] = []
 
     def get_latest_price(self, symbol: str) -> float:
         return self.upstream.get_latest_price(symbol)
 
+    def last_closed_session(self) -> date:
+        return self._sessions.last_closed_session()
+
     def get_daily_bars(self, symbols: Sequence[str], start: date, end: date) -> dict[str, BarFrame]:
         symbols = [s.upper() for s in symbols]
-        last_closed = self._last_closed_session()
+        last_closed = self.last_closed_session()
         cache_end = min(end, last_closed)
         if start <= cache_end:
             self._fill(symbols, start, cache_end)
@@ -58,17 +120,18 @@ class CachedMarketData:
             self._append_unclosed(frames, symbols, max(start, last_closed + timedelta(days=1)), end)
         return frames
 
-    def _last_closed_session(self) -> date:
-        now = self._now()
-        day = self._calendar.session_on_or_before(now.date())
-        if self._calendar.session_close(day) > now:
-            day = self._calendar.previous_session(day)
-        return day
+    def _overlap_start(self, cover: BarCoverage) -> date:
+        """The first of the last `overlap_sessions` sessions up to the coverage's end."""
+        if self._overlap == 0:
+            return cover.last_day + timedelta(days=1)
+        back = cover.last_day - timedelta(days=self._overlap * 2 + 10)
+        recent = self._calendar.sessions(back, cover.last_day)[-self._overlap :]
+        return max(recent[0] if recent else cover.last_day, cover.first_day)
 
     def _fill(self, symbols: list[str], start: date, end: date) -> None:
         with self._db.session() as session:
             coverage = {
-                c.symbol: c
+                c.symbol: (c.first_day, c.last_day, self._overlap_start(c))
                 for c in session.scalars(select(BarCoverage).where(BarCoverage.symbol.in_(symbols)))
             }
         missing: dict[tuple[date, date], list[str]] = defaultdict(list)
@@ -77,25 +140,85 @@ class CachedMarketData:
             if have is None:
                 missing[(start, end)].append(symbol)
                 continue
-            if start < have.first_day:
-                missing[(start, have.first_day - timedelta(days=1))].append(symbol)
-            if end > have.last_day:
-                missing[(have.last_day + timedelta(days=1), end)].append(symbol)
+            first_day, last_day, overlap_start = have
+            if start < first_day:
+                missing[(start, first_day - timedelta(days=1))].append(symbol)
+            if end > last_day:
+                missing[(min(overlap_start, end), end)].append(symbol)
         for (span_start, span_end), group in sorted(missing.items()):
             self.upstream_requests += 1
             fetched = self.upstream.get_daily_bars(group, span_start, span_end)
-            self._store(group, fetched, span_start, span_end)
+            readjusted = self._readjusted(group, fetched, span_start, span_end)
+            self._store([s for s in group if s not in readjusted], fetched, span_start)
+            if readjusted:
+                self._refetch(readjusted, span_end)
 
-    def _store(
+    def _readjusted(
         self, symbols: list[str], fetched: dict[str, BarFrame], start: date, end: date
-    ) -> None:
-        """Upsert clean bars and widen coverage; safe when processes fill the same span."""
+    ) -> dict[str, Readjustment]:
+        """Symbols whose stored closes in [start, end] differ from the ones just fetched."""
+        with self._db.session() as session:
+            rows = session.execute(
+                select(BarRecord.symbol, BarRecord.day, BarRecord.close).where(
+                    BarRecord.symbol.in_(symbols), BarRecord.day.between(start, end)
+                )
+            ).all()
+            first = dict(
+                session.execute(
+                    select(BarCoverage.symbol, BarCoverage.first_day).where(
+                        BarCoverage.symbol.in_(symbols)
+                    )
+                ).all()
+            )
+        found: dict[str, Readjustment] = {}
+        for symbol, day, stored in sorted(rows):
+            frame = fetched.get(symbol)
+            if symbol in found or frame is None or frame.empty:
+                continue
+            ts = pd.Timestamp(day)
+            if ts not in frame.index:
+                continue
+            upstream = float(frame.at[ts, "close"])
+            if abs(upstream - stored) > self._tolerance * abs(stored):
+                found[symbol] = Readjustment(
+                    symbol, day, float(stored), upstream, first.get(symbol, start), end
+                )
+        return found
+
+    def _refetch(self, readjusted: dict[str, Readjustment], end: date) -> None:
+        """Replace each re-adjusted symbol's cached window with a fresh copy from upstream."""
+        by_start: dict[date, list[str]] = defaultdict(list)
+        for symbol, found in readjusted.items():
+            by_start[found.refetched_from].append(symbol)
+            log.warning("re-adjusted history: %s", found.reason)
+            metrics.record_bars_readjusted(found.kind)
+            self.readjustments.append(found)
+        for start, group in sorted(by_start.items()):
+            self.upstream_requests += 1
+            fetched = self.upstream.get_daily_bars(group, start, end)
+            with self._db.session() as session:
+                session.execute(
+                    delete(BarRecord).where(
+                        BarRecord.symbol.in_(group), BarRecord.day.between(start, end)
+                    )
+                )
+                session.execute(delete(BarCoverage).where(BarCoverage.symbol.in_(group)))
+            self._store(group, fetched, start)
+
+    def _store(self, symbols: list[str], fetched: dict[str, BarFrame], start: date) -> None:
+        """Upsert clean bars; coverage grows to `start` and to the last bar that arrived.
+
+        Safe when processes fill the same span (upserts, row lock on the coverage)."""
         rows: list[dict[str, object]] = []
+        received: dict[str, date] = {}
         for symbol in symbols:
             frame = fetched.get(symbol)
             if frame is None or frame.empty:
                 continue
-            clean = validate_bars(symbol, frame, self._calendar).clean_frame
+            clean = validate_bars(symbol, frame, self._calendar, self._max_jump).clean_frame
+            if clean.empty:
+                continue
+            received[symbol] = clean.index[-1].date()
             values = clean[list(BAR_COLUMNS)].to_numpy(dtype=float)
             rows.extend(
                 {
@@ -113,16 +236,19 @@ class CachedMarketData:
                     rows[i : i + 5000],
                 )
             for symbol in symbols:
-                session.execute(
-                    _upsert(dialect, BarCoverage, ["symbol"], []),
-                    [{"symbol": symbol, "first_day": start, "last_day": end}],
-                )
+                last = received.get(symbol)
+                if last is not None:
+                    session.execute(
+                        _upsert(dialect, BarCoverage, ["symbol"], []),
+                        [{"symbol": symbol, "first_day": start, "last_day": last}],
+                    )
                 cover = session.get(
                     BarCoverage, symbol, with_for_update=True, populate_existing=True
                 )
                 if cover is not None:
                     cover.first_day = min(cover.first_day, start)
-                    cover.last_day = max(cover.last_day, end)
+                    if last is not None:
+                        cover.last_day = max(cover.last_day, last)
 
     def _read(self, symbols: list[str], start: date, end: date) -> dict[str, BarFrame]:
         frames: dict[str, BarFrame] = {}

@@ -117,6 +117,18 @@ class SignalRecord(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
 
+class MissingSignal(Base):
+    """A universe symbol a cycle had no signal for, and why (app/trading/missing_signals.py)."""
+
+    __tablename__ = "missing_signals"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    symbol: Mapped[str] = mapped_column(String(16), index=True)
+    as_of: Mapped[date] = mapped_column(Date, index=True)
+    reason: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
 class EquitySnapshot(Base):
     __tablename__ = "equity_snapshots"
 

@@ -15,6 +15,7 @@ from app.ai.tuning import optimize
 from app.ai.tuning_storage import storage_url_for
 from app.container import services
 from app.market.calendar import NyseCalendar
+from app.market.universe import BENCHMARK, feature_universe
 from app.store import tasks as task_service
 from app.tasks import job_slots
 from app.tasks.celery_config import TRAINING_QUEUE
@@ -93,7 +94,7 @@ def start_batch_training(
 def _start_batch_training(svc: Any, mode: str | None, requested_by: str | None, gated: bool) -> str:
     today = svc.venue.today()
     start, end = training_window(today, svc.settings.train_years, NyseCalendar())
-    symbols = sorted(set(svc.settings.watchlist) | {"SPY"})
+    symbols = feature_universe(svc.settings.watchlist)
     header = [
         prepare_symbol_bars.si(s, start.isoformat(), end.isoformat()).set(task_id=str(uuid4()))
         for s in symbols
@@ -133,7 +134,7 @@ def optimize_hyperparameters_for_watchlist(
     bars = load_bars(svc.venue.market, symbols or settings.watchlist, start, end)
     return optimize(
         bars,
-        bars.get("SPY"),
+        bars.get(BENCHMARK),
         mode=mode,  # type: ignore[arg-type]
         storage_url=settings.optuna_storage or storage_url_for(settings.sql_url),
         n_trials=n_trials,

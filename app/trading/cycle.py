@@ -35,9 +35,11 @@ from app.domain import (
     SignalAction,
 )
 from app.logging_setup import cycle_context
+from app.market.universe import feature_universe
 from app.store.database import Database
 from app.store.orm import EquitySnapshot, FillRecord, OrderRecord, RiskEvent, SignalRecord
 from app.trading.cycle_lock import CycleLock
+from app.trading.missing_signals import report_missing_signals
 from app.trading.notifier import Notifier
 from app.trading.orders import OPEN_STATUSES, OrderService
 from app.trading.risk import ProposedOrder, RiskLimits, RiskStateStore, daily_pnl
@@ -153,11 +155,12 @@ class TradingService:
         account = broker.get_account()
         positions = broker.get_positions()
         open_orders = broker.get_open_orders()
-        symbols = sorted(set(self._settings.watchlist) | {p.symbol for p in positions})
+        symbols = feature_universe(self._settings.watchlist, (p.symbol for p in positions))
         bars = self._venue.market.get_daily_bars(
             symbols, session - timedelta(days=LOOKBACK_CALENDAR_DAYS), session
         )
         signals, problem = self._signals.signals(bars, session)
+        report_missing_signals(self._db, self._notifier, symbols, bars, signals, session, problem)
         if problem:
             result.problem = problem
             self._notifier.notify("No trading signals", problem, "warning")

@@ -37,6 +37,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as dtime
@@ -282,6 +283,9 @@ class FakeAlpaca:
         #: Assets Alpaca trades in whole shares only: fractional orders are rejected (422).
         self.non_fractionable: set[str] = set()
         self.early_closes: dict[date, str] = {}
+        #: Rewrites what the bars route serves (tests/fakes/corporate_actions.py): (symbol,
+        #: the CSV's bars, today) -> the bars to serve.
+        self.bars_hook: Callable[[str, _Bars, date], _Bars] | None = None
         self.request_counts: Counter[str] = Counter()
         #: (unix time, "METHOD /path") of every request, in arrival order.
         self.request_log: list[tuple[float, str]] = []
@@ -952,6 +956,8 @@ class FakeAlpaca:
             bars = self._bars(symbol)
             if bars is None:
                 continue
+            if self.bars_hook is not None:
+                bars = self.bars_hook(symbol, bars, self.today)
             for day, (o, hi, lo, c, v) in zip(bars.days, bars.rows, strict=True):
                 if day > self.today:
                     break

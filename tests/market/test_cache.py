@@ -61,7 +61,9 @@ def test_extension_fetches_only_the_missing_days(source: CountingSource) -> None
     cache = CachedMarketData(source, db, now=lambda: after_close(date(2022, 1, 3)))
     cache.get_daily_bars(["AAPL"], date(2020, 1, 1), date(2020, 6, 30))
     cache.get_daily_bars(["AAPL"], date(2020, 1, 1), date(2020, 12, 31))
-    assert source.requests[1] == (("AAPL",), date(2020, 7, 1), date(2020, 12, 31))
+    # The missing days, plus the last 5 stored sessions again (re-adjusted history check).
+    assert source.requests[1] == (("AAPL",), date(2020, 6, 24), date(2020, 12, 31))
+    assert cache.readjustments == []
     frame = cache.get_daily_bars(["AAPL"], date(2020, 1, 1), date(2020, 12, 31))["AAPL"]
     assert len(frame) == 253
     assert len(source.requests) == 2
