@@ -16,9 +16,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, timedelta
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
 
@@ -27,8 +26,8 @@ from app.backtest.engine import run_backtest
 from app.backtest.results import BacktestConfig, OrderLog
 from app.backtest.window import load_bars
 from app.config import Settings
-from app.domain import BarFrame, MarketClock, MarketData, OrderStatus, Signal, SignalAction
-from app.market.calendar import NyseCalendar
+from app.domain import BarFrame, MarketData, OrderStatus, Signal, SignalAction
+from app.market.sessions import new_york_date
 from app.store.database import Database
 from app.store.divergence import save_report
 from app.store.orm import EquitySnapshot, FillRecord, OrderRecord, SignalRecord
@@ -38,7 +37,6 @@ from app.trading.strategy import StrategyConfig
 
 log = logging.getLogger(__name__)
 
-NEW_YORK = ZoneInfo("America/New_York")
 #: Exits found inside a bar: keyed by their fill session, on both sides.
 INTRADAY_PURPOSES = frozenset({"stop_loss", "take_profit"})
 #: History loaded before the first live session: the feature window plus holidays.
@@ -327,7 +325,7 @@ class DivergenceService:
                 if purpose in INTRADAY_PURPOSES or r.cycle_id == "protective":
                     if not filled or r.id not in first_fill:
                         continue  # a protective order that never filled is not a trade
-                    day = _new_york_date(first_fill[r.id])
+                    day = new_york_date(first_fill[r.id])
                     if day > through:
                         continue
                     out.append(
@@ -363,15 +361,3 @@ class DivergenceService:
         with self._db.session() as session:
             first = session.scalar(select(EquitySnapshot.equity).order_by(EquitySnapshot.id))
         return float(first) if first else self._settings.sim_starting_cash
-
-
-def _new_york_date(moment: datetime) -> date:
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(NEW_YORK).date()
-
-
-def last_closed_session(clock: MarketClock, calendar: NyseCalendar) -> date:
-    """The session before the one whose close comes next: today's predecessor while the market
-    is open, the session that just closed once it is not."""
-    return calendar.previous_session(_new_york_date(clock.next_close))

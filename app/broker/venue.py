@@ -38,9 +38,9 @@ class Venue:
     #: Whether the venue lists the symbol at all (the data source's files in sim, Alpaca's
     #: asset endpoint live); the API answers 404 for the rest instead of an empty result.
     knows_symbol: Callable[[str], bool]
-    symbols: Callable[[], list[str]] | None = None
     #: The last session whose daily bar is final (live: from the broker's clock, as the cache).
-    last_closed_session: Callable[[], date] | None = None
+    last_closed_session: Callable[[], date]
+    symbols: Callable[[], list[str]] | None = None
 
 
 def build_venue(settings: Settings, db: Database) -> Venue:

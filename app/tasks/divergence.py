@@ -6,16 +6,15 @@ from typing import Any
 
 from celery import shared_task
 
-from app.backtest.divergence import DivergenceService, last_closed_session
+from app.backtest.divergence import DivergenceService
 from app.container import services
-from app.market.calendar import NyseCalendar
 
 
 @shared_task(name="app.tasks.divergence_report", soft_time_limit=1800, time_limit=1900)
 def divergence_report() -> dict[str, Any]:
     """After the close: replay the live period through the backtest and report differences."""
     svc = services()
-    through = last_closed_session(svc.venue.broker.get_clock(), NyseCalendar())
+    through = svc.venue.last_closed_session()
     report = DivergenceService(
         settings=svc.settings, db=svc.db, market=svc.venue.market, notifier=svc.notifier
     ).publish(through)
