@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from app.domain import (
     Fill,
@@ -18,10 +18,6 @@ from app.domain import (
     Side,
     TimeInForce,
 )
-
-if TYPE_CHECKING:
-    from app.broker.sim import SimBroker
-
 
 #: Share quantities are kept to 9 decimals, as Alpaca does for fractional orders.
 QTY_DECIMALS = 9
@@ -93,7 +89,7 @@ def _fill_from(data: Mapping[str, Any]) -> Fill:
     return Fill(**{**data, "side": Side(data["side"]), "timestamp": _dt(data["timestamp"])})
 
 
-def dump_book(b: SimBroker) -> dict[str, Any]:
+def dump_book(b: Any) -> dict[str, Any]:
     """SimBroker.to_state: the book as JSON-ready data (the caller holds its lock)."""
     return {
         "cash": b._cash,
@@ -112,7 +108,7 @@ def dump_book(b: SimBroker) -> dict[str, Any]:
     }
 
 
-def load_book(b: SimBroker, state: Mapping[str, Any]) -> None:
+def load_book(b: Any, state: Mapping[str, Any]) -> None:
     """SimBroker.load_state (the caller holds its lock)."""
     b._cash = float(state["cash"])
     b._last_equity = float(state["last_equity"])
@@ -133,7 +129,7 @@ def load_book(b: SimBroker, state: Mapping[str, Any]) -> None:
 
 
 def settle_fill(
-    b: SimBroker, cid: str, symbol: str, side: Side, qty: float, price: float, ref: float
+    b: Any, cid: str, symbol: str, side: Side, qty: float, price: float, ref: float
 ) -> Order:
     """SimBroker's fill bookkeeping: cash, holdings at average cost, commission, the fill and
     the order's new state; rejects what no longer fits (the caller holds the lock)."""
@@ -141,21 +137,23 @@ def settle_fill(
     held_qty = held.qty if held else 0.0
     if side is Side.SELL and qty > held_qty:
         if qty > held_qty + _QTY_EPS * max(1.0, held_qty):
-            return b._reject(
+            return _rejected(
+                b,
                 cid,
                 f"insufficient qty: selling {qty:g} {symbol} but only {held_qty:g} "
                 "held (no shorting)",
             )
         qty = held_qty  # float dust: sell exactly what is held
     if qty <= 0:
-        return b._reject(cid, f"order too small: {qty:g} shares at {price:.4f}")
+        return _rejected(b, cid, f"order too small: {qty:g} shares at {price:.4f}")
 
     notional = qty * price
     fee = b._commission.cost(qty, price)
     if side is Side.BUY:
         total = notional + fee
         if total > b._cash + _CASH_EPS * max(1.0, b._cash):
-            return b._reject(
+            return _rejected(
+                b,
                 cid,
                 f"insufficient buying power: needs {total:.2f}, cash {b._cash:.2f}",
             )
@@ -166,8 +164,8 @@ def settle_fill(
     else:
         assert held is not None
         if b._cash + notional - fee < 0:
-            return b._reject(
-                cid, f"insufficient cash for commission {fee:.2f} on a {notional:.2f} sale"
+            return _rejected(
+                b, cid, f"insufficient cash for commission {fee:.2f} on a {notional:.2f} sale"
             )
         b._cash = b._cash + notional - fee
         b._realized_pl += (price - held.avg_price) * qty
@@ -190,11 +188,16 @@ def settle_fill(
             commission=fee,
         )
     )
-    order = replace(
+    order: Order = replace(
         b._orders[cid],
         status=OrderStatus.FILLED,
         filled_qty=qty,
         filled_avg_price=price,
     )
     b._orders[cid] = order
+    return order
+
+
+def _rejected(b: Any, cid: str, reason: str) -> Order:
+    order: Order = b._reject(cid, reason)
     return order

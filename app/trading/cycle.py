@@ -24,11 +24,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as dtime
-from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
@@ -39,12 +37,17 @@ from app.broker.instrumented import InstrumentedBroker
 from app.broker.sim_exchange import SimExchange
 from app.broker.venue import Venue
 from app.config import Settings, TradingMode
-from app.domain import BarFrame, MarketClock, Signal
+from app.domain import MarketClock
 from app.logging_setup import cycle_context
 from app.store.database import Database
 from app.store.orm import OrderRecord, RiskEvent
 from app.trading.cycle_lock import CycleLock
-from app.trading.decision import LOOKBACK_CALENDAR_DAYS, DecisionCycle
+from app.trading.decision import (
+    LOOKBACK_CALENDAR_DAYS,
+    CycleResult,
+    DecisionCycle,
+    SignalSource,
+)
 from app.trading.ledger import Ledger
 from app.trading.notifier import Notifier
 from app.trading.orders import OrderService
@@ -61,37 +64,11 @@ OPG_FROM = dtime(19, 0)
 OPG_CUTOFF = timedelta(minutes=2)
 
 
-class SignalSource(Protocol):
-    """Turns bars into signals; returns the signals and, when it cannot, why not."""
-
-    def signals(
-        self, bars: Mapping[str, BarFrame], session: date
-    ) -> tuple[dict[str, Signal], str | None]: ...
-
-
 def cycle_key_for(now: datetime, interval_minutes: int) -> str:
     """The guard schedule slot (UTC, like the beat schedule) that `now` falls in."""
     now = now.astimezone(UTC)
     minute = now.minute - now.minute % interval_minutes
     return f"{now.hour:02d}{minute:02d}"
-
-
-@dataclass
-class CycleResult:
-    status: str
-    session: str | None = None
-    cycle_key: str | None = None
-    orders: list[dict[str, Any]] = field(default_factory=list)
-    denied: list[dict[str, Any]] = field(default_factory=list)
-    signals: int = 0
-    events: list[str] = field(default_factory=list)
-    reconciled: list[str] = field(default_factory=list)
-    protective: list[str] = field(default_factory=list)
-    problem: str | None = None
-    seconds: float = 0.0
-
-    def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
 
 
 class TradingService:

@@ -9,19 +9,23 @@ refused for shares the OCO holds. The backtest (backtest/engine.py) does the sam
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from app import metrics
 from app.broker.venue import Venue
 from app.config import Settings
 from app.domain import (
+    BarFrame,
     Broker,
     Order,
     OrderRequest,
     OrderStatus,
     RiskDecision,
     Side,
+    Signal,
     SignalAction,
     TimeInForce,
 )
@@ -32,12 +36,35 @@ from app.trading.protection import exits_to_unblock
 from app.trading.risk import ProposedOrder, RiskLimits, RiskStateStore
 from app.trading.strategy import DecisionInputs, MarketSnapshot, StrategyConfig, decide
 
-if TYPE_CHECKING:
-    from app.trading.cycle import CycleResult, SignalSource
-
 log = logging.getLogger(__name__)
 
 LOOKBACK_CALENDAR_DAYS = 200  # covers the 120-session feature window with room for holidays
+
+
+class SignalSource(Protocol):
+    """Turns bars into signals; returns the signals and, when it cannot, why not."""
+
+    def signals(
+        self, bars: Mapping[str, BarFrame], session: date
+    ) -> tuple[dict[str, Signal], str | None]: ...
+
+
+@dataclass
+class CycleResult:
+    status: str
+    session: str | None = None
+    cycle_key: str | None = None
+    orders: list[dict[str, Any]] = field(default_factory=list)
+    denied: list[dict[str, Any]] = field(default_factory=list)
+    signals: int = 0
+    events: list[str] = field(default_factory=list)
+    reconciled: list[str] = field(default_factory=list)
+    protective: list[str] = field(default_factory=list)
+    problem: str | None = None
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
 
 
 def _unique(orders: list[Order]) -> list[Order]:
