@@ -29,6 +29,7 @@ from app.broker.sim import SimBroker
 from app.domain import (
     Account,
     BarFrame,
+    Fill,
     MarketClock,
     Order,
     OrderRequest,
@@ -148,10 +149,10 @@ class SimExchange:
                 row
             ) == OPEN_PHASE:
                 return row.session_day
-            broker = self._broker(row)
+            day = self._calendar.next_session(row.session_day)
+            broker = self._broker(row, at=day)  # fills stamped at the session they happen in
             self._mark(broker)
             broker.start_day()
-            day = self._calendar.next_session(row.session_day)
             bars = self._session_bars(broker, day)
             broker.process_pending({s: o for s, (o, _h, _l, _c) in bars.items()})
             row.session_day = day
@@ -179,6 +180,7 @@ class SimExchange:
         )
         if not symbols:
             return {}
+        self._market.set_as_of(day)
         frames = self._market.get_daily_bars(symbols, day, day)
         out = {}
         for symbol, frame in frames.items():
@@ -191,6 +193,10 @@ class SimExchange:
                     float(bar["close"]),
                 )
         return out
+
+    def fills(self) -> list[Fill]:
+        """Every fill of the book, oldest first, stamped with the replay session's close."""
+        return self._run(lambda b: b.fills, write=False)
 
     def reset(self) -> None:
         """Start again from the first session with the starting cash."""
@@ -206,12 +212,12 @@ class SimExchange:
                 row.book = {**broker.to_state(), "phase": _phase(row)}
             return result
 
-    def _broker(self, row: SimExchangeState) -> SimBroker:
+    def _broker(self, row: SimExchangeState, at: date | None = None) -> SimBroker:
         self._market.set_as_of(row.session_day)
         broker = SimBroker(
             self._market.get_latest_price,
             starting_cash=self._starting_cash,
-            clock=ReplayClock(row.session_day, calendar=self._calendar),
+            clock=ReplayClock(at or row.session_day, calendar=self._calendar),
             calendar=self._calendar,
             commission=self._commission,
             slippage=self._slippage,
