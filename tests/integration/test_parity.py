@@ -174,6 +174,7 @@ def paper_stack(
                 session.execute(delete(table))
 
 
+@pytest.mark.timeout(1500)
 def test_paper_trading_through_a_celery_worker_equals_the_backtest(
     paper_stack: dict[str, Any], bars: dict[str, Any], model_dir: Path
 ) -> None:
