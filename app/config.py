@@ -136,6 +136,9 @@ class Settings(BaseSettings):
     #: false: positions the bot did not open are never sold or rebalanced by it (they count
     #: in exposure, not in RISK_MAX_POSITIONS, and are reported once).
     manage_external_positions: bool = False
+    #: Broker-side protective exits: an OCO (stop-loss stop, take-profit limit, GTC) on every
+    #: holding, and whole-share market-on-open orders (what OPG and OCO accept).
+    protective_orders: bool = True
 
     # --- schedule (UTC) ---
     trading_cycle_minutes: int = Field(default=10, ge=1, le=60)

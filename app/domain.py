@@ -41,6 +41,15 @@ class OrderStatus(StrEnum):
         return self in (OrderStatus.PENDING, OrderStatus.NEW, OrderStatus.PARTIALLY_FILLED)
 
 
+class TimeInForce(StrEnum):
+    """DAY: fill now (fractional allowed); OPG: market-on-open, filled in the next opening
+    auction (whole shares); GTC: protective orders that stay until filled or cancelled."""
+
+    DAY = "day"
+    OPG = "opg"
+    GTC = "gtc"
+
+
 class TradingState(StrEnum):
     ACTIVE = "ACTIVE"
     REDUCING = "REDUCING"
@@ -122,6 +131,7 @@ class OrderRequest:
     client_order_id: str
     qty: float | None = None
     notional: float | None = None
+    time_in_force: TimeInForce = TimeInForce.DAY
 
     def __post_init__(self) -> None:
         if (self.qty is None) == (self.notional is None):
@@ -129,6 +139,33 @@ class OrderRequest:
         amount = self.qty if self.qty is not None else self.notional
         if amount is None or amount <= 0:
             raise ValueError("order amount must be positive")
+        if self.time_in_force is not TimeInForce.DAY and (
+            self.qty is None or self.qty != int(self.qty)
+        ):
+            raise ValueError(f"{self.time_in_force} orders need a whole number of shares")
+
+
+#: Order class of a protective exit: a take-profit limit and a stop-loss stop, one cancels other.
+OCO = "oco"
+
+
+@dataclass(frozen=True)
+class ProtectiveRequest:
+    """A broker-side exit guarding a held position (freqtrade's stoploss_on_exchange): an OCO
+    sell, GTC, of whole shares: a take-profit limit and a stop-loss stop; one fill cancels the
+    other. It protects the position when no worker runs."""
+
+    symbol: str
+    client_order_id: str
+    qty: float
+    take_profit: float
+    stop_loss: float
+
+    def __post_init__(self) -> None:
+        if self.qty <= 0 or self.qty != int(self.qty):
+            raise ValueError("a protective order needs a positive whole number of shares")
+        if not 0 < self.stop_loss < self.take_profit:
+            raise ValueError("need 0 < stop_loss < take_profit")
 
 
 @dataclass(frozen=True)
@@ -144,6 +181,22 @@ class Order:
     broker_order_id: str | None = None
     submitted_at: datetime | None = None
     reject_reason: str | None = None
+    #: "simple", or OCO for a protective exit (limit_price = take-profit, stop_price = stop).
+    order_class: str = "simple"
+    limit_price: float | None = None
+    stop_price: float | None = None
+
+    @property
+    def is_protective(self) -> bool:
+        return self.order_class == OCO
+
+    @property
+    def exit_kind(self) -> str | None:
+        """Which leg of a filled protective order filled: stop_loss or take_profit."""
+        if not self.is_protective or not self.filled_qty or self.filled_avg_price is None:
+            return None
+        stop = self.stop_price or 0.0
+        return "stop_loss" if self.filled_avg_price <= stop + 1e-9 else "take_profit"
 
 
 @dataclass(frozen=True)
@@ -210,6 +263,10 @@ class Broker(Protocol):
     def get_open_orders(self) -> list[Order]: ...
 
     def submit_market_order(self, request: OrderRequest) -> Order: ...
+
+    def submit_protective_order(self, request: ProtectiveRequest) -> Order:
+        """Place an OCO exit; the same client_order_id again returns the order booked."""
+        ...
 
     def get_order_by_client_id(self, client_order_id: str) -> Order | None: ...
 

@@ -45,9 +45,19 @@ log = logging.getLogger(__name__)
 
 
 #: Order reasons are free text ("entry: predicted ..."); their first word is the label.
-ORDER_KINDS = frozenset({"entry", "stop_loss", "take_profit", "signal_sell", "rebalance"})
+ORDER_KINDS = frozenset(
+    {"entry", "stop_loss", "take_profit", "signal_sell", "rebalance", "trim", "protective"}
+)
 RECONCILE_KINDS = ("order_status", "never_reached_broker", "unknown_order", "unknown_position")
-CYCLE_OUTCOMES = ("done", "market_closed", "skipped_locked", "error")
+CYCLE_OUTCOMES = (
+    "done",
+    "market_closed",
+    "skipped_locked",
+    "error",
+    "already_decided",
+    "before_opg_window",
+    "decision_missed",
+)
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _CYCLE_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
@@ -190,6 +200,10 @@ MODEL_RANK_IC_SESSIONS = StateGauge(
 CYCLES = Counter("alpha_cycles_total", "Trading cycles run", ["outcome"])
 CYCLE_DURATION = Histogram(
     "alpha_cycle_duration_seconds", "Trading cycle duration", ["outcome"], buckets=_CYCLE_BUCKETS
+)
+DECISIONS_MISSED = Counter(
+    "alpha_decisions_missed_total",
+    "Decision cycles that found the market already open: the next-open fill was missed",
 )
 CYCLE_LAST_RUN = StateGauge(
     "alpha_cycle_last_run_timestamp_seconds", "When the last trading cycle ended (unix seconds)"

@@ -1,5 +1,7 @@
-"""One full trading cycle: 32 symbols in paper mode against the loopback fake Alpaca, and 500
-synthetic symbols in sim mode; models trained and bars cached beforehand.
+"""The decision cycle and the guard cycle: 32 symbols in paper mode against the loopback fake
+Alpaca (one session per round: the decision before the open, the fake's open, two guard cycles,
+the fake's close), and 500 synthetic symbols in sim mode (one replayed session per tick); models
+trained and bars cached beforehand.
 
     .venv/bin/python -m bench.cycle [--cycles 10]
 
@@ -12,7 +14,7 @@ import argparse
 import os
 import statistics
 import tempfile
-from datetime import UTC, date, datetime, timedelta
+from datetime import date
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -22,6 +24,7 @@ from app import create_app
 from app.ai.store import ModelStore
 from app.ai.training import train
 from app.container import services
+from app.market.calendar import NyseCalendar
 from app.market.sources import CsvMarketData, SyntheticMarketData
 from app.store import migrations
 from tests.fakes.fake_alpaca import FakeAlpaca
@@ -44,8 +47,6 @@ def paper_32(cycles: int, tmp: Path) -> None:
     url = f"sqlite:///{tmp}/paper.db"
     migrations.upgrade(url)
     with FakeAlpaca(SHARED_DATA, today=date(2021, 11, 29)) as fake:
-        start = datetime(2021, 11, 29, 15, 0, tzinfo=UTC)
-        fake.set_clock(start)
         app = create_app(
             {
                 "TRADING_MODE": "paper",
@@ -66,20 +67,32 @@ def paper_32(cycles: int, tmp: Path) -> None:
         )
         with app.app_context():
             trading = services().trading()
-            trading.run_cycle()  # warm: bars cached, model loaded
-            times, requests, orders = [], [], 0
-            for i in range(cycles):
-                fake.set_clock(start + timedelta(minutes=10 * (i + 1)))
+            calendar = NyseCalendar()
+            days = [
+                d.date() for d in calendar.sessions_index(date(2021, 10, 1), date(2021, 11, 29))
+            ]
+            days = days[-(cycles + 1) :]
+            decisions, guards, requests, orders = [], [], [], 0
+            for i, day in enumerate(days):
+                fake.pre_open(day)
                 before = sum(fake.request_counts.values())
-                result = trading.run_cycle()
-                times.append(result.seconds)
-                requests.append(sum(fake.request_counts.values()) - before)
+                result = trading.run_decision()
+                if i:  # the first one warms the bar cache and loads the model
+                    decisions.append(result.seconds)
+                    requests.append(sum(fake.request_counts.values()) - before)
                 orders += len(result.orders)
+                fake.open_session(day)
+                for _ in range(2):  # the first places the protective exits, the second checks
+                    guard = trading.run_guard()
+                    if i:
+                        guards.append(guard.seconds)
+                fake.close_session(day)
     print(
-        f"paper, 32 symbols vs loopback fake Alpaca, {cycles} cycles: p50 "
-        f"{statistics.median(times):.3f} s, p95 {percentile(times, 0.95):.3f} s; broker "
-        f"requests per cycle median {statistics.median(requests):.0f} (max {max(requests)}); "
-        f"{orders} orders"
+        f"paper, 32 symbols vs loopback fake Alpaca, {cycles} sessions: decision cycle p50 "
+        f"{statistics.median(decisions):.3f} s, p95 {percentile(decisions, 0.95):.3f} s "
+        f"(broker requests median {statistics.median(requests):.0f}, max {max(requests)}); "
+        f"guard cycle p50 {statistics.median(guards):.3f} s, p95 "
+        f"{percentile(guards, 0.95):.3f} s; {orders} orders"
     )
 
 
@@ -105,10 +118,11 @@ def sim_500(cycles: int, tmp: Path) -> None:
     )
     with app.app_context():
         trading = services().trading()
-        trading.run_cycle()
-        times = [trading.run_cycle().seconds for _ in range(cycles)]
+        trading.run_decision()
+        times = [trading.run_decision().seconds for _ in range(cycles)]
     print(
-        f"sim, 500 synthetic symbols, {cycles} cycles: p50 {statistics.median(times):.3f} s, "
+        f"sim, 500 synthetic symbols, {cycles} replayed sessions (decision, open, guard, "
+        f"close): p50 {statistics.median(times):.3f} s, "
         f"p95 {percentile(times, 0.95):.3f} s (broker calls are in-process)"
     )
 

@@ -3,25 +3,26 @@
 One strategy, three clocks: nothing here decides anything. Each session t runs the steps a
 live day would, in this order:
 
-1. **Open of t** - the orders decided after the close of t-1 fill at the open of t (SimBroker
-   with ``fill_immediately=False`` + ``process_pending``: sells first, then buys; slippage and
-   commission in bps). The account's ``last_equity`` (the daily-loss base) is the equity at the
-   close of t-1, as Alpaca reports it.
-2. **Intraday of t** - every held position is checked against the bar's high and low (live
-   checks every few minutes; a daily bar only tells the range). Rule: with
-   ``stop = entry x (1 + stop_loss_pct)`` and ``target = entry x (1 + take_profit_pct)``
-   (entry = average fill price, as the live check uses): an open at or through a level fills
-   at the open (a gap is not a fill at the level); otherwise a low at or under the stop fills at
-   the stop, a high at or over the target fills at the target, and a bar touching both counts
-   as the stop (we cannot know which came first: assume the worse). Slippage applies.
+1. **Open of t** - the orders decided after the close of t-1 (market-on-open, OPG, as the live
+   decision cycle sends them before the open) fill at the open of t (SimBroker
+   ``process_pending``: sells first, then buys; slippage and commission in bps). The account's
+   ``last_equity`` (the daily-loss base) is the equity at the close of t-1, as Alpaca reports it.
+2. **Session t** - with protective exits on (``intraday_exits``), the live guard cycle's plan
+   (``trading.protection.plan_protection``: one OCO per holding, stop and target from the
+   shared cent rounding, whole shares) is placed at SimBroker, and the day's open, high and low
+   fill them (``SimBroker.process_protective`` / ``costs.protective_fill``: a gap through a
+   level fills at the open, a bar touching both counts as the stop; the stop pays slippage, the
+   take-profit limit fills at its price). Sim mode runs the same SimBroker code.
 3. **Close of t** - positions are marked at the close; the equity curve gets its point.
-4. **Decision after the close of t** - ``DecisionInputs`` are built exactly as
-   ``TradingService`` builds them (account, positions, open orders from the broker; bars of the
-   symbols for the last ``LOOKBACK_CALENDAR_DAYS`` up to t; prices = closes of t, held
+4. **Decision after the close of t** - ``DecisionInputs`` are built exactly as the live decision
+   cycle builds them (account, positions, open orders other than the protective ones; bars of
+   the symbols for the last ``LOOKBACK_CALENDAR_DAYS`` up to t; prices = closes of t, held
    positions at their marks; the risk state carried from the previous decision; held-since from
-   the filled orders; ``now`` = the close of t), ``decide`` runs unchanged, and each approved
-   order is submitted under the live ``client_order_id`` (cycle key ``eod``, as in sim mode).
-   No decision is taken after the last session: its orders could never fill inside the window.
+   the filled orders; whole shares for every symbol when protective exits are on), ``decide``
+   runs unchanged, the protective orders of the holdings it sells are cancelled, and each
+   approved order is submitted under the live ``client_order_id``
+   (``alpha-<t>-<purpose>-<symbol>-<side>``). No decision is taken after the last session: its
+   orders could never fill inside the window.
 
 Signals come from an injected ``signal_fn(bars, session)``: a walk-forward model
 (``ModelSignals`` over ``WalkForwardPredictor``: retrained every N sessions on labels known
@@ -31,6 +32,7 @@ test needs. Services never import flask: the API task, the CLI and the benches c
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Mapping
@@ -41,8 +43,6 @@ import pandas as pd
 
 from app.backtest.results import (
     BENCHMARK_SYMBOL,
-    CYCLE_KEY,
-    INTRADAY_KEY,
     BacktestConfig,
     BacktestResult,
     DayRecord,
@@ -56,7 +56,6 @@ from app.backtest.window import (
     _SteppedClock,
     _SymbolIndex,
     backtest_sessions,
-    intraday_exit,
 )
 from app.broker.costs import CommissionModel, SlippageModel
 from app.broker.sim import SimBroker
@@ -67,10 +66,12 @@ from app.domain import (
     OrderStatus,
     Side,
     SignalAction,
+    TimeInForce,
 )
 from app.errors import OrderRejected, ValidationError
 from app.market.calendar import NyseCalendar
-from app.trading.cycle import client_order_id
+from app.trading.orders import client_order_id, purpose_of
+from app.trading.protection import exits_to_unblock, plan_protection
 from app.trading.risk import PortfolioView, RiskState
 from app.trading.strategy import DecisionInputs, MarketSnapshot, decide
 
@@ -79,8 +80,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BENCHMARK_SYMBOL",
-    "CYCLE_KEY",
-    "INTRADAY_KEY",
     "BacktestConfig",
     "BacktestResult",
     "DayRecord",
@@ -88,7 +87,6 @@ __all__ = [
     "SignalFn",
     "Trade",
     "backtest_sessions",
-    "intraday_exit",
     "run_backtest",
 ]
 
@@ -245,7 +243,7 @@ def run_backtest(
     events: list[dict[str, Any]] = []
     last = len(sessions) - 1
     for i, day in enumerate(sessions):
-        # 1. The open: yesterday's decisions fill.
+        # 1. The open: the market-on-open orders decided after the last close fill.
         clock.at = cal.session_open(day)
         broker.start_day()
         reference.clear()
@@ -255,34 +253,30 @@ def run_backtest(
                 reference[symbol] = float(ix.open[row])
         settle(broker.process_pending(), day)
 
-        # 2. Intraday: stops and targets against the bar's range.
+        # 2. The session: the guard cycles keep each holding's protective OCO in place (the
+        # live plan, live rounding); the day's open, high and low fill them (SimBroker, as sim).
         if config.intraday_exits:
-            for position in broker.get_positions():
-                held_ix = index.get(position.symbol)
-                row = held_ix.bar(i) if held_ix is not None else None
-                if held_ix is None or row is None:
-                    continue
-                hit = intraday_exit(
-                    float(held_ix.open[row]),
-                    float(held_ix.high[row]),
-                    float(held_ix.low[row]),
-                    position.avg_entry_price,
-                    config.limits,
-                )
-                if hit is None:
-                    continue
-                kind, price, detail = hit
-                reference[position.symbol] = price
-                cid = client_order_id(day, INTRADAY_KEY, position.symbol, Side.SELL)
-                _submit(
-                    broker,
-                    book,
-                    OrderRequest(position.symbol, Side.SELL, cid, qty=position.qty),
-                    day,
-                    f"{kind}: intraday, {detail}",
-                    "intraday",
-                )
-            settle(broker.process_pending(), day)
+            plan = plan_protection(
+                broker.get_positions(),
+                broker.get_open_orders(),
+                config.limits,
+                day,
+                known_ids=[o.client_order_id for o in broker.get_orders()],
+            )
+            for stale in plan.cancel:
+                broker.cancel_order(stale.client_order_id)
+            for guard in plan.place:
+                with contextlib.suppress(OrderRejected):
+                    broker.submit_protective_order(guard)
+            ranges = {
+                s: (float(ix.open[r]), float(ix.high[r]), float(ix.low[r]))
+                for s, ix in index.items()
+                if (r := ix.bar(i)) is not None
+            }
+            filled = broker.process_protective(ranges)
+            for exit_order in filled:
+                book.submitted(_protective_log(exit_order, day))
+            settle(filled, day)
 
         # 3. The close: mark and record.
         clock.at = cal.session_close(day)
@@ -313,16 +307,21 @@ def run_backtest(
                     prices[symbol] = last_close
             prices.update({p.symbol: p.current_price for p in positions if p.current_price > 0})
             held_symbols = {p.symbol for p in positions}
+            working = broker.get_open_orders()
             inputs = DecisionInputs(
                 account=account,
                 positions=positions,
-                open_orders=broker.get_open_orders(),
+                open_orders=[o for o in working if not o.is_protective],
                 market=MarketSnapshot(bars=window, prices=prices),
                 signals=signals,
                 risk_state=risk_state,
                 now=clock.at,
                 session=day,
                 held_since={s: d for s, d in book.held_since.items() if s in held_symbols},
+                # OPG and OCO orders take whole shares only: with protective exits, all do.
+                whole_shares=frozenset(tradable | held_symbols)
+                if config.intraday_exits
+                else frozenset(),
             )
             decision = decide(inputs, config.limits, config.strategy)
             risk_state = decision.risk_state
@@ -341,13 +340,17 @@ def run_backtest(
                     }
                 )
             view = PortfolioView.of(account, positions)
+            sells = [o.symbol for o in decision.orders if o.side is Side.SELL]
+            for guard_order in exits_to_unblock(sells, working):
+                broker.cancel_order(guard_order.client_order_id)
+            tif = TimeInForce.OPG if config.intraday_exits else TimeInForce.DAY
             for order in decision.orders:
                 view.apply(order)
-                cid = client_order_id(day, CYCLE_KEY, order.symbol, order.side)
+                cid = client_order_id(day, purpose_of(order.reason), order.symbol, order.side)
                 _submit(
                     broker,
                     book,
-                    OrderRequest(order.symbol, order.side, cid, qty=order.qty),
+                    OrderRequest(order.symbol, order.side, cid, qty=order.qty, time_in_force=tif),
                     day,
                     order.reason,
                     "decision",
@@ -418,3 +421,17 @@ def _submit(
     except OrderRejected as exc:
         entry.status = OrderStatus.REJECTED.value
         entry.reject_reason = exc.message
+
+
+def _protective_log(order: Order, day: date) -> OrderLog:
+    """A protective exit that filled, as the order log shows it (its leg is its purpose)."""
+    return OrderLog(
+        client_order_id=order.client_order_id,
+        session=day,
+        symbol=order.symbol,
+        side=order.side.value,
+        qty=order.filled_qty,
+        reason=f"{order.exit_kind}: protective exit, stop {order.stop_price:.2f} / target "
+        f"{order.limit_price:.2f}",
+        kind="protective",
+    )

@@ -27,10 +27,6 @@ if TYPE_CHECKING:
     pass
 
 
-#: The cycle key sim mode uses: one decision per session, after the close.
-CYCLE_KEY = "eod"
-#: Cycle key of stop-loss / take-profit exits found inside a bar.
-INTRADAY_KEY = "intraday"
 BENCHMARK_SYMBOL = BENCHMARK
 #: Calendar days of history loaded before the first session beyond the training window:
 #: the 120-bar feature warm-up plus holidays.
@@ -54,8 +50,9 @@ class BacktestConfig:
     slippage_bps: float = 5.0
     limits: RiskLimits = field(default_factory=RiskLimits)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
-    #: Check stops/targets against each bar's high/low (see the module docstring); off, they
-    #: are only checked by the decision on closes, as a once-a-day live cycle would.
+    #: Protective exits at the broker (PROTECTIVE_ORDERS): an OCO per holding filled from each
+    #: bar's open/high/low, whole shares, market-on-open orders (see engine.py); off, stops and
+    #: targets are only checked by the decision on closes.
     intraday_exits: bool = True
 
     def __post_init__(self) -> None:
@@ -76,12 +73,12 @@ class OrderLog:
     """One order of the backtest, from decision to fill (or rejection)."""
 
     client_order_id: str
-    session: date  # decided after this session's close (intraday exits: the bar's session)
+    session: date  # decided after this session's close (protective exits: the bar's session)
     symbol: str
     side: str
     qty: float
     reason: str
-    kind: str  # "decision" | "intraday"
+    kind: str  # "decision" | "protective"
     status: str = OrderStatus.NEW.value
     fill_date: date | None = None
     fill_price: float | None = None

@@ -1,5 +1,4 @@
-"""The sessions a backtest walks, and the bar windows, clock and intraday exit rule it replays
-with."""
+"""The sessions a backtest walks, and the bar windows and clock it replays with."""
 
 from __future__ import annotations
 
@@ -19,7 +18,6 @@ from app.errors import ValidationError
 from app.market.calendar import NyseCalendar
 from app.market.universe import feature_universe
 from app.trading.cycle import LOOKBACK_CALENDAR_DAYS
-from app.trading.risk import RiskLimits
 
 if TYPE_CHECKING:
     pass
@@ -148,30 +146,3 @@ class _SteppedClock:
 
     def now(self) -> datetime:
         return self.at
-
-
-def intraday_exit(
-    bar_open: float, high: float, low: float, entry: float, limits: RiskLimits
-) -> tuple[str, float, str] | None:
-    """(kind, reference price, detail) when the bar hits the stop or the target, else None.
-
-    Gap through a level: the open. Both touched in one bar: the stop (conservative).
-    """
-    if entry <= 0:
-        return None
-    stop = entry * (1.0 + limits.stop_loss_pct)
-    target = entry * (1.0 + limits.take_profit_pct)
-    if bar_open <= stop:
-        return "stop_loss", bar_open, f"opened at {bar_open:.2f}, through the stop {stop:.2f}"
-    if bar_open >= target:
-        return (
-            "take_profit",
-            bar_open,
-            f"opened at {bar_open:.2f}, through the target {target:.2f}",
-        )
-    if low <= stop:
-        both = " (target touched too: stop assumed first)" if high >= target else ""
-        return "stop_loss", stop, f"low {low:.2f} reached the stop {stop:.2f}{both}"
-    if high >= target:
-        return "take_profit", target, f"high {high:.2f} reached the target {target:.2f}"
-    return None

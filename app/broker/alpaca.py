@@ -60,8 +60,15 @@ with warnings.catch_warnings():
     )
     from alpaca.common.exceptions import APIError
     from alpaca.trading.client import TradingClient
-    from alpaca.trading.enums import OrderSide, QueryOrderStatus, TimeInForce
-    from alpaca.trading.requests import GetCalendarRequest, GetOrdersRequest, MarketOrderRequest
+    from alpaca.trading.enums import OrderClass, OrderSide, QueryOrderStatus, TimeInForce
+    from alpaca.trading.requests import (
+        GetCalendarRequest,
+        GetOrdersRequest,
+        LimitOrderRequest,
+        MarketOrderRequest,
+        StopLossRequest,
+        TakeProfitRequest,
+    )
 
 log = logging.getLogger(__name__)
 
@@ -102,14 +109,25 @@ class AssetInfo:
 
 
 def _to_order(o: Any) -> domain.Order:
-    """An alpaca-py Order as a domain.Order."""
+    """An alpaca-py Order as a domain.Order. An OCO (a protective exit) is one order: its
+    take-profit limit is the parent, its stop the leg; whichever leg filled is the fill."""
     raw_status = _enum_value(o.status)
     status = _STATUS.get(raw_status, domain.OrderStatus.NEW)
     filled = _f(o.filled_qty) or 0.0
+    avg_raw = o.filled_avg_price
+    order_class = _enum_value(o.order_class) if o.order_class is not None else "simple"
+    stop = _f(o.stop_price)
+    if order_class == domain.OCO:
+        for leg in o.legs or []:
+            stop = _f(leg.stop_price) if leg.stop_price is not None else stop
+            leg_filled = _f(leg.filled_qty) or 0.0
+            if leg_filled > filled:
+                filled, avg_raw = leg_filled, leg.filled_avg_price
+                status = _STATUS.get(_enum_value(leg.status), status)
     if status is domain.OrderStatus.NEW and filled > 0:
         status = domain.OrderStatus.PARTIALLY_FILLED
     # Alpaca may report filled_avg_price 0 before the first fill: that is "no price yet".
-    avg = _f(o.filled_avg_price) if filled > 0 else None
+    avg = _f(avg_raw) if filled > 0 else None
     return domain.Order(
         client_order_id=o.client_order_id,
         symbol=o.symbol or "",
@@ -122,19 +140,21 @@ def _to_order(o: Any) -> domain.Order:
         broker_order_id=str(o.id),
         submitted_at=o.submitted_at,
         reject_reason=raw_status if status is domain.OrderStatus.REJECTED else None,
+        order_class=order_class,
+        limit_price=_f(o.limit_price),
+        stop_price=stop,
     )
 
 
-def _matching(order: domain.Order, request: domain.OrderRequest) -> domain.Order:
+def _matching(order: domain.Order, cid: str, symbol: str, side: domain.Side) -> domain.Order:
     """The order found under the request's client_order_id, if it is the same trade.
 
     A client_order_id reused for a different symbol or side is a caller bug; returning that
     other order as if it were this one would corrupt the book, so it is rejected instead.
     """
-    if order.symbol.upper() != request.symbol.upper() or order.side is not request.side:
+    if order.symbol.upper() != symbol.upper() or order.side is not side:
         raise errors.OrderRejected(
-            f"client_order_id {request.client_order_id} already used for "
-            f"{order.side.value} {order.symbol}"
+            f"client_order_id {cid} already used for {order.side.value} {order.symbol}"
         )
     return order
 
@@ -214,7 +234,7 @@ class AlpacaBroker(_AlpacaBase):
         until: datetime | None = None
         while True:
             req = GetOrdersRequest(
-                status=QueryOrderStatus.OPEN, limit=ORDERS_PAGE, nested=False, until=until
+                status=QueryOrderStatus.OPEN, limit=ORDERS_PAGE, nested=True, until=until
             )
             page = self._read("get_orders", functools.partial(self._client.get_orders, req))
             fresh = [o for o in page if str(o.id) not in seen]
@@ -305,7 +325,7 @@ class AlpacaBroker(_AlpacaBase):
         kwargs: dict[str, Any] = {
             "symbol": request.symbol.upper(),
             "side": OrderSide(request.side.value),
-            "time_in_force": TimeInForce.DAY,
+            "time_in_force": TimeInForce(request.time_in_force.value),
             "client_order_id": request.client_order_id,
         }
         if request.qty is not None:
@@ -316,8 +336,27 @@ class AlpacaBroker(_AlpacaBase):
             sdk_request = MarketOrderRequest(**kwargs)
         except (PydanticValidationError, ValueError) as exc:
             raise errors.OrderRejected(f"invalid order {request.client_order_id}: {exc}") from exc
+        return self._submit(sdk_request, request.client_order_id, request.symbol, request.side)
 
-        cid = request.client_order_id
+    def submit_protective_order(self, request: domain.ProtectiveRequest) -> domain.Order:
+        """An OCO sell on a held position: take-profit limit (the parent) and stop-loss stop
+        (its leg), GTC, whole shares; sent and looked up like any order (`_submit`)."""
+        try:
+            sdk_request = LimitOrderRequest(
+                symbol=request.symbol.upper(),
+                qty=request.qty,
+                side=OrderSide.SELL,
+                time_in_force=TimeInForce.GTC,
+                order_class=OrderClass.OCO,
+                take_profit=TakeProfitRequest(limit_price=request.take_profit),
+                stop_loss=StopLossRequest(stop_price=request.stop_loss),
+                client_order_id=request.client_order_id,
+            )
+        except (PydanticValidationError, ValueError) as exc:
+            raise errors.OrderRejected(f"invalid order {request.client_order_id}: {exc}") from exc
+        return self._submit(sdk_request, request.client_order_id, request.symbol, domain.Side.SELL)
+
+    def _submit(self, sdk_request: Any, cid: str, symbol: str, side: domain.Side) -> domain.Order:
         resent = False
         attempt, waited = 0, 0.0
         while True:
@@ -339,13 +378,13 @@ class AlpacaBroker(_AlpacaBase):
                     found = self._lookup(cid)
                     if found is not None:
                         log.info("order %s already at the broker; returning its record", cid)
-                        return _matching(_to_order(found), request)
+                        return _matching(_to_order(found), cid, symbol, side)
                     raise errors.BrokerUnavailable(
                         f"order {cid}: broker says the id is taken but cannot find it"
                     ) from exc
                 if info.status is not None and 400 <= info.status < 500:
                     raise errors.OrderRejected(
-                        f"{request.side.value} {request.symbol} ({cid}) rejected: {info.message}"
+                        f"{side.value} {symbol} ({cid}) rejected: {info.message}"
                     ) from exc
                 cause: Exception = exc
             except requests.RequestException as exc:
@@ -356,7 +395,7 @@ class AlpacaBroker(_AlpacaBase):
             log.warning("order %s: outcome unknown (%s); looking it up", cid, cause)
             found = self._lookup(cid)  # raises BrokerUnavailable if the lookup fails too
             if found is not None:
-                return _matching(_to_order(found), request)
+                return _matching(_to_order(found), cid, symbol, side)
             if resent:
                 raise errors.BrokerUnavailable(
                     f"order {cid}: no answer and not on the books after two sends: {cause}"

@@ -41,3 +41,26 @@ class SlippageModel:
     def apply(self, price: float, side: Side) -> float:
         factor = self.bps / 10_000
         return price * (1 + factor) if side is Side.BUY else price * (1 - factor)
+
+
+def protective_fill(
+    bar_open: float, high: float, low: float, stop: float, target: float
+) -> tuple[str, float] | None:
+    """(leg, reference price) when a session's range reaches a protective OCO, else None.
+
+    The one rule live (the loopback fake checks it independently), sim and backtest apply:
+    an open at or through a level fills at the open (a gap is not a fill at the level);
+    otherwise a low at or under the stop fills at the stop and a high at or over the target
+    at the target; a bar touching both counts as the stop (we cannot know which came first:
+    assume the worse). The stop becomes a market order (slippage applies); the take-profit is
+    a limit order (filled at its price or the better open, no slippage).
+    """
+    if bar_open <= stop:
+        return "stop_loss", bar_open
+    if bar_open >= target:
+        return "take_profit", bar_open
+    if low <= stop:
+        return "stop_loss", stop
+    if high >= target:
+        return "take_profit", target
+    return None

@@ -16,6 +16,7 @@ from app.domain import (
     Order,
     OrderRequest,
     Position,
+    ProtectiveRequest,
     TradingSession,
 )
 from app.metrics import broker_call
@@ -52,6 +53,12 @@ class InstrumentedBroker:
     def submit_market_order(self, request: OrderRequest) -> Order:
         return self._call(
             "submit_market_order", functools.partial(self.wrapped.submit_market_order, request)
+        )
+
+    def submit_protective_order(self, request: ProtectiveRequest) -> Order:
+        return self._call(
+            "submit_protective_order",
+            functools.partial(self.wrapped.submit_protective_order, request),
         )
 
     def get_order_by_client_id(self, client_order_id: str) -> Order | None:

@@ -4,11 +4,12 @@ It is deliberately strict, so a strategy that works here does not meet surprises
 cash only (no margin), no shorting, market orders only, and one order per client_order_id
 (re-submitting an id returns the order already booked under it, never a second fill).
 
-Prices come from a callable ``symbol -> price``: the backtester passes the next bar's open and
-sim mode the latest price. Orders fill at that price moved against the trader by the slippage
-model, and pay the commission model's fee in cash. By default orders fill on submission; with
-``fill_immediately=False`` they stay NEW until ``process_pending()`` (the backtester's "fill at
-the next open").
+Prices come from a callable ``symbol -> price``: the backtester and sim mode pass the session's
+open when ``process_pending()`` fills the orders queued for it. Orders fill at that price moved
+against the trader by the slippage model, and pay the commission model's fee in cash. DAY orders
+fill on submission unless ``fill_immediately=False``; OPG orders (market-on-open) always wait for
+``process_pending()``, the next open. Protective OCO exits (``submit_protective_order``) wait for
+``process_protective()`` with each session's open, high and low (``costs.protective_fill``).
 """
 
 from __future__ import annotations
@@ -17,20 +18,22 @@ import logging
 import math
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import date, datetime
 from typing import Any
 
-from app.broker.costs import CommissionModel, SlippageModel
+from app.broker.costs import CommissionModel, SlippageModel, protective_fill
 from app.broker.sim_state import (
-    _fill_from,
-    _fill_state,
-    _order_from,
-    _order_state,
-    _request_from,
-    _request_state,
+    _QTY_EPS,
+    _QTY_SCALE,
+    QTY_DECIMALS,
+    _Holding,
+    dump_book,
+    load_book,
+    settle_fill,
 )
 from app.domain import (
+    OCO,
     Account,
     Clock,
     Fill,
@@ -39,7 +42,9 @@ from app.domain import (
     OrderRequest,
     OrderStatus,
     Position,
+    ProtectiveRequest,
     Side,
+    TimeInForce,
     TradingSession,
 )
 from app.errors import NotFoundError, OrderRejected
@@ -51,19 +56,6 @@ logger = logging.getLogger(__name__)
 
 #: Where fill prices come from: symbol -> price (must be finite and > 0).
 PriceSource = Callable[[str], float]
-
-#: Share quantities are kept to 9 decimals, as Alpaca does for fractional orders.
-QTY_DECIMALS = 9
-_QTY_SCALE = 1_000_000_000  # 10 ** QTY_DECIMALS
-_QTY_EPS = 1.0 / _QTY_SCALE
-#: Float slack when comparing money, so qty = cash / price is not refused over one ulp.
-_CASH_EPS = 1e-9
-
-
-@dataclass
-class _Holding:
-    qty: float
-    avg_price: float
 
 
 def _floor_qty(qty: float) -> float:
@@ -110,6 +102,9 @@ class SimBroker:
         self._orders: dict[str, Order] = {}
         self._requests: dict[str, OrderRequest] = {}
         self._pending: list[str] = []
+        #: Open protective OCO exits, in submission order, and their requests.
+        self._guards: list[str] = []
+        self._protective: dict[str, ProtectiveRequest] = {}
         self._fills: list[Fill] = []
         self._realized_pl = 0.0
         self._commission_paid = 0.0
@@ -198,7 +193,7 @@ class SimBroker:
 
     def get_open_orders(self) -> list[Order]:
         with self._lock:
-            return [self._orders[cid] for cid in self._pending]
+            return [self._orders[cid] for cid in self._pending + self._guards]
 
     def get_order_by_client_id(self, client_order_id: str) -> Order | None:
         with self._lock:
@@ -251,7 +246,7 @@ class SimBroker:
             if problem is not None:
                 self._reject(order.client_order_id, problem)
                 raise OrderRejected(problem)
-            if not self._fill_immediately:
+            if not self._fill_immediately or req.time_in_force is TimeInForce.OPG:
                 self._pending.append(order.client_order_id)
                 return order
             result = self._execute(order.client_order_id)
@@ -293,12 +288,69 @@ class SimBroker:
         return None
 
     def _pending_sell_qty(self, symbol: str) -> float:
-        """Shares already promised to open qty sells (notional sells are judged at fill)."""
+        """Shares already promised to open qty sells and protective exits (notional sells are
+        judged at fill): like Alpaca, shares an OCO holds cannot be sold by another order."""
         return sum(
             self._requests[cid].qty or 0.0
             for cid in self._pending
             if self._requests[cid].side is Side.SELL and self._requests[cid].symbol == symbol
+        ) + sum(
+            self._protective[cid].qty
+            for cid in self._guards
+            if self._protective[cid].symbol == symbol
         )
+
+    def submit_protective_order(self, request: ProtectiveRequest) -> Order:
+        """Book an OCO exit (GTC) on shares held and not promised to other sells."""
+        symbol = request.symbol.upper()
+        with self._lock:
+            existing = self._orders.get(request.client_order_id)
+            if existing is not None:
+                return existing
+            self._seq += 1
+            order = Order(
+                client_order_id=request.client_order_id,
+                symbol=symbol,
+                side=Side.SELL,
+                status=OrderStatus.NEW,
+                qty=request.qty,
+                broker_order_id=f"sim-{self._seq:08d}",
+                submitted_at=self._clock.now(),
+                order_class=OCO,
+                limit_price=request.take_profit,
+                stop_price=request.stop_loss,
+            )
+            self._orders[order.client_order_id] = order
+            held = self._holdings.get(symbol)
+            available = (held.qty if held else 0.0) - self._pending_sell_qty(symbol)
+            if request.qty > available + _QTY_EPS:
+                problem = (
+                    f"insufficient qty: protecting {request.qty:g} {symbol} but only "
+                    f"{max(available, 0.0):g} available"
+                )
+                self._reject(order.client_order_id, problem)
+                raise OrderRejected(problem)
+            self._protective[order.client_order_id] = replace(request, symbol=symbol)
+            self._guards.append(order.client_order_id)
+            return order
+
+    def process_protective(self, ranges: Mapping[str, tuple[float, float, float]]) -> list[Order]:
+        """Fill the protective exits a session's (open, high, low) reaches, by
+        ``costs.protective_fill``; the other leg is cancelled with it. Never raises."""
+        done: list[Order] = []
+        with self._lock:
+            for cid in list(self._guards):
+                req = self._protective[cid]
+                if req.symbol not in ranges:
+                    continue
+                hit = protective_fill(*ranges[req.symbol], req.stop_loss, req.take_profit)
+                if hit is None:
+                    continue
+                leg, ref = hit
+                self._guards.remove(cid)
+                price = self._slippage.apply(ref, Side.SELL) if leg == "stop_loss" else ref
+                done.append(self._settle(cid, req.symbol, Side.SELL, req.qty, price, ref))
+        return done
 
     def _reject(self, cid: str, reason: str) -> Order:
         order = replace(self._orders[cid], status=OrderStatus.REJECTED, reject_reason=reason)
@@ -323,78 +375,31 @@ class SimBroker:
         if isinstance(ref, str):
             return self._reject(cid, ref)
         price = self._slippage.apply(ref, req.side)
-        held = self._holdings.get(req.symbol)
-        held_qty = held.qty if held else 0.0
-
         if req.qty is not None:
             qty = round(req.qty, QTY_DECIMALS)
         else:
             assert req.notional is not None
             qty = _floor_qty(req.notional / price)
-        if req.side is Side.SELL and qty > held_qty:
-            if qty > held_qty + _QTY_EPS * max(1.0, held_qty):
-                return self._reject(
-                    cid,
-                    f"insufficient qty: selling {qty:g} {req.symbol} but only {held_qty:g} "
-                    "held (no shorting)",
-                )
-            qty = held_qty  # float dust: sell exactly what is held
-        if qty <= 0:
-            return self._reject(cid, f"order too small: {qty:g} shares at {price:.4f}")
+        return self._settle(cid, req.symbol, req.side, qty, price, ref)
 
-        notional = qty * price
-        fee = self._commission.cost(qty, price)
-        if req.side is Side.BUY:
-            total = notional + fee
-            if total > self._cash + _CASH_EPS * max(1.0, self._cash):
-                return self._reject(
-                    cid,
-                    f"insufficient buying power: needs {total:.2f}, cash {self._cash:.2f}",
-                )
-            self._cash = max(0.0, self._cash - total)
-            new_qty = round(held_qty + qty, QTY_DECIMALS)
-            cost = (held.avg_price * held_qty if held else 0.0) + notional
-            self._holdings[req.symbol] = _Holding(qty=new_qty, avg_price=cost / new_qty)
-        else:
-            assert held is not None
-            if self._cash + notional - fee < 0:
-                return self._reject(
-                    cid, f"insufficient cash for commission {fee:.2f} on a {notional:.2f} sale"
-                )
-            self._cash = self._cash + notional - fee
-            self._realized_pl += (price - held.avg_price) * qty
-            remaining = held_qty - qty
-            if remaining <= _QTY_EPS:
-                del self._holdings[req.symbol]
-            else:
-                held.qty = round(remaining, QTY_DECIMALS)
-        self._commission_paid += fee
-        self._marks[req.symbol] = ref
-        now = self._clock.now()
-        self._fills.append(
-            Fill(
-                client_order_id=cid,
-                symbol=req.symbol,
-                side=req.side,
-                qty=qty,
-                price=price,
-                timestamp=now,
-                commission=fee,
-            )
-        )
-        order = replace(
-            self._orders[cid],
-            status=OrderStatus.FILLED,
-            filled_qty=qty,
-            filled_avg_price=price,
-        )
-        self._orders[cid] = order
-        return order
+    def _settle(
+        self, cid: str, symbol: str, side: Side, qty: float, price: float, ref: float
+    ) -> Order:
+        """Book a fill of `qty` at `price` (slippage included) or reject it; never raises."""
+        return settle_fill(self, cid, symbol, side, qty, price, ref)
 
-    def process_pending(self) -> list[Order]:
-        """Fill every open order at the current prices: sells first (they free cash), then
-        buys, each in submission order. Orders that no longer fit end REJECTED; none raise."""
+    def process_pending(self, prices: Mapping[str, float] | None = None) -> list[Order]:
+        """Fill every queued order at `prices` (the session's opens; default: the price
+        source): sells first (they free cash), then buys, each in submission order. Orders
+        that no longer fit end REJECTED; none raise."""
         with self._lock:
+            if prices is not None:
+                source = self._price_source
+                self._price_source = lambda symbol: prices[symbol.upper()]
+                try:
+                    return self.process_pending()
+                finally:
+                    self._price_source = source
             queue = list(self._pending)
             self._pending.clear()
             sells = [cid for cid in queue if self._requests[cid].side is Side.SELL]
@@ -411,7 +416,8 @@ class SimBroker:
                 return
             if not order.status.is_open:
                 raise OrderRejected(f"order {client_order_id!r} is {order.status}, not cancelable")
-            self._pending.remove(client_order_id)
+            queue = self._guards if client_order_id in self._guards else self._pending
+            queue.remove(client_order_id)
             self._orders[client_order_id] = replace(order, status=OrderStatus.CANCELED)
 
     def close_position(self, symbol: str, client_order_id: str) -> Order:
@@ -449,33 +455,9 @@ class SimBroker:
         """Everything the book holds, as JSON-ready data (sim mode keeps it in the database so
         the API and the workers see one exchange)."""
         with self._lock:
-            return {
-                "cash": self._cash,
-                "last_equity": self._last_equity,
-                "holdings": {s: [h.qty, h.avg_price] for s, h in self._holdings.items()},
-                "marks": dict(self._marks),
-                "orders": [_order_state(o) for o in self._orders.values()],
-                "requests": [_request_state(r) for r in self._requests.values()],
-                "pending": list(self._pending),
-                "fills": [_fill_state(f) for f in self._fills],
-                "realized_pl": self._realized_pl,
-                "commission_paid": self._commission_paid,
-                "seq": self._seq,
-            }
+            return dump_book(self)
 
     def load_state(self, state: Mapping[str, Any]) -> None:
         """Replace the book with one saved by `to_state`."""
         with self._lock:
-            self._cash = float(state["cash"])
-            self._last_equity = float(state["last_equity"])
-            self._holdings = {s: _Holding(q, p) for s, (q, p) in state["holdings"].items()}
-            self._marks = {s: float(p) for s, p in state["marks"].items()}
-            orders = [_order_from(o) for o in state["orders"]]
-            self._orders = {o.client_order_id: o for o in orders}
-            requests = [_request_from(r) for r in state["requests"]]
-            self._requests = {r.client_order_id: r for r in requests}
-            self._pending = list(state["pending"])
-            self._fills = [_fill_from(f) for f in state["fills"]]
-            self._realized_pl = float(state["realized_pl"])
-            self._commission_paid = float(state["commission_paid"])
-            self._seq = int(state["seq"])
+            load_book(self, state)

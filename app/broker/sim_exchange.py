@@ -4,14 +4,20 @@ gunicorn workers and Celery workers are separate processes; keeping the book in 
 and written under an exclusive lock, makes them all trade against one exchange. The exchange
 also holds the replay session: prices are the closes of that session, and `advance()` moves it
 one NYSE session on (one per trading cycle in sim mode).
+
+The replay session is the last *closed* session: decisions see its bars and queue their orders
+for the next open. `open_next()` moves to the next session and fills them at its open
+(`SimBroker.process_pending`), the guard places the protective exits, and `close_session()`
+fills those from the session's open, high and low (`SimBroker.process_protective`) and marks at
+its close: the backtest's execution model, on the same SimBroker code.
 """
 
 from __future__ import annotations
 
 import fcntl
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 from typing import Protocol, TypeVar
 
@@ -20,17 +26,36 @@ from sqlalchemy.orm import Session
 
 from app.broker.costs import CommissionModel, SlippageModel
 from app.broker.sim import SimBroker
-from app.domain import Account, MarketClock, Order, OrderRequest, Position, TradingSession
+from app.domain import (
+    Account,
+    BarFrame,
+    Fill,
+    MarketClock,
+    Order,
+    OrderRequest,
+    Position,
+    ProtectiveRequest,
+    TradingSession,
+)
 from app.market.calendar import NyseCalendar, ReplayClock
 from app.store.database import Database
 from app.store.orm import SimExchangeState
 
 T = TypeVar("T")
 ROW_ID = 1
+OPEN_PHASE = "open"
+
+
+def _phase(row: SimExchangeState) -> str:
+    return str((row.book or {}).get("phase", "closed"))
 
 
 class ReplayableMarketData(Protocol):
     def get_latest_price(self, symbol: str) -> float: ...
+
+    def get_daily_bars(
+        self, symbols: Sequence[str], start: date, end: date
+    ) -> dict[str, BarFrame]: ...
 
     def set_as_of(self, value: date | None) -> None: ...
 
@@ -70,6 +95,9 @@ class SimExchange:
     def submit_market_order(self, request: OrderRequest) -> Order:
         return self._run(lambda b: b.submit_market_order(request), write=True)
 
+    def submit_protective_order(self, request: ProtectiveRequest) -> Order:
+        return self._run(lambda b: b.submit_protective_order(request), write=True)
+
     def get_order_by_client_id(self, client_order_id: str) -> Order | None:
         return self._run(lambda b: b.get_order_by_client_id(client_order_id), write=False)
 
@@ -99,22 +127,76 @@ class SimExchange:
         with self._locked() as (_session, row):
             return row.session_day
 
-    def advance(self, from_session: date | None = None) -> date:
-        """Move to the next session. The equity at this session's close becomes the next
-        session's start-of-day equity (Alpaca's last_equity), the base of the daily-loss rule.
-
-        With `from_session`, only a replay still at that session moves: a cycle run twice for
-        one session advances the replay once.
-        """
+    def now(self) -> datetime:
+        """The replay instant: the close of the replay session (the open while mid-session)."""
         with self._locked() as (_session, row):
-            if from_session is not None and row.session_day != from_session:
+            if _phase(row) == OPEN_PHASE:
+                return self._calendar.session_open(row.session_day)
+            return self._calendar.session_close(row.session_day)
+
+    def is_mid_session(self) -> bool:
+        """True between open_next() and close_session() (a tick that died in between)."""
+        with self._locked() as (_session, row):
+            return _phase(row) == OPEN_PHASE
+
+    def open_next(self, from_session: date | None = None) -> date:
+        """Move to the next session and fill the queued orders at its open. The equity at the
+        last close becomes the session's start-of-day equity (Alpaca's last_equity), the base
+        of the daily-loss rule. With `from_session`, only a replay still at that session moves
+        (a tick run twice for one session opens the next once)."""
+        with self._locked() as (_session, row):
+            if (from_session is not None and row.session_day != from_session) or _phase(
+                row
+            ) == OPEN_PHASE:
                 return row.session_day
-            broker = self._broker(row)
+            day = self._calendar.next_session(row.session_day)
+            broker = self._broker(row, at=day)  # fills stamped at the session they happen in
             self._mark(broker)
             broker.start_day()
+            bars = self._session_bars(broker, day)
+            broker.process_pending({s: o for s, (o, _h, _l, _c) in bars.items()})
+            row.session_day = day
+            row.book = {**broker.to_state(), "phase": OPEN_PHASE}
+            return day
+
+    def close_session(self, day: date) -> None:
+        """Fill the protective exits the session's range reaches; mark at its close."""
+        with self._locked() as (_session, row):
+            if row.session_day != day or _phase(row) != OPEN_PHASE:
+                return
+            broker = self._broker(row)
+            bars = self._session_bars(broker, day)
+            broker.process_protective({s: (o, h, lo) for s, (o, h, lo, _c) in bars.items()})
+            self._mark(broker)
             row.book = broker.to_state()
-            row.session_day = self._calendar.next_session(row.session_day)
-            return row.session_day
+
+    def _session_bars(
+        self, broker: SimBroker, day: date
+    ) -> dict[str, tuple[float, float, float, float]]:
+        """(open, high, low, close) of `day` for every symbol held or ordered."""
+        symbols = sorted(
+            {p.symbol for p in broker.get_positions()}
+            | {o.symbol for o in broker.get_open_orders()}
+        )
+        if not symbols:
+            return {}
+        self._market.set_as_of(day)
+        frames = self._market.get_daily_bars(symbols, day, day)
+        out = {}
+        for symbol, frame in frames.items():
+            if len(frame):
+                bar = frame.iloc[-1]
+                out[symbol] = (
+                    float(bar["open"]),
+                    float(bar["high"]),
+                    float(bar["low"]),
+                    float(bar["close"]),
+                )
+        return out
+
+    def fills(self) -> list[Fill]:
+        """Every fill of the book, oldest first, stamped with the replay session's close."""
+        return self._run(lambda b: b.fills, write=False)
 
     def reset(self) -> None:
         """Start again from the first session with the starting cash."""
@@ -127,15 +209,15 @@ class SimExchange:
             broker = self._broker(row)
             result = action(broker)
             if write:
-                row.book = broker.to_state()
+                row.book = {**broker.to_state(), "phase": _phase(row)}
             return result
 
-    def _broker(self, row: SimExchangeState) -> SimBroker:
+    def _broker(self, row: SimExchangeState, at: date | None = None) -> SimBroker:
         self._market.set_as_of(row.session_day)
         broker = SimBroker(
             self._market.get_latest_price,
             starting_cash=self._starting_cash,
-            clock=ReplayClock(row.session_day, calendar=self._calendar),
+            clock=ReplayClock(at or row.session_day, calendar=self._calendar),
             calendar=self._calendar,
             commission=self._commission,
             slippage=self._slippage,

@@ -165,6 +165,16 @@ class RiskEvent(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
 
+class DecisionRun(Base):
+    """One row per closed session whose decision was taken: later triggers are no-ops."""
+
+    __tablename__ = "decision_runs"
+
+    session_date: Mapped[date] = mapped_column(Date, primary_key=True)
+    orders: Mapped[int] = mapped_column(Integer, default=0)
+    decided_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class ModelRun(Base):
     __tablename__ = "model_runs"
 

@@ -17,32 +17,50 @@ EMBEDDED_TRANSPORT = "app.tasks.embedded_broker:Transport"
 TRADING_QUEUE = "trading"
 
 
+#: The decision cycle's triggers: every 10 minutes 11:00-13:20 UTC, Monday to Friday. In New
+#: York that is 06:00-08:20 (EST) or 07:00-09:20 (EDT): always inside Alpaca's market-on-open
+#: window (19:00 the evening before until 09:28) and after the previous close. The first
+#: trigger of a session decides; the rest are no-ops.
+DECISION_TRIGGERS = (("11-12", "*/10"), ("13", "0,10,20"))
+
+
 def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
-    """The seed's schedule; nightly tuning and training are chained in one entry, not both
-    at 23:00 at once. Every entry expires before its next run, so a backlog never piles up."""
+    """Decision triggers before the open, guard cycles every TRADING_CYCLE_MINUTES while the
+    market may be open (the seed's schedule); model health and the divergence report after
+    the close; nightly tuning and training chained in one entry. Every entry expires before its
+    next run, so a backlog never piles up. Sim: one replayed session (decision, open, guard,
+    close) every SIM_CYCLE_SECONDS, the daily reports every few replayed sessions."""
     every = settings.trading_cycle_minutes
+    trading = {"queue": TRADING_QUEUE}
+    cycles: dict[str, dict[str, Any]] = {}
     if settings.trading_mode is TradingMode.SIM:
-        cycle: Any = timedelta(seconds=settings.sim_cycle_seconds)
-        cycle_expires = max(1.0, settings.sim_cycle_seconds - 1)
-        # Sim replays a session per cycle: report every 10 sessions, not every one.
-        divergence: Any = timedelta(seconds=10 * settings.sim_cycle_seconds)
-    else:
-        cycle = crontab(minute=f"*/{every}", hour=settings.trading_hours_utc, day_of_week="mon-fri")
-        cycle_expires = max(30, every * 60 - 60)
-        divergence = crontab(hour=21, minute=45, day_of_week="mon-fri")  # after the close
-    # Model health after the close (labels of older sessions arrive with each new open); in
-    # sim every few replayed sessions.
-    if settings.trading_mode is TradingMode.SIM:
-        health: Any = timedelta(seconds=max(10.0, 5 * settings.sim_cycle_seconds))
-        health_expires = max(5.0, 5 * settings.sim_cycle_seconds - 1)
-    else:
-        health, health_expires = crontab(hour=21, minute=30, day_of_week="mon-fri"), 3600
-    return {
-        "smart-trading-pipeline": {
+        session = settings.sim_cycle_seconds
+        cycles["smart-trading-pipeline"] = {
             "task": "app.tasks.smart_trading_pipeline",
-            "schedule": cycle,
-            "options": {"expires": cycle_expires, "queue": TRADING_QUEUE},
-        },
+            "schedule": timedelta(seconds=session),
+            "options": {"expires": max(1.0, session - 1), **trading},
+        }
+        health: Any = timedelta(seconds=max(10.0, 5 * session))
+        health_expires = max(5.0, 5 * session - 1)
+        divergence: Any = timedelta(seconds=10 * session)
+    else:
+        for i, (hours, minutes) in enumerate(DECISION_TRIGGERS):
+            cycles[f"decision-cycle-{i + 1}"] = {
+                "task": "app.tasks.smart_trading_pipeline",
+                "schedule": crontab(minute=minutes, hour=hours, day_of_week="mon-fri"),
+                "options": {"expires": 540, **trading},
+            }
+        cycles["guard-cycle"] = {
+            "task": "app.tasks.guard_cycle",
+            "schedule": crontab(
+                minute=f"*/{every}", hour=settings.trading_hours_utc, day_of_week="mon-fri"
+            ),
+            "options": {"expires": max(30, every * 60 - 60), **trading},
+        }
+        health, health_expires = crontab(hour=21, minute=30, day_of_week="mon-fri"), 3600
+        divergence = crontab(hour=21, minute=45, day_of_week="mon-fri")
+    return {
+        **cycles,
         "daily-summary": {
             "task": "app.tasks.daily_summary",
             "schedule": crontab(hour=21, minute=15, day_of_week="mon-fri"),
@@ -104,6 +122,7 @@ def celery_settings(settings: Settings) -> dict[str, Any]:
         ),
         "task_routes": {
             "app.tasks.smart_trading_pipeline": {"queue": TRADING_QUEUE},
+            "app.tasks.guard_cycle": {"queue": TRADING_QUEUE},
             "app.tasks.train_*": {"queue": TRAINING_QUEUE},
             "app.tasks.optimize_*": {"queue": TRAINING_QUEUE},
             "app.tasks.nightly_*": {"queue": TRAINING_QUEUE},

@@ -23,8 +23,17 @@ def ping() -> dict[str, Any]:
 
 @shared_task(name="app.tasks.smart_trading_pipeline", soft_time_limit=240, time_limit=300)
 def smart_trading_pipeline() -> dict[str, Any]:
-    """One trading cycle (a no-op when the market is closed or another cycle runs)."""
-    return services().trading().run_cycle().as_dict()
+    """The decision cycle: once per session before the open (later triggers are no-ops); in
+    sim mode one replayed session."""
+    result: dict[str, Any] = services().trading().run_decision().as_dict()
+    return result
+
+
+@shared_task(name="app.tasks.guard_cycle", soft_time_limit=240, time_limit=300)
+def guard_cycle() -> dict[str, Any]:
+    """A guard cycle: reconcile, daily-loss halt, protective exits (market open only)."""
+    result: dict[str, Any] = services().trading().run_guard().as_dict()
+    return result
 
 
 @task_failure.connect

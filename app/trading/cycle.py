@@ -1,8 +1,22 @@
-"""The trading cycle: reconcile → data → predict → decide → risk gate → act → record → tell.
+"""The trading cycles: one decision cycle per session and guard cycles while the market is open.
 
-The decision itself is `strategy.decide`, a pure function the backtester reuses unchanged; this
-module wires it to the broker, the database and the alerts, and makes it safe to run twice: a
-lock keeps cycles apart, and deterministic client_order_ids plus the open-order check make an
+**Decision cycle** (`run_decision`, task `smart_trading_pipeline`): once per session, before the
+next open, on the last *closed* session's bars: reconcile → data → predict → decide → risk gate →
+market-on-open orders (filled in the opening auction, at the open the backtest fills at) →
+record → tell. Once the decision for a session is recorded, later triggers are no-ops; a
+trigger that finds the market already open trades nothing (the next-open fill can no longer be
+met) and reports a missed decision. The decision itself is `strategy.decide` (decision.py), a
+pure function the backtester reuses unchanged.
+
+**Guard cycles** (`run_guard`, task `guard_cycle`): every few minutes while the market is open:
+reconcile, the daily-loss halt, and the protective exits at the broker (protection.py). They
+never compute features or signals.
+
+In sim mode one beat tick is one replayed session: the decision on the replay session's closed
+bars, then the next session's open (the queued orders fill there), a guard, and its close (the
+protective exits fill from its high and low): SimBroker's code, as in the backtest.
+
+A lock keeps cycles apart; deterministic client_order_ids plus the open-order check make an
 overlap, a redelivered task or a restart after a crash send no second order.
 """
 
@@ -10,13 +24,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, Protocol
+from datetime import time as dtime
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from app import metrics
 from app.ai.signals import NO_MODEL
@@ -24,74 +37,38 @@ from app.broker.instrumented import InstrumentedBroker
 from app.broker.sim_exchange import SimExchange
 from app.broker.venue import Venue
 from app.config import Settings, TradingMode
-from app.domain import (
-    BarFrame,
-    Order,
-    OrderRequest,
-    OrderStatus,
-    RiskDecision,
-    Side,
-    Signal,
-    SignalAction,
-)
+from app.domain import MarketClock
 from app.logging_setup import cycle_context
-from app.market.universe import feature_universe
 from app.store.database import Database
-from app.store.orm import EquitySnapshot, FillRecord, OrderRecord, RiskEvent, SignalRecord
+from app.store.orm import OrderRecord, RiskEvent
 from app.trading.cycle_lock import CycleLock
-from app.trading.missing_signals import report_missing_signals
+from app.trading.decision import (
+    LOOKBACK_CALENDAR_DAYS,
+    CycleResult,
+    DecisionCycle,
+    SignalSource,
+)
+from app.trading.ledger import Ledger
 from app.trading.notifier import Notifier
-from app.trading.orders import OPEN_STATUSES, OrderService
-from app.trading.risk import ProposedOrder, RiskLimits, RiskStateStore, daily_pnl
-from app.trading.strategy import DecisionInputs, MarketSnapshot, StrategyConfig, decide
+from app.trading.orders import OrderService
+from app.trading.protection import PURPOSE, plan_protection
+from app.trading.risk import RiskLimits, RiskManager, RiskStateStore
+from app.trading.strategy import StrategyConfig
 
 log = logging.getLogger(__name__)
 
-STRATEGY = "alpha"
 NEW_YORK = ZoneInfo("America/New_York")
-LOOKBACK_CALENDAR_DAYS = 200  # covers the 120-session feature window with room for holidays
-
-
-class SignalSource(Protocol):
-    """Turns bars into signals; returns the signals and, when it cannot, why not."""
-
-    def signals(
-        self, bars: Mapping[str, BarFrame], session: date
-    ) -> tuple[dict[str, Signal], str | None]: ...
-
-
-def client_order_id(session: date, cycle_key: str, symbol: str, side: Side) -> str:
-    """The same order of the same cycle always gets the same id, so it is never sent twice."""
-    return f"{STRATEGY}-{session:%Y%m%d}-{cycle_key}-{symbol}-{side.value}"
-
-
-def _unique(orders: list[Order]) -> list[Order]:
-    """Open orders seen by the broker and in the database, each once (by client_order_id)."""
-    return list({o.client_order_id: o for o in reversed(orders)}.values())
+#: Alpaca queues market-on-open orders from 19:00 New York for the next opening auction and
+#: refuses them from 09:28 until 19:00.
+OPG_FROM = dtime(19, 0)
+OPG_CUTOFF = timedelta(minutes=2)
 
 
 def cycle_key_for(now: datetime, interval_minutes: int) -> str:
-    """The schedule slot (UTC, like the beat schedule) that `now` falls in."""
+    """The guard schedule slot (UTC, like the beat schedule) that `now` falls in."""
     now = now.astimezone(UTC)
     minute = now.minute - now.minute % interval_minutes
     return f"{now.hour:02d}{minute:02d}"
-
-
-@dataclass
-class CycleResult:
-    status: str
-    session: str | None = None
-    cycle_key: str | None = None
-    orders: list[dict[str, Any]] = field(default_factory=list)
-    denied: list[dict[str, Any]] = field(default_factory=list)
-    signals: int = 0
-    events: list[str] = field(default_factory=list)
-    reconciled: list[str] = field(default_factory=list)
-    problem: str | None = None
-    seconds: float = 0.0
-
-    def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
 
 
 class TradingService:
@@ -108,19 +85,39 @@ class TradingService:
         self._settings = settings
         self._db = db
         self._venue = venue
-        self._signals = signal_source
         self._notifier = notifier
         self._lock = lock
         # Every broker call the cycle makes is counted and timed, whatever the venue.
         self._broker = InstrumentedBroker(venue.broker, venue.name)
         self._orders = OrderService(db, self._broker)
         self._risk = RiskStateStore(db)
+        self._ledger = Ledger(db)
         self._limits = RiskLimits.from_settings(settings)
-        self._config = StrategyConfig.from_settings(settings)
+        self._sim = settings.trading_mode is TradingMode.SIM
+        self._decision = DecisionCycle(
+            settings=settings,
+            db=db,
+            venue=venue,
+            broker=self._broker,
+            orders=self._orders,
+            risk=self._risk,
+            ledger=self._ledger,
+            notifier=notifier,
+            signals=signal_source,
+            limits=self._limits,
+            config=StrategyConfig.from_settings(settings),
+        )
 
-    def run_cycle(
-        self, *, now: datetime | None = None, cycle_key: str | None = None
-    ) -> CycleResult:
+    # -- entry points --------------------------------------------------------------------------
+    def run_decision(self, *, now: datetime | None = None) -> CycleResult:
+        """The once-per-session decision (sim: one whole replayed session)."""
+        return self._locked(lambda: self._sim_tick() if self._sim else self._decide_live(now))
+
+    def run_guard(self, *, now: datetime | None = None) -> CycleResult:
+        """Reconcile, daily-loss halt, protective exits; a no-op while the market is closed."""
+        return self._locked(lambda: self._guard_live(now))
+
+    def _locked(self, body: Callable[[], CycleResult]) -> CycleResult:
         started = time.perf_counter()
         with cycle_context():  # every log line of this cycle carries its id
             try:
@@ -129,7 +126,7 @@ class TradingService:
                         log.info("another trading cycle is running: skipped")
                         metrics.record_cycle("skipped_locked", time.perf_counter() - started)
                         return CycleResult(status="skipped_locked")
-                    result = self._run(now, cycle_key)
+                    result = body()
             except Exception:
                 metrics.record_cycle("error", time.perf_counter() - started)
                 raise
@@ -137,145 +134,141 @@ class TradingService:
         metrics.record_cycle(result.status, result.seconds)
         return result
 
-    def _run(self, now: datetime | None, cycle_key: str | None) -> CycleResult:
-        broker = self._broker
-        clock = broker.get_clock()
+    # -- paper / live --------------------------------------------------------------------------
+    def _decide_live(self, now: datetime | None) -> CycleResult:
+        clock = self._broker.get_clock()
+        now = now or clock.timestamp
+        session = self._last_closed_session(clock)
+        key = "decision"
+        if session is not None and self._ledger.decided(session):
+            log.info("the decision for %s is recorded: nothing to do", session)
+            return CycleResult(status="already_decided", session=session.isoformat())
+        if clock.is_open or now >= clock.next_open - OPG_CUTOFF:
+            return self._missed(session, clock)
+        if session is None:
+            return CycleResult(status="market_closed")
+        opg_from = datetime.combine(session, OPG_FROM, NEW_YORK)
+        if now < opg_from:
+            log.info("decision for %s waits for the OPG window (from %s)", session, opg_from)
+            return CycleResult(status="before_opg_window", session=session.isoformat())
+        result = CycleResult(status="done", session=session.isoformat(), cycle_key=key)
+        result.reconciled = self.reconcile()
+        self._decision.run(session, now, result)
+        if result.problem is None or result.signals:
+            self._ledger.mark_decided(session, len(result.orders))
+        return result
+
+    def _missed(self, session: date | None, clock: MarketClock) -> CycleResult:
+        day = session.isoformat() if session else "?"
+        why = f"the market opened before the decision for {day} was taken: nothing traded"
+        log.warning("decision missed: %s", why)
+        metrics.DECISIONS_MISSED.inc()
+        self._risk.record_event("decision_missed", why)
+        self._notifier.notify("Decision missed", why, "error")
+        return CycleResult(status="decision_missed", session=day, problem=why)
+
+    def _last_closed_session(self, clock: MarketClock) -> date | None:
+        today = clock.timestamp.astimezone(NEW_YORK).date()
+        sessions = self._broker.get_calendar(today - timedelta(days=14), today)
+        closed = [s.day for s in sessions if s.close <= clock.timestamp]
+        return closed[-1] if closed else None
+
+    def _guard_live(self, now: datetime | None) -> CycleResult:
+        clock = self._broker.get_clock()
         if not clock.is_open:
-            log.info("market closed (next open %s): cycle is a no-op", clock.next_open)
+            log.info("market closed (next open %s): guard is a no-op", clock.next_open)
             return CycleResult(status="market_closed")
         now = now or clock.timestamp
         session = clock.timestamp.astimezone(NEW_YORK).date()  # the broker's clock decides
-        sim = self._settings.trading_mode is TradingMode.SIM
-        key = cycle_key or (
-            "eod" if sim else cycle_key_for(now, self._settings.trading_cycle_minutes)
-        )
-        result = CycleResult(status="done", session=session.isoformat(), cycle_key=key)
+        key = cycle_key_for(now, self._settings.trading_cycle_minutes)
+        return self._guard(session, now, key, check_risk=True)
 
-        result.reconciled = self.reconcile()
-        account = broker.get_account()
-        positions = broker.get_positions()
-        open_orders = broker.get_open_orders()
-        symbols = feature_universe(self._settings.watchlist, (p.symbol for p in positions))
-        bars = self._venue.market.get_daily_bars(
-            symbols, session - timedelta(days=LOOKBACK_CALENDAR_DAYS), session
-        )
-        signals, problem = self._signals.signals(bars, session)
-        report_missing_signals(self._db, self._notifier, symbols, bars, signals, session, problem)
-        if problem:
-            result.problem = problem
-            self._notifier.notify("No trading signals", problem, "warning")
-        result.signals = len(signals)
-        metrics.record_signals(signals.values())
-        prices = {s: float(f["close"].iloc[-1]) for s, f in bars.items() if len(f)}
-        prices.update({p.symbol: p.current_price for p in positions if p.current_price > 0})
-
-        loaded = self._risk.load()
-        held = {p.symbol for p in positions}
-        held_since = self._held_since(held)
-        candidates = {s for s, sig in signals.items() if sig.action is SignalAction.BUY} - held
-        inputs = DecisionInputs(
-            account=account,
-            positions=positions,
-            open_orders=_unique([*open_orders, *self._open_orders_in_database()]),
-            market=MarketSnapshot(bars=bars, prices=prices),
-            signals=signals,
-            risk_state=loaded,
-            now=now,
-            session=session,
-            held_since=held_since,
-            # The bot opened a holding when it has a filled buy since the symbol was last flat.
-            unmanaged=frozenset()
-            if self._settings.manage_external_positions
-            else frozenset(held - held_since.keys()),
-            whole_shares=frozenset(s for s in candidates | held if not broker.is_fractionable(s)),
-            no_entry=self._rejected_entries(session),
-        )
-        decision = decide(inputs, self._limits, self._config)
-        state = self._risk.save(decision.risk_state, loaded=loaded)
-        for event in decision.events:
-            detail = decision.risk_state.halt_reason or event
-            self._risk.record_event(event, detail)
-            self._notifier.notify(f"Risk: {event}", detail, "error")
-        result.events = list(decision.events)
-        metrics.record_risk_events(decision.events)
-        for order, verdict in decision.denied:
-            self._deny(result, order, verdict)
-        for order in decision.orders:
-            # Re-read before each send: a halt written while this cycle ran stops its entries.
-            if order.side is Side.BUY and not (now_state := self._risk.load()).allows_entries(now):
-                why = f"trading is {now_state.state} since the decision: {now_state.halt_reason}"
-                self._deny(result, order, RiskDecision.deny(why, "trading_state"))
-                continue
-            request = OrderRequest(
-                symbol=order.symbol,
-                side=order.side,
-                client_order_id=client_order_id(session, key, order.symbol, order.side),
-                qty=order.qty,
-            )
-            placed = self._orders.place(
-                request, reason=order.reason, session_date=session, cycle_id=key
-            )
-            result.orders.append(
-                {
-                    "client_order_id": request.client_order_id,
-                    "symbol": order.symbol,
-                    "side": order.side.value,
-                    "qty": order.qty,
-                    "reason": order.reason,
-                    "status": placed.order.status.value if placed.order else "unknown",
-                    "sent": placed.sent,
-                    "error": placed.error,
-                }
-            )
-            self._tell_order(order.reason, placed.order, placed.error, request)
-            kind = order.reason.split(":")[0]
-            if kind in {"stop_loss", "take_profit"} and placed.order is not None:
-                self._risk.record_event(kind, order.reason, order.symbol)
-                metrics.record_risk_events([kind])
-        self._record(signals, session, account, positions, state)
+    # -- sim -----------------------------------------------------------------------------------
+    def _sim_tick(self) -> CycleResult:
         exchange = self._venue.broker
-        if sim and isinstance(exchange, SimExchange):
-            if problem == NO_MODEL:  # the first model is training: the replay waits for it
+        assert isinstance(exchange, SimExchange)
+        if exchange.is_mid_session():  # a tick died between the open and the close: finish
+            opened = exchange.session()
+            self._guard(opened, exchange.now(), "guard", check_risk=False)
+            exchange.close_session(opened)
+        session = exchange.session()
+        result = CycleResult(status="done", session=session.isoformat(), cycle_key="decision")
+        if not self._ledger.decided(session):
+            result.reconciled = self.reconcile()
+            self._decision.run(session, exchange.now(), result)
+            if result.problem == NO_MODEL:  # the first model is training: the replay waits
                 log.info("sim replay holds at %s until the first model is trained", session)
-            else:
-                exchange.advance(from_session=session)
+                return result
+            self._ledger.mark_decided(session, len(result.orders))
+        opened = exchange.open_next(from_session=session)
+        guard = self._guard(opened, exchange.now(), "guard", check_risk=False)
+        result.protective = guard.protective
+        exchange.close_session(opened)
+        return result
+
+    # -- guard ---------------------------------------------------------------------------------
+    def _guard(self, session: date, now: datetime, key: str, *, check_risk: bool) -> CycleResult:
+        result = CycleResult(status="done", session=session.isoformat(), cycle_key=key)
+        result.reconciled = self.reconcile()
+        if check_risk:
+            loaded = self._risk.load()
+            account = self._broker.get_account()
+            state, events = RiskManager(self._limits).update_state(loaded, account, session, now)
+            state = self._risk.save(state, loaded=loaded)
+            for event in events:
+                self._risk.record_event(event, state.halt_reason or event)
+                self._notifier.notify(f"Risk: {event}", state.halt_reason or event, "error")
+            result.events = events
+            metrics.record_risk_events(events)
+        if self._settings.protective_orders:
+            result.protective = self.protect(session, key)
         log.info(
-            "cycle %s %s: %d signals, %d orders, %d denied",
+            "guard %s %s: %d reconciled, %d protective changes",
             session,
             key,
-            len(signals),
-            len(result.orders),
-            len(result.denied),
+            len(result.reconciled),
+            len(result.protective),
         )
         return result
 
-    @staticmethod
-    def _deny(result: CycleResult, order: ProposedOrder, verdict: RiskDecision) -> None:
-        metrics.record_order_rejected("risk", verdict.rule or "unspecified")
-        result.denied.append(
-            {
-                "symbol": order.symbol,
-                "side": order.side.value,
-                "reason": verdict.reason,
-                "rule": verdict.rule,
-            }
+    def protect(self, session: date, key: str) -> list[str]:
+        """Keep one protective OCO on every holding the bot manages (protection.py)."""
+        positions = self._broker.get_positions()
+        open_orders = self._broker.get_open_orders()
+        held = {p.symbol for p in positions}
+        leave_alone = (
+            frozenset()
+            if self._settings.manage_external_positions
+            else frozenset(held - self._ledger.held_since(held).keys())
         )
-
-    def _rejected_entries(self, session_day: date) -> frozenset[str]:
-        """Symbols whose buy the broker rejected this session: not re-sent until the next."""
-        with self._db.session() as session:
-            rows = session.scalars(
-                select(OrderRecord.symbol).where(
-                    OrderRecord.session_date == session_day,
-                    OrderRecord.side == Side.BUY.value,
-                    OrderRecord.status == OrderStatus.REJECTED.value,
+        plan = plan_protection(
+            positions,
+            open_orders,
+            self._limits,
+            session,
+            known_ids=self._ledger.protective_ids(held | {o.symbol for o in open_orders}),
+            leave_alone=leave_alone,
+        )
+        changed = []
+        for stale in plan.cancel:
+            self._broker.cancel_order(stale.client_order_id)
+            self._orders.sync(stale.client_order_id)
+            changed.append(f"cancel {stale.client_order_id}")
+        for request in plan.place:
+            placed = self._orders.place_protective(request, session_date=session, cycle_id=key)
+            if placed.error:
+                self._notifier.notify(
+                    f"Protective order for {request.symbol} not placed", placed.error, "error"
                 )
-            )
-            return frozenset(rows)
+            changed.append(f"place {request.client_order_id}")
+        return changed
 
+    # -- reconciliation ------------------------------------------------------------------------
     def reconcile(self) -> list[str]:
-        """Bring the database in line with the broker (the truth); each change is counted."""
+        """Bring the database in line with the broker (the truth); each change is counted.
+        A protective exit found filled is reported as the stop-loss or take-profit it was."""
         changed = self._orders.reconcile_open_orders()
+        unknown = 0
         for order in self._broker.get_open_orders():
             with self._db.session() as session:
                 known = session.scalar(
@@ -286,16 +279,27 @@ class TradingService:
             if known is None:
                 self._orders.sync(order.client_order_id)
                 changed.append(order.client_order_id)
+                unknown += 1
                 metrics.record_reconcile("unknown_order")
                 self._risk.record_event(
                     "reconcile_unknown_order",
                     f"open order {order.client_order_id} for {order.symbol} placed outside the bot",
                     order.symbol,
                 )
+        for cid in changed:
+            filled = self._broker.get_order_by_client_id(cid) if f"-{PURPOSE}" in cid else None
+            if filled is not None and (kind := filled.exit_kind) is not None:
+                price = filled.filled_avg_price or 0.0
+                detail = f"{kind}: protective exit of {filled.filled_qty:g} at {price:.2f}"
+                self._risk.record_event(kind, detail, filled.symbol)
+                metrics.record_risk_events([kind])
+                level = "warning" if kind == "stop_loss" else "success"
+                title = f"{kind.replace('_', ' ').title()}: sell {filled.symbol}"
+                self._notifier.notify(title, detail, level)
         self._report_unknown_positions()
-        if changed:
+        if unknown:
             self._notifier.notify(
-                "Reconciliation", f"{len(changed)} order(s) updated from the broker", "warning"
+                "Reconciliation", f"{unknown} order(s) placed outside the bot", "warning"
             )
         return changed
 
@@ -323,115 +327,5 @@ class TradingService:
                 symbol,
             )
 
-    def _open_orders_in_database(self) -> list[Order]:
-        with self._db.session() as session:
-            rows = session.scalars(
-                select(OrderRecord).where(OrderRecord.status.in_(OPEN_STATUSES))
-            ).all()
-        return [
-            Order(r.client_order_id, r.symbol, Side(r.side), OrderStatus(r.status), qty=r.qty)
-            for r in rows
-        ]
 
-    def _held_since(self, held: set[str]) -> dict[str, date]:
-        """Session of the first buy since each holding was last flat (a partial sell, such as
-        a trim, keeps the date; a sell of everything bought clears it)."""
-        since: dict[str, date] = {}
-        net: dict[str, float] = {}
-        with self._db.session() as session:
-            rows = session.execute(
-                select(
-                    OrderRecord.symbol,
-                    OrderRecord.side,
-                    OrderRecord.session_date,
-                    OrderRecord.filled_qty,
-                )
-                .where(OrderRecord.symbol.in_(held), OrderRecord.filled_qty > 0)
-                .order_by(OrderRecord.created_at)
-            ).all()
-        for symbol, side, day, qty in rows:
-            if day is None:
-                continue
-            if side == Side.SELL.value:
-                net[symbol] = net.get(symbol, 0.0) - qty
-                if net[symbol] <= 1e-9:
-                    since.pop(symbol, None)
-                    net.pop(symbol)
-            else:
-                net[symbol] = net.get(symbol, 0.0) + qty
-                since.setdefault(symbol, day)
-        return since
-
-    def _record(
-        self,
-        signals: Mapping[str, Signal],
-        session_day: date,
-        account: Any,
-        positions: list[Any],
-        state: Any,
-    ) -> None:
-        with self._db.session() as session:
-            session.add_all(
-                SignalRecord(
-                    symbol=s.symbol,
-                    action=s.action.value,
-                    predicted_return=s.predicted_return,
-                    confidence=s.confidence,
-                    dispersion=s.dispersion,
-                    model_version=s.model_version,
-                    as_of=session_day,
-                )
-                for s in signals.values()
-                if s.action is not SignalAction.HOLD or len(signals) <= 64
-            )
-            account = self._broker.get_account()
-            held = self._broker.get_positions()
-            session.add(
-                EquitySnapshot(
-                    taken_at=datetime.now(UTC),
-                    equity=account.equity,
-                    cash=account.cash,
-                    exposure=sum(abs(p.market_value) for p in held) / account.equity
-                    if account.equity > 0
-                    else 0.0,
-                    positions=len(held),
-                    daily_pnl=daily_pnl(state, account),
-                )
-            )
-            rows = session.execute(
-                select(
-                    FillRecord.symbol, FillRecord.side, FillRecord.qty, FillRecord.price
-                ).order_by(FillRecord.id)
-            ).all()
-            fills = [(symbol, side, qty, price) for symbol, side, qty, price in rows]
-            realized = metrics.realized_pnl(fills) - (
-                session.scalar(select(func.coalesce(func.sum(FillRecord.commission), 0.0))) or 0.0
-            )
-        metrics.record_portfolio(
-            self._venue.name,
-            account,
-            held,
-            state=state.state,
-            daily_pnl=daily_pnl(state, account),
-            realized_pnl=realized,
-        )
-
-    def _tell_order(
-        self, reason: str, order: Order | None, error: str | None, request: OrderRequest
-    ) -> None:
-        kind = reason.split(":")[0]
-        if order is None:
-            self._notifier.notify(
-                f"Order {request.side.value} {request.symbol} not confirmed",
-                error or "unknown outcome: reconciliation will settle it",
-                "error",
-            )
-            return
-        if order.status is OrderStatus.FILLED or order.filled_qty > 0:
-            level = "warning" if kind == "stop_loss" else "success"
-            price = f" at {order.filled_avg_price:.2f}" if order.filled_avg_price else ""
-            self._notifier.notify(
-                f"{kind.replace('_', ' ').title()}: {request.side.value} {request.symbol}",
-                f"{order.filled_qty:g} shares{price}. {reason}",
-                level,
-            )
+__all__ = ["LOOKBACK_CALENDAR_DAYS", "CycleResult", "SignalSource", "TradingService"]

@@ -15,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from app import metrics
-from app.domain import Broker, Order, OrderRequest, OrderStatus
+from app.domain import Broker, Order, OrderRequest, OrderStatus, ProtectiveRequest, Side
 from app.errors import BrokerUnavailable, OrderRejected
 from app.store.database import Database
 from app.store.orm import FillRecord, OrderRecord
@@ -23,6 +23,18 @@ from app.store.orm import FillRecord, OrderRecord
 log = logging.getLogger(__name__)
 
 OPEN_STATUSES = [s.value for s in OrderStatus if s.is_open]
+STRATEGY = "alpha"
+
+
+def client_order_id(session: date, purpose: str, symbol: str, side: Side) -> str:
+    """Deterministic per (session, purpose, symbol, side): the same order of the same decision
+    always gets the same id, so it is never sent twice."""
+    return f"{STRATEGY}-{session:%Y%m%d}-{purpose}-{symbol}-{side.value}"
+
+
+def purpose_of(reason: str) -> str:
+    """entry, signal_sell, rebalance, trim, stop_loss, take_profit... from a decision reason."""
+    return reason.split(":", 1)[0].strip().replace("-", "_") or "order"
 
 
 @dataclass(frozen=True)
@@ -83,6 +95,42 @@ class OrderService:
         metrics.record_order_submitted(str(request.side), reason)
         if order.status is OrderStatus.REJECTED:
             metrics.record_order_rejected("broker", "rejected")
+        self._update(cid, order)
+        return Placement(cid, order, sent=True)
+
+    def place_protective(
+        self, request: ProtectiveRequest, *, session_date: date, cycle_id: str
+    ) -> Placement:
+        """A protective OCO exit, with the same write-before-send and lookup-on-doubt rules."""
+        cid = request.client_order_id
+        reason = f"protective: stop {request.stop_loss:.2f} / target {request.take_profit:.2f}"
+        try:
+            with self._db.session() as session:
+                session.add(
+                    OrderRecord(
+                        client_order_id=cid,
+                        symbol=request.symbol,
+                        side=Side.SELL.value,
+                        qty=request.qty,
+                        status=OrderStatus.PENDING.value,
+                        reason=reason,
+                        session_date=session_date,
+                        cycle_id=cycle_id,
+                    )
+                )
+        except IntegrityError:
+            metrics.ORDERS_DUPLICATES_PREVENTED.inc()
+            return Placement(cid, self.sync(cid), sent=False)
+        try:
+            order = self._broker.submit_protective_order(request)
+        except OrderRejected as exc:
+            metrics.record_order_rejected("broker", "rejected")
+            self._update(cid, None, rejected=exc.message)
+            return Placement(cid, None, sent=True, error=exc.message)
+        except BrokerUnavailable as exc:
+            metrics.ORDERS_UNCONFIRMED.inc()
+            return Placement(cid, None, sent=True, error=exc.message)
+        metrics.record_order_submitted(Side.SELL.value, reason)
         self._update(cid, order)
         return Placement(cid, order, sent=True)
 

@@ -34,22 +34,31 @@ from app.backtest.metrics import (
 )
 from app.backtest.report import SEED_KEYS, to_report, write_png
 from app.backtest.report_html import render_html
-from app.backtest.results import CYCLE_KEY, INTRADAY_KEY, BacktestConfig, BacktestResult, Trade
+from app.backtest.results import BacktestConfig, BacktestResult, Trade
 from app.backtest.signals import ModelSignals, SmaCrossSignals, from_signal_source
 from app.backtest.walk_forward import WalkForwardConfig, WalkForwardPredictor
 from app.backtest.window import (
     backtest_sessions,
-    intraday_exit,
     load_bars,
     resolve_window,
 )
-from app.broker.costs import CommissionModel, SlippageModel
+from app.broker.costs import CommissionModel, SlippageModel, protective_fill
 from app.broker.sim import SimBroker
-from app.domain import BarFrame, OrderRequest, OrderStatus, Side, Signal, SignalAction
+from app.domain import (
+    BarFrame,
+    OrderRequest,
+    OrderStatus,
+    Side,
+    Signal,
+    SignalAction,
+    TimeInForce,
+)
 from app.errors import OrderRejected, ValidationError
 from app.market.calendar import NyseCalendar
 from app.market.sources import CsvMarketData
-from app.trading.cycle import LOOKBACK_CALENDAR_DAYS, client_order_id
+from app.trading.cycle import LOOKBACK_CALENDAR_DAYS
+from app.trading.orders import client_order_id, purpose_of
+from app.trading.protection import exits_to_unblock, plan_protection, protective_levels
 from app.trading.risk import RiskLimits, RiskState
 from app.trading.strategy import DecisionInputs, MarketSnapshot, StrategyConfig, decide
 from tests import support
@@ -159,19 +168,35 @@ def live_replay(
         reference.clear()
         reference.update({s: float(f["open"].iloc[0]) for s, f in today.items() if len(f)})
         settle(broker.process_pending())
-        if intraday_exits:
-            for p in broker.get_positions():
-                bar = today[p.symbol]
-                if not len(bar):
-                    continue
-                row = bar.iloc[0]
-                hit = intraday_exit(row["open"], row["high"], row["low"], p.avg_entry_price, limits)
-                if hit:
-                    reference[p.symbol] = hit[1]
-                    cid = client_order_id(day, INTRADAY_KEY, p.symbol, Side.SELL)
-                    broker.submit_market_order(OrderRequest(p.symbol, Side.SELL, cid, qty=p.qty))
-                    replay.orders.append((cid, p.symbol, "sell", p.qty, hit[0]))
-            settle(broker.process_pending())
+        if intraday_exits:  # the guard cycle's plan, then the day's range
+            plan = plan_protection(
+                broker.get_positions(),
+                broker.get_open_orders(),
+                limits,
+                day,
+                known_ids=[o.client_order_id for o in broker.get_orders()],
+            )
+            for stale in plan.cancel:
+                broker.cancel_order(stale.client_order_id)
+            for guard in plan.place:
+                broker.submit_protective_order(guard)
+            ranges = {
+                s: (float(f["open"].iloc[0]), float(f["high"].iloc[0]), float(f["low"].iloc[0]))
+                for s, f in today.items()
+                if len(f)
+            }
+            for order in broker.process_protective(ranges):
+                replay.orders.append(
+                    (
+                        order.client_order_id,
+                        order.symbol,
+                        "sell",
+                        order.filled_qty,
+                        order.exit_kind or "",
+                    )
+                )
+                if broker.get_position(order.symbol) is None:
+                    held_since.pop(order.symbol, None)
         broker.mark({s: float(f["close"].iloc[0]) for s, f in today.items() if len(f)})
         clock.at = calendar.session_close(day)
         replay.equity.append(broker.get_account().equity)
@@ -180,7 +205,8 @@ def live_replay(
         # --- TradingService._run, minus the database and the alerts ---
         account = broker.get_account()
         positions = broker.get_positions()
-        open_orders = broker.get_open_orders()
+        working = broker.get_open_orders()
+        open_orders = [o for o in working if not o.is_protective]
         wanted = sorted(set(symbols) | {p.symbol for p in positions})
         window = market.get_daily_bars(wanted, day - timedelta(days=LOOKBACK_CALENDAR_DAYS), day)
         signals, _problem = source.signals(window, day)
@@ -198,16 +224,23 @@ def live_replay(
             held_since={
                 p.symbol: held_since[p.symbol] for p in positions if p.symbol in held_since
             },
+            whole_shares=frozenset(set(symbols) | {p.symbol for p in positions})
+            if intraday_exits
+            else frozenset(),
         )
         decision = decide(inputs, limits, config)
         risk_state = decision.risk_state
+        sells = [o.symbol for o in decision.orders if o.side is Side.SELL]
+        for guard_order in exits_to_unblock(sells, working):
+            broker.cancel_order(guard_order.client_order_id)
+        tif = TimeInForce.OPG if intraday_exits else TimeInForce.DAY
         for order in decision.orders:
-            cid = client_order_id(day, CYCLE_KEY, order.symbol, order.side)
+            cid = client_order_id(day, purpose_of(order.reason), order.symbol, order.side)
             decided_on[cid] = day
             replay.orders.append((cid, order.symbol, order.side.value, order.qty, order.reason))
             with contextlib.suppress(OrderRejected):  # the backtest records it as rejected
                 broker.submit_market_order(
-                    OrderRequest(order.symbol, order.side, cid, qty=order.qty)
+                    OrderRequest(order.symbol, order.side, cid, qty=order.qty, time_in_force=tif)
                 )
     return replay
 
@@ -262,14 +295,10 @@ def test_same_orders_as_the_live_cycle(
         slippage_bps=5.0,
     )
     got = [(o.client_order_id, o.symbol, o.side, o.qty, o.reason) for o in result.orders]
-    want = [
-        (cid, sym, side, qty, reason)
-        for cid, sym, side, qty, reason in live.orders
-        if f"-{INTRADAY_KEY}-" not in cid
-    ]
-    assert [g for g in got if f"-{INTRADAY_KEY}-" not in g[0]] == want
-    intraday_got = [(g[0], g[1], g[3], g[4].split(":")[0]) for g in got if INTRADAY_KEY in g[0]]
-    intraday_want = [(o[0], o[1], o[3], o[4]) for o in live.orders if INTRADAY_KEY in o[0]]
+    want = [o for o in live.orders if "-protect" not in o[0]]
+    assert [g for g in got if "-protect" not in g[0]] == want
+    intraday_got = [(g[0], g[1], g[3], g[4].split(":")[0]) for g in got if "-protect" in g[0]]
+    intraday_want = [(o[0], o[1], o[3], o[4]) for o in live.orders if "-protect" in o[0]]
     assert intraday_got == intraday_want
     assert [d.equity for d in result.days] == pytest.approx(live.equity, rel=1e-12)
     kinds = {o.reason.split(":")[0] for o in result.orders}
@@ -320,7 +349,7 @@ def test_same_orders_with_the_live_model_signal_source(
         (o.client_order_id, o.symbol, o.side, o.qty, o.reason if o.kind == "decision" else "")
         for o in result.orders
     ]
-    want = [(c, s, d, q, r if INTRADAY_KEY not in c else "") for c, s, d, q, r in live.orders]
+    want = [(c, s, d, q, r if "-protect" not in c else "") for c, s, d, q, r in live.orders]
     assert got == want
     assert sum(1 for o in result.orders if o.side == "buy") >= 5
     assert result.model["kind"] == "saved_model"
@@ -558,26 +587,32 @@ def test_risk_caps_hold_on_every_day(bars: dict[str, BarFrame]) -> None:
         ((95.0, 96.0, 94.0), ("stop_loss", 95.0)),  # opens exactly at the stop
     ],
 )
-def test_intraday_exit_rule(
+def test_protective_fill_rule(
     bar: tuple[float, float, float], expected: tuple[str, float] | None
 ) -> None:
-    hit = intraday_exit(*bar, entry=100.0, limits=RiskLimits())
-    assert (hit[:2] if hit else None) == (pytest.approx(expected) if expected else None)
+    stop, target = protective_levels(100.0, RiskLimits())
+    assert (stop, target) == (95.0, 110.0)
+    hit = protective_fill(*bar, stop, target)
+    assert hit == (pytest.approx(expected) if expected else None)
 
 
-def test_intraday_exit_fills_at_the_level_with_slippage(bars: dict[str, BarFrame]) -> None:
+def test_protective_exits_fill_at_their_levels(bars: dict[str, BarFrame]) -> None:
+    """Stops pay the slippage; take-profit limits fill at their price or a better open."""
     config = BacktestConfig(
         symbols=UNIVERSE, start=date(2020, 2, 3), end=date(2020, 4, 30), slippage_bps=10.0
     )
     result = run_backtest(bars, config, from_signal_source(ScatterSignals()))
-    exits = [o for o in result.orders if o.kind == "intraday" and o.status == "filled"]
-    assert exits
+    exits = [o for o in result.orders if o.kind == "protective" and o.status == "filled"]
+    assert {o.reason_kind for o in exits} == {"stop_loss", "take_profit"}
     for order in exits:
         bar = bars[order.symbol].loc[pd.Timestamp(order.session)]
         assert order.fill_date == order.session
-        reference = order.fill_price / (1 - 10.0 / 1e4)
+        assert order.fill_price is not None
+        slip = 1 - 10.0 / 1e4 if order.reason_kind == "stop_loss" else 1.0
+        reference = order.fill_price / slip
         assert bar["low"] - 1e-9 <= reference <= bar["high"] + 1e-9
-        assert "stop_loss" in order.reason or "take_profit" in order.reason
+        assert order.qty == int(order.qty)
+    assert all(o.qty == int(o.qty) for o in result.orders)  # OPG and OCO: whole shares
 
 
 def test_equity_and_trade_metrics() -> None:

@@ -97,6 +97,13 @@ class FakeOrder:
     filled_at: datetime | None = None
     canceled_at: datetime | None = None
     updated_at: datetime | None = None
+    order_type: str = "market"
+    order_class: str = "simple"
+    limit_price: float | None = None
+    stop_price: float | None = None
+    #: An OCO's stop leg (the parent is the take-profit limit), as Alpaca nests it.
+    legs: list[FakeOrder] = field(default_factory=list)
+    parent_id: str | None = None
 
     @property
     def is_open(self) -> bool:
@@ -126,16 +133,16 @@ class FakeOrder:
             "filled_avg_price": (
                 _num(self.filled_avg_price) if self.filled_avg_price is not None else None
             ),
-            "order_class": "simple",
-            "order_type": "market",
-            "type": "market",
+            "order_class": self.order_class,
+            "order_type": self.order_type,
+            "type": self.order_type,
             "side": self.side,
             "time_in_force": self.time_in_force,
-            "limit_price": None,
-            "stop_price": None,
+            "limit_price": _num(self.limit_price) if self.limit_price is not None else None,
+            "stop_price": _num(self.stop_price) if self.stop_price is not None else None,
             "status": self.status,
             "extended_hours": False,
-            "legs": None,
+            "legs": [leg.to_json() for leg in self.legs] or None,
             "trail_percent": None,
             "trail_price": None,
             "hwm": None,
@@ -256,6 +263,8 @@ class FakeAlpaca:
         rate_limit: tuple[int, float] | None = None,
         rate_limit_reset_seconds: float = 1.0,
         quote_spread: float = 0.001,
+        commission_bps: float = 0.0,
+        slippage_bps: float = 0.0,
     ) -> None:
         self.data_dir = Path(data_dir) if data_dir is not None else DEFAULT_DATA_DIR
         if not self.data_dir.is_dir():
@@ -270,6 +279,13 @@ class FakeAlpaca:
         self.rate_limit = rate_limit
         self.rate_limit_reset_seconds = rate_limit_reset_seconds
         self.quote_spread = quote_spread
+        #: Charged on session-stepped and immediate fills, like the backtest's cost models.
+        self.commission_bps = commission_bps
+        self.slippage_bps = slippage_bps
+        #: Session stepping (pre_open/open_session/close_session): the last session whose bar
+        #: is served (never an unfinished one) and the prices positions are marked at.
+        self.horizon: date | None = None
+        self.marks: dict[str, float] = {}
 
         self.lock = threading.RLock()
         self.account_id = str(uuid.uuid5(_NAMESPACE, "account"))
@@ -383,16 +399,19 @@ class FakeAlpaca:
         with self.lock:
             if symbol in self.prices:
                 return self.prices[symbol]
+            if symbol in self.marks:
+                return self.marks[symbol]
         bars = self._bars(symbol)
         if bars is None:
             return None
-        idx = bisect.bisect_right(bars.days, self.today)
+        idx = bisect.bisect_right(bars.days, self.horizon or self.today)
         return bars.rows[idx - 1][3] if idx else None
 
     def set_today(self, day: date) -> None:
         """Move the data horizon; the clock follows (10:00 New York that day) unless set."""
         with self.lock:
             self.today = day
+            self.horizon = None
             self._clock_ts = None
             self._clock_open = None
 
@@ -699,7 +718,9 @@ class FakeAlpaca:
         limit = min(int(query.get("limit") or 50), 500)
         symbols = {s for s in query.get("symbols", "").upper().split(",") if s}
         with self.lock:
-            orders = list(self.orders.values())
+            orders = [o for o in self.orders.values() if o.parent_id is None]
+        if query.get("nested", "false") != "true":  # legs listed on their own, like Alpaca
+            orders = [x for o in orders for x in (o, *o.legs)]
         if status == "open":
             orders = [o for o in orders if o.is_open]
         elif status == "closed":
@@ -726,8 +747,12 @@ class FakeAlpaca:
         notional = float(body["notional"]) if body.get("notional") is not None else None
         if side not in ("buy", "sell"):
             raise _HttpError(422, 40010001, "side must be buy or sell")
+        if otype == "limit" and body.get("order_class") == "oco":
+            return self._post_oco(body, symbol, side, qty, cid, tif)
         if otype != "market":
-            raise _HttpError(422, 40010001, "the fake only supports market orders")
+            raise _HttpError(422, 40010001, "the fake only supports market and OCO orders")
+        if tif == "opg" and self.is_open():
+            raise _HttpError(422, 40010001, "opg orders are not accepted while the market is open")
         if (qty is None) == (notional is None):
             raise _HttpError(422, 40010001, "qty or notional is required, not both")
         if (qty if qty is not None else notional or 0.0) <= 0:
@@ -795,9 +820,10 @@ class FakeAlpaca:
                 self._fill(order, fraction=self.partial_fraction if partial else 1.0)
             return order
 
-    def _fill(self, order: FakeOrder, *, fraction: float) -> None:
-        """Fill `fraction` of the order's total size (capped at what is left)."""
-        px = self.price(order.symbol)
+    def _fill(self, order: FakeOrder, *, fraction: float, at: float | None = None) -> None:
+        """Fill `fraction` of the order's total size (capped at what is left), at `at` (the
+        price already moved by any slippage) or the current price; commission from cash."""
+        px = at if at is not None else self.price(order.symbol)
         if px is None:
             return
         total = order.qty if order.qty is not None else round((order.notional or 0.0) / px, 9)
@@ -817,7 +843,7 @@ class FakeAlpaca:
                 if order.side == "buy" and pos.qty > 0:
                     pos.avg_entry_price = (pos.qty * pos.avg_entry_price + add * px) / new_qty
                 pos.qty = new_qty
-        self.cash -= signed * px
+        self.cash -= signed * px + add * px * self.commission_bps / 10_000
         prev = order.filled_qty
         order.filled_qty = prev + add
         order.filled_avg_price = ((order.filled_avg_price or 0.0) * prev + px * add) / (
@@ -833,10 +859,179 @@ class FakeAlpaca:
     def _cancel(self, order_id: str) -> None:
         with self.lock:
             order = self._find_order(order_id)
+            if order.parent_id is not None:  # cancelling one OCO leg cancels the other
+                order = self._find_order(order.parent_id)
             if not order.is_open:
                 raise _HttpError(422, 42210000, "order is not cancelable")
-            order.status = "canceled"
-            order.canceled_at = order.updated_at = self.now()
+            for o in (order, *order.legs):
+                o.status = "canceled"
+                o.canceled_at = o.updated_at = self.now()
+
+    def _post_oco(
+        self,
+        body: dict[str, Any],
+        symbol: str,
+        side: Any,
+        qty: float | None,
+        cid: str,
+        tif: Any,
+    ) -> dict[str, Any]:
+        """An OCO exit: the take-profit limit is the order, the stop its held leg."""
+        try:
+            target = float(body["take_profit"]["limit_price"])
+            stop = float(body["stop_loss"]["stop_price"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise _HttpError(422, 40010001, "oco orders need take_profit and stop_loss") from exc
+        if side != "sell" or qty is None or qty != int(qty) or qty <= 0:
+            raise _HttpError(422, 40010001, "oco exits sell a positive whole qty")
+        if tif not in ("day", "gtc"):
+            raise _HttpError(422, 40010001, "oco orders must be DAY or GTC")
+        if not 0 < stop < target or round(stop, 2) != stop or round(target, 2) != target:
+            raise _HttpError(422, 42210000, "invalid oco prices (sub-penny or crossed)")
+        with self.lock:
+            if cid in self.orders_by_client_id:
+                raise _HttpError(422, **DUPLICATE_CLIENT_ORDER_ID)
+            pos = self.positions.get(symbol)
+            available = (pos.qty if pos else 0.0) - self._held_for_sells(symbol)
+            if qty > available + 1e-9:
+                raise _HttpError(
+                    403,
+                    40310000,
+                    f"insufficient qty available for order (requested: {_num(qty)}, "
+                    f"available: {_num(max(available, 0.0))})",
+                )
+            now = self.now()
+            parent = FakeOrder(
+                str(uuid.uuid4()),
+                cid,
+                symbol,
+                "sell",
+                qty,
+                None,
+                "new",
+                now,
+                tif,
+                order_type="limit",
+                order_class="oco",
+                limit_price=target,
+            )
+            leg = FakeOrder(
+                str(uuid.uuid4()),
+                str(uuid.uuid4()),
+                symbol,
+                "sell",
+                qty,
+                None,
+                "held",
+                now,
+                tif,
+                order_type="stop",
+                order_class="oco",
+                stop_price=stop,
+                parent_id=parent.id,
+            )
+            parent.legs.append(leg)
+            self.orders[parent.id] = parent
+            self.orders[leg.id] = leg
+            self.orders_by_client_id[cid] = parent.id
+            return parent.to_json()
+
+    def _held_for_sells(self, symbol: str) -> float:
+        return sum(
+            (o.qty or 0.0) - o.filled_qty
+            for o in self.orders.values()
+            if o.is_open and o.side == "sell" and o.symbol == symbol
+        )
+
+    # ------------------------------------------------------------------ session stepping
+
+    def session_bar(self, symbol: str, day: date) -> tuple[float, float, float, float] | None:
+        """(open, high, low, close) of `symbol` on `day`, or None."""
+        bars = self._bars(symbol)
+        if bars is None:
+            return None
+        i = bisect.bisect_left(bars.days, day)
+        if i == len(bars.days) or bars.days[i] != day:
+            return None
+        o, h, lo, c, _v = bars.rows[i]
+        return o, h, lo, c
+
+    def pre_open(self, day: date) -> None:
+        """08:00 New York on `day`, market closed: bars and prices up to the last close."""
+        with self.lock:
+            previous = self._sessions[bisect.bisect_left(self._sessions, day) - 1]
+            self.set_clock(datetime.combine(day, dtime(8, 0), NY), is_open=False)
+            self.horizon = previous
+
+    def open_session(self, day: date) -> list[FakeOrder]:
+        """09:30 on `day`: last_equity becomes the equity at the last close; every queued
+        market order (OPG or DAY) fills at the day's open moved by `slippage_bps` against the
+        trader, sells first, then buys; positions are marked at the open while it trades."""
+        with self.lock:
+            self.last_equity = self.equity()
+            self.set_clock(datetime.combine(day, dtime(9, 31), NY), is_open=True)
+            self.horizon = self._sessions[bisect.bisect_left(self._sessions, day) - 1]
+            self.marks = {}
+            for symbol in {*self.positions, *(o.symbol for o in self.orders.values())}:
+                bar = self.session_bar(symbol, day)
+                if bar is not None:
+                    self.marks[symbol] = bar[0]
+            queued = [o for o in self.orders.values() if o.is_open and o.order_type == "market"]
+            filled = []
+            for order in sorted(queued, key=lambda o: o.side != "sell"):
+                bar = self.session_bar(order.symbol, day)
+                if bar is None:
+                    continue
+                slip = self.slippage_bps / 10_000
+                px = bar[0] * (1 + slip) if order.side == "buy" else bar[0] * (1 - slip)
+                qty = order.qty or 0.0
+                fee = qty * px * self.commission_bps / 10_000
+                if order.side == "buy" and qty * px + fee > self.cash + 1e-9:
+                    order.status = "canceled"  # no margin in the fake
+                    continue
+                self._fill(order, fraction=1.0, at=px)
+                filled.append(order)
+            return filled
+
+    def close_session(self, day: date) -> list[FakeOrder]:
+        """The day's range against every open OCO: an open through a level fills at the open,
+        else a low at or under the stop fills the stop (with `slippage_bps`), a high at or over
+        the target fills the limit at the target; both touched counts as the stop. The other
+        leg is cancelled. Then 16:00, market closed, prices at the day's close."""
+        filled = []
+        with self.lock:
+            for parent in [o for o in self.orders.values() if o.order_class == "oco"]:
+                if not parent.is_open or parent.parent_id is not None:
+                    continue
+                bar = self.session_bar(parent.symbol, day)
+                if bar is None:
+                    continue
+                leg = parent.legs[0]
+                o, h, lo, _c = bar
+                stop, target = leg.stop_price or 0.0, parent.limit_price or 0.0
+                slip = 1 - self.slippage_bps / 10_000
+                hit: tuple[FakeOrder, float] | None = None
+                if o <= stop:
+                    hit = leg, o * slip
+                elif o >= target:
+                    hit = parent, o
+                elif lo <= stop:
+                    hit = leg, stop * slip
+                elif h >= target:
+                    hit = parent, target
+                if hit is None:
+                    continue
+                won, px = hit
+                won.status = "new"
+                self._fill(won, fraction=1.0, at=px)
+                other = leg if won is parent else parent
+                other.status = "canceled"
+                other.canceled_at = self.now()
+                filled.append(won)
+            self.set_clock(datetime.combine(day, dtime(16, 0), NY), is_open=False)
+            self.horizon = day
+            self.marks = {}
+        return filled
 
     def _close_position(self, symbol: str, *, partial: bool) -> dict[str, Any]:
         with self.lock:
@@ -959,7 +1154,7 @@ class FakeAlpaca:
             if self.bars_hook is not None:
                 bars = self.bars_hook(symbol, bars, self.today)
             for day, (o, hi, lo, c, v) in zip(bars.days, bars.rows, strict=True):
-                if day > self.today:
+                if day > (self.horizon or self.today):
                     break
                 ts = datetime.combine(day, dtime(0), NY)
                 if (start and ts < start) or (end and ts > end):

@@ -21,6 +21,7 @@ from app.ai.store import ModelStore
 from app.ai.training import train
 from app.container import EXTENSION_KEY, Services
 from app.extensions import db
+from app.market.calendar import NyseCalendar
 from app.market.sources import CsvMarketData
 from app.store.orm import Base, OrderRecord
 from app.trading.orders import OrderService
@@ -56,7 +57,7 @@ def stack(
 
     redis.Redis.from_url(redis_test_url).flushdb()
     with FakeAlpaca(support.SHARED_DATA, today=START.date()) as fake:
-        fake.set_clock(START)
+        fake.pre_open(START.date())  # the decision runs before the open
         settings = {
             **{k: str(v) for k, v in PAPER.items()},
             "ALPACA_TIMEOUT_SECONDS": "5",
@@ -150,7 +151,7 @@ def test_twenty_concurrent_runs_give_one_order_each(stack: dict[str, Any]) -> No
     finally:
         for worker in workers:
             worker.stop()
-    assert {o["status"] for o in outcomes} <= {"done", "skipped_locked"}
+    assert {o["status"] for o in outcomes} <= {"done", "skipped_locked", "already_decided"}
     assert sum(o["status"] == "done" for o in outcomes) >= 2, "the runs did overlap"
     keys = Counter((o.symbol, o.side) for o in fake.orders.values())
     assert keys, "the model's signals produced orders"
@@ -166,10 +167,10 @@ def test_kill_minus_nine_mid_cycle_leaves_no_duplicate(stack: dict[str, Any]) ->
     # TTL lets this test run its cycles seconds apart instead of ten minutes.
     settings = {**stack["settings"], "TRADING_LOCK_TTL_SECONDS": "1"}
     rng = random.Random(7)
-    moment = START
-    for i in range(20):
-        moment += timedelta(minutes=10)  # a new cycle slot each time
-        fake.set_clock(moment)
+    days = NyseCalendar().sessions_index(date(2021, 10, 28), START.date())
+    sessions = [d.date() for d in days][-21:]
+    for i, day in enumerate(sessions[:-1]):
+        fake.pre_open(day)  # a new session, so a new decision each time
         with fake.lock:  # sold outside the bot: the next cycle has something to buy again
             fake.positions.clear()
             fake.cash = 100_000.0
@@ -179,7 +180,7 @@ def test_kill_minus_nine_mid_cycle_leaves_no_duplicate(stack: dict[str, Any]) ->
         time.sleep(rng.uniform(0.0, 2.5))
         worker.stop(signal.SIGKILL)
         time.sleep(1.1)  # the dead worker's lock lapses
-    fake.set_clock(moment + timedelta(minutes=10))
+    fake.pre_open(sessions[-1])
     worker = start_worker(settings, stack["tmp"] / "final.log", 1)
     try:
         wait_ready(celery)
@@ -189,5 +190,5 @@ def test_kill_minus_nine_mid_cycle_leaves_no_duplicate(stack: dict[str, Any]) ->
     assert outcome["status"] == "done"
     services = stack["app"].extensions[EXTENSION_KEY]
     assert assert_database_equals_book(fake, services) >= len(fake.orders)
-    slots = {o.client_order_id.split("-")[2] for o in fake.orders.values()}
-    assert len(slots) >= 5, "kills landed mid-cycle with orders already sent in several cycles"
+    decided = {o.client_order_id.split("-")[1] for o in fake.orders.values()}
+    assert len(decided) >= 5, "kills landed mid-cycle with orders already sent in several cycles"

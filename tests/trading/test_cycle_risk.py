@@ -9,18 +9,18 @@ from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from flask import Flask
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from app.container import services
 from app.domain import BarFrame, Signal, TradingState
 from app.extensions import db
-from app.store.orm import FillRecord, OrderRecord, RiskEvent
+from app.store.orm import DecisionRun, FillRecord, OrderRecord, RiskEvent
 from app.trading import kill_switch
 from app.trading.risk import RiskLimits, RiskManager, RiskState, RiskStateStore
 from tests.api.test_market_api import PAPER
 from tests.fakes.fake_alpaca import FakeAlpaca
 from tests.trading.conftest import OPEN, WATCH
-from tests.trading.test_cycle import FixedSignals, order_rows, trading
+from tests.trading.test_cycle import MONDAY, FixedSignals, order_rows, trading
 
 NEW_YORK = ZoneInfo("America/New_York")
 
@@ -83,7 +83,8 @@ class HaltingSignals(FixedSignals):
 def test_a_halt_during_a_cycle_stops_its_entries_and_stays(
     paper_app: Flask, fake: FakeAlpaca
 ) -> None:
-    result = trading(paper_app, HaltingSignals(paper_app, {"AAPL": 0.02})).run_cycle()
+    fake.pre_open(MONDAY)
+    result = trading(paper_app, HaltingSignals(paper_app, {"AAPL": 0.02})).run_decision()
     assert fake.count("POST /v2/orders") == 0
     assert result.orders == []
     assert [d["rule"] for d in result.denied] == ["trading_state"]
@@ -93,7 +94,10 @@ def test_a_halt_during_a_cycle_stops_its_entries_and_stays(
 def test_the_kill_switch_flattens_through_the_order_service(
     paper_app: Flask, fake: FakeAlpaca
 ) -> None:
-    trading(paper_app, FixedSignals({"AAPL": 0.02})).run_cycle()
+    fake.pre_open(MONDAY)
+    trading(paper_app, FixedSignals({"AAPL": 0.02})).run_decision()
+    fake.open_session(MONDAY)
+    trading(paper_app, FixedSignals({})).run_guard()  # a protective OCO holds the shares
     assert "AAPL" in fake.positions
     with paper_app.app_context():
         svc = services()
@@ -110,7 +114,7 @@ def test_the_kill_switch_flattens_through_the_order_service(
         sold = session.scalars(select(FillRecord.side).where(FillRecord.order_id == kill.id))
         assert list(sold) == ["sell"]
     RiskStateStore(db).resume()
-    trading(paper_app, FixedSignals({})).run_cycle()
+    trading(paper_app, FixedSignals({})).run_guard()
     with db.session() as session:
         kinds = set(session.scalars(select(RiskEvent.kind)))
     assert "reconcile_unknown_order" not in kinds
@@ -128,10 +132,13 @@ def test_positions_the_bot_did_not_open_are_left_alone(
         WATCHLIST=WATCH,
         RISK_MAX_POSITIONS=1,
     )
-    result = trading(app, FixedSignals({"AAPL": 0.02}, sells=("KO",))).run_cycle()
+    fake.pre_open(MONDAY)
+    result = trading(app, FixedSignals({"AAPL": 0.02}, sells=("KO",))).run_decision()
     assert [(o["symbol"], o["side"]) for o in result.orders] == [("AAPL", "buy")]  # a free slot
+    fake.open_session(MONDAY)
     assert {"KO", "PEP"} <= set(fake.positions)
-    trading(app, FixedSignals({}, sells=("KO",))).run_cycle()
+    trading(app, FixedSignals({}, sells=("KO",))).run_guard()
+    assert {o.symbol for o in fake.orders.values() if o.order_class == "oco"} == {"AAPL"}
     with db.session() as session:
         reported = list(
             session.scalars(
@@ -142,20 +149,29 @@ def test_positions_the_bot_did_not_open_are_left_alone(
 
 
 def test_non_fractionable_assets_get_whole_shares_and_a_rejection_is_not_resent(
-    paper_app: Flask, fake: FakeAlpaca
+    make_app: Callable[..., Flask], fake: FakeAlpaca
 ) -> None:
+    app = make_app(
+        **PAPER,
+        ALPACA_BASE_URL=fake.base_url,
+        ALPACA_DATA_URL=fake.base_url,
+        WATCHLIST=WATCH,
+        PROTECTIVE_ORDERS=False,  # fractional DAY orders, queued for the open
+    )
     fake.non_fractionable.add("AAPL")
     fake.untradable.add("MSFT")  # the broker rejects this one
-    result = trading(paper_app, FixedSignals({"AAPL": 0.02, "MSFT": 0.01})).run_cycle()
+    fake.pre_open(MONDAY)
+    result = trading(app, FixedSignals({"AAPL": 0.02, "MSFT": 0.01})).run_decision()
     sent = {o["symbol"]: o for o in result.orders}
     assert sent["AAPL"]["qty"] == int(sent["AAPL"]["qty"])
-    assert sent["AAPL"]["status"] == "filled"
+    assert sent["AAPL"]["status"] == "new"
     assert sent["MSFT"]["error"]
     fake.reset_counts()
-    later = OPEN + timedelta(minutes=10)
-    fake.set_clock(later)
-    again = trading(paper_app, FixedSignals({"AAPL": 0.02, "MSFT": 0.01})).run_cycle()
-    assert again.cycle_key != result.cycle_key
+    later = datetime(2021, 11, 29, 13, 10, tzinfo=UTC)
+    fake.set_clock(later, is_open=False)
+    with db.session() as session:  # a decision run again for the session (an operator)
+        session.execute(delete(DecisionRun))
+    again = trading(app, FixedSignals({"AAPL": 0.02, "MSFT": 0.01})).run_decision()
     assert again.orders == []
     assert fake.count("POST /v2/orders") == 0
     with db.session() as session:
@@ -165,22 +181,29 @@ def test_non_fractionable_assets_get_whole_shares_and_a_rejection_is_not_resent(
 
 
 def test_a_holding_trimmed_by_the_bot_stays_the_bots(paper_app: Flask, fake: FakeAlpaca) -> None:
-    """A partial sell (a trim) does not make the rest look opened by hand."""
+    """A partial sell (a trim) does not make the rest look opened by hand: its protective
+    order is replaced for the shares left, a new generation."""
     from app.domain import OrderRequest, Side
 
-    service = trading(paper_app, FixedSignals({"AAPL": 0.02}))
-    service.run_cycle()
+    fake.pre_open(MONDAY)
+    trading(paper_app, FixedSignals({"AAPL": 0.02})).run_decision()
+    fake.open_session(MONDAY)
+    service = trading(paper_app, FixedSignals({}))
+    service.run_guard()
     held = fake.positions["AAPL"].qty
+    first = fake.order_by_client_id("alpha-20211129-protect1-AAPL-sell")
+    assert first is not None
+    assert first.qty == held
     with paper_app.app_context():
-        services().trading(FixedSignals({}))._orders.place(
+        svc = services().trading(FixedSignals({}))
+        svc._broker.cancel_order(first.client_order_id)  # the trim needs the shares
+        svc._orders.place(
             OrderRequest("AAPL", Side.SELL, "alpha-trim-AAPL", qty=1),
             reason="trim: test",
             session_date=OPEN.date(),
         )
     assert fake.positions["AAPL"].qty == held - 1
-    fake.set_price("AAPL", fake.price("AAPL") * 1.15)  # +15 %: take-profit, if it is ours
-    fake.set_clock(OPEN + timedelta(minutes=10))
-    result = trading(paper_app, FixedSignals({})).run_cycle()
-    assert [(o["symbol"], o["reason"].split(":")[0]) for o in result.orders] == [
-        ("AAPL", "take_profit")
-    ]
+    service.run_guard()
+    second = fake.order_by_client_id("alpha-20211129-protect2-AAPL-sell")
+    assert second is not None
+    assert (second.qty, second.status) == (held - 1, "new")
