@@ -185,6 +185,8 @@ class Order:
     order_class: str = "simple"
     limit_price: float | None = None
     stop_price: float | None = None
+    #: When the (last) fill happened, as the broker reports it: the fill's session.
+    filled_at: datetime | None = None
 
     @property
     def is_protective(self) -> bool:

@@ -14,6 +14,7 @@ Sessions: a decision order is keyed by the session it was decided after; a prote
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from datetime import date, timedelta
@@ -28,10 +29,12 @@ from app.backtest.window import load_bars
 from app.config import Settings
 from app.domain import BarFrame, MarketData, OrderStatus, Signal, SignalAction
 from app.market.sessions import new_york_date
+from app.market.universe import feature_universe
 from app.store.database import Database
 from app.store.divergence import save_report
 from app.store.orm import EquitySnapshot, FillRecord, OrderRecord, SignalRecord
 from app.trading.notifier import Notifier
+from app.trading.orders import purpose_of
 from app.trading.risk import RiskLimits
 from app.trading.strategy import StrategyConfig
 
@@ -39,6 +42,7 @@ log = logging.getLogger(__name__)
 
 #: Exits found inside a bar: keyed by their fill session, on both sides.
 INTRADAY_PURPOSES = frozenset({"stop_loss", "take_profit"})
+_STOP = re.compile(r"stop (\d+(?:\.\d+)?)")
 #: History loaded before the first live session: the feature window plus holidays.
 LOOKBACK_DAYS = 400
 KINDS = ("live_only", "backtest_only", "qty", "fill_price")
@@ -106,9 +110,16 @@ class DivergenceReport:
         }
 
 
-def purpose_of(reason: str | None) -> str:
-    """`entry: predicted ...` → `entry`: the strategy writes the purpose first."""
-    return (reason or "").split(":", 1)[0].strip() or "unknown"
+def live_purpose(reason: str | None, fill_price: float | None) -> str:
+    """The purpose as the backtest names it: a protective OCO that filled is the leg that
+    filled (its reason records the stop level: at or under it, the stop-loss filled)."""
+    purpose = purpose_of(reason or "")
+    if purpose != "protective" or fill_price is None:
+        return purpose
+    match = _STOP.search(reason or "")
+    if match is None:
+        return purpose
+    return "stop_loss" if fill_price <= float(match.group(1)) + 1e-9 else "take_profit"
 
 
 def compare(
@@ -274,9 +285,10 @@ class DivergenceService:
             return DivergenceReport(status="no_live_period", through=through)
         start = sessions[0]
         live = self.live_orders(start, through)
-        universe = sorted(signals.symbols() | {o.symbol for o in live} | {"SPY"})
+        tradable = sorted(signals.symbols() | {o.symbol for o in live})
+        universe = feature_universe(tradable)
         config = BacktestConfig(
-            symbols=tuple(s for s in universe if s != "SPY") or ("SPY",),
+            symbols=tuple(tradable),
             start=start,
             end=through,
             initial_capital=self._starting_equity(),
@@ -284,6 +296,7 @@ class DivergenceService:
             slippage_bps=self._settings.sim_slippage_bps,
             limits=RiskLimits.from_settings(self._settings),
             strategy=StrategyConfig.from_settings(self._settings),
+            intraday_exits=self._settings.protective_orders,
         )
         bars = load_bars(self._market, universe, start - timedelta(days=LOOKBACK_DAYS), through)
         result = run_backtest(bars, config, signals)
@@ -320,9 +333,9 @@ class DivergenceService:
             }
             out = []
             for r in rows:
-                purpose = purpose_of(r.reason)
+                purpose = live_purpose(r.reason, r.filled_avg_price)
                 filled = r.filled_qty > 0
-                if purpose in INTRADAY_PURPOSES or r.cycle_id == "protective":
+                if purpose in INTRADAY_PURPOSES or purpose == "protective":
                     if not filled or r.id not in first_fill:
                         continue  # a protective order that never filled is not a trade
                     day = new_york_date(first_fill[r.id])

@@ -117,12 +117,13 @@ def _to_order(o: Any) -> domain.Order:
     avg_raw = o.filled_avg_price
     order_class = _enum_value(o.order_class) if o.order_class is not None else "simple"
     stop = _f(o.stop_price)
+    filled_at = o.filled_at
     if order_class == domain.OCO:
         for leg in o.legs or []:
             stop = _f(leg.stop_price) if leg.stop_price is not None else stop
             leg_filled = _f(leg.filled_qty) or 0.0
             if leg_filled > filled:
-                filled, avg_raw = leg_filled, leg.filled_avg_price
+                filled, avg_raw, filled_at = leg_filled, leg.filled_avg_price, leg.filled_at
                 status = _STATUS.get(_enum_value(leg.status), status)
     if status is domain.OrderStatus.NEW and filled > 0:
         status = domain.OrderStatus.PARTIALLY_FILLED
@@ -143,6 +144,7 @@ def _to_order(o: Any) -> domain.Order:
         order_class=order_class,
         limit_price=_f(o.limit_price),
         stop_price=stop,
+        filled_at=filled_at if filled > 0 else None,
     )
 
 

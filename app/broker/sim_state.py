@@ -44,7 +44,10 @@ def _dt(value: str | None) -> datetime | None:
 def _order_state(order: Order) -> dict[str, Any]:
     data = asdict(order)
     data.update(
-        side=str(order.side), status=str(order.status), submitted_at=_ts(order.submitted_at)
+        side=str(order.side),
+        status=str(order.status),
+        submitted_at=_ts(order.submitted_at),
+        filled_at=_ts(order.filled_at),
     )
     return data
 
@@ -56,6 +59,7 @@ def _order_from(data: Mapping[str, Any]) -> Order:
             "side": Side(data["side"]),
             "status": OrderStatus(data["status"]),
             "submitted_at": _dt(data["submitted_at"]),
+            "filled_at": _dt(data.get("filled_at")),
         }
     )
 
@@ -193,6 +197,7 @@ def settle_fill(
         status=OrderStatus.FILLED,
         filled_qty=qty,
         filled_avg_price=price,
+        filled_at=now,
     )
     b._orders[cid] = order
     return order

@@ -218,6 +218,7 @@ class OrderService:
                         side=str(order.side),
                         qty=delta,
                         price=price,
+                        **({"filled_at": order.filled_at} if order.filled_at else {}),
                     )
                 )
                 row.filled_qty = order.filled_qty

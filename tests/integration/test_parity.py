@@ -31,6 +31,7 @@ from app import create_app
 from app.ai.signals import Thresholds
 from app.ai.store import ModelStore
 from app.ai.training import train
+from app.backtest.divergence import DivergenceReport, DivergenceService
 from app.backtest.engine import run_backtest
 from app.backtest.results import BacktestConfig, BacktestResult
 from app.backtest.signals import ModelSignals
@@ -166,6 +167,9 @@ def paper_stack(
             "MODELS_DIR": str(model_dir),
             "MODEL_MAX_AGE_DAYS": "365",
             "WATCHLIST": ",".join(SYMBOLS),
+            # The costs the divergence report's replay models: what the fake charges.
+            "SIM_COMMISSION_BPS": str(COMMISSION_BPS),
+            "SIM_SLIPPAGE_BPS": str(SLIPPAGE_BPS),
         }
         app = create_app(settings)
         yield {"fake": fake, "settings": settings, "app": app, "tmp": tmp_path}
@@ -209,9 +213,12 @@ def test_paper_trading_through_a_celery_worker_equals_the_backtest(
         worker.stop()
     with app.app_context():
         services.trading().reconcile()  # the last session's protective fills reach the rows
+        divergence = _divergence(services, sessions[-1])
     want = backtest_fills(expected)
     got = live_fills(fill_sessions)
     assert got == want
+    assert divergence.status == "ok", "\n".join(str(d) for d in divergence.differences[:12])
+    assert divergence.live_orders == divergence.modelled_orders > 0
     kinds = {o[4] for o in got}
     assert {"entry", "stop_loss"} <= kinds, kinds
     assert len(got) >= 10
@@ -246,9 +253,23 @@ def test_sim_mode_equals_the_backtest(make_app: Any, bars: dict[str, Any], model
         fill_sessions = {
             f.client_order_id: f.timestamp.astimezone(NEW_YORK).date() for f in exchange.fills()
         }
+        divergence = _divergence(services, sessions[-1])
     got = live_fills(fill_sessions)
     want = backtest_fills(expected)
     assert got == want
+    # The daily divergence report, replaying live's recorded signals, finds nothing either.
+    assert divergence.status == "ok", "\n".join(str(d) for d in divergence.differences[:12])
+    assert divergence.live_orders == divergence.modelled_orders > 0
     worst = max(abs(a - b.equity) for a, b in zip(equity, expected.days, strict=True))
     report("sim", len(sessions), got, worst)
     assert worst < 0.01
+
+
+def _divergence(services: Services, through: date) -> DivergenceReport:
+    """The daily divergence report over the run: live's recorded signals replayed."""
+    return DivergenceService(
+        settings=services.settings,
+        db=services.db,
+        market=services.venue.market,
+        notifier=services.notifier,
+    ).run(through)
