@@ -43,6 +43,9 @@ class StrategyConfig:
     vol_lookback: int = 20
     #: Orders worth less than this are not worth sending.
     min_order_value: float = 1.0
+    #: Rank entries: only the `entry_top_k` best-scored of today's signals (held or not) may be
+    #: bought, and only those that clear the BUY floors; 0: every BUY signal (the seed's rule).
+    entry_top_k: int = 0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> StrategyConfig:
@@ -50,6 +53,7 @@ class StrategyConfig:
             rebalance_margin=settings.strategy_rebalance_margin,
             min_holding_days=settings.strategy_min_holding_days,
             risk_budget=settings.strategy_risk_budget,
+            entry_top_k=settings.strategy_entry_top_k,
         )
 
 
@@ -126,7 +130,9 @@ def decide(inputs: DecisionInputs, limits: RiskLimits, config: StrategyConfig) -
         gate(order)
     leaving = {o.symbol for o in exits}
 
-    candidates = _ranked_candidates(inputs.signals, held, busy | inputs.no_entry)
+    candidates = _ranked_candidates(
+        inputs.signals, held, busy | inputs.no_entry, config.entry_top_k
+    )
     remaining = [s for s in positions if s not in leaving]
     slots = limits.max_positions - view.count
     equity = inputs.account.equity
@@ -229,15 +235,25 @@ def _close(position: Position, inputs: DecisionInputs, reason: str) -> ProposedO
 
 
 def _ranked_candidates(
-    signals: Mapping[str, Signal], positions: Mapping[str, Position], busy: set[str]
+    signals: Mapping[str, Signal],
+    positions: Mapping[str, Position],
+    busy: set[str],
+    top_k: int = 0,
 ) -> list[str]:
-    buys = [
-        s
-        for s in signals.values()
+    """BUY signals not held nor busy, best score first. With `top_k` > 0 only the top_k of all
+    today's finite signals qualify: the rank among today's names decides, not a level whose
+    meaning drifts with the regime, and held names in the top k use up their places."""
+    ranked = sorted(
+        (s for s in signals.values() if math.isfinite(score(s))),
+        key=lambda s: (-score(s), s.symbol),
+    )
+    if top_k > 0:
+        ranked = ranked[:top_k]
+    return [
+        s.symbol
+        for s in ranked
         if s.action is SignalAction.BUY and s.symbol not in positions and s.symbol not in busy
     ]
-    buys.sort(key=lambda s: (-score(s), s.symbol))
-    return [s.symbol for s in buys]
 
 
 def _rebalance(
