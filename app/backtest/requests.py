@@ -69,6 +69,8 @@ def run_request(
     before that, and everywhere when the file does not say what data it was tuned on)."""
     from app.ai.params import best_params_tuned_through, load_best_params, to_train_params
 
+    if request.placebo and request.model != "walk_forward":
+        raise ValidationError("a placebo needs walk-forward retraining", field="placebo")
     symbols = tuple(dict.fromkeys(s.upper() for s in request.symbols))
     config = BacktestConfig(
         symbols=symbols,
@@ -106,8 +108,6 @@ def run_request(
                 f"no bars for {list(symbols)} between {config.start} and {config.end}",
                 field="start",
             )
-        if request.placebo and request.model != "walk_forward":
-            raise ValidationError("a placebo needs walk-forward retraining", field="placebo")
         if request.model == "current":
             if bundle is None:
                 raise ValidationError("there is no trained model to use", field="model")
