@@ -206,12 +206,52 @@ def deflated(selection: dict[str, dict[str, Any]], name: str) -> dict[str, float
     return deflated_sharpe_ratio(returns, n_trials=len(selection), trial_sharpes=sharpes)
 
 
+def markdown(period_name: str) -> str:
+    """The results of every stored run of `period_name` as a markdown table."""
+    head = (
+        "| config | h | label | entry | Sharpe | CAGR | maxDD | turnover | hold | trades "
+        "| placebo Sharpe / CAGR / maxDD | SPY Sharpe / CAGR / maxDD | EW Sharpe / CAGR / maxDD |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    )
+    rows = [head]
+    for cand in CANDIDATES:
+        path = OUT_DIR / f"{period_name}_{cand.name}.json"
+        if not path.exists():
+            continue
+        data = json.loads(path.read_text())
+        real, placebo = data["real"], data["placebo"]
+        spy = real["benchmarks"].get("spy_buy_and_hold", {})
+        ew = real["benchmarks"].get("equal_weight_buy_and_hold", {})
+        entry = (
+            f"top {cand.top_k}, buy >= {cand.buy:g}, conf >= {cand.confidence:g}"
+            if cand.top_k
+            else f"buy >= {cand.buy:g}, conf >= {cand.confidence:g}"
+        ) + f", sell <= {cand.sell:g}"
+
+        def trio(d: dict[str, Any], s: str, c: str, m: str) -> str:
+            return f"{_f(d.get(s))} / {_f(d.get(c), True)} / {_f(d.get(m), True)}"
+
+        rows.append(
+            f"| {cand.name} | {cand.horizon} | {cand.normalisation} | {entry} | "
+            f"{_f(real['sharpe'])} | {_f(real['cagr'], True)} | {_f(real['max_dd'], True)} | "
+            f"{_f(real['turnover'])} | {_f(real['avg_holding'])} | {real['trades']} | "
+            f"{trio(placebo, 'sharpe', 'cagr', 'max_dd')} | "
+            f"{trio(spy, 'sharpe_ratio', 'annualized_return', 'max_drawdown')} | "
+            f"{trio(ew, 'sharpe_ratio', 'annualized_return', 'max_drawdown')} |"
+        )
+    return "\n".join(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--only", help="comma-separated configuration names")
     parser.add_argument("--holdout", help="finalists to run once on 2016-2021")
     parser.add_argument("--slippage-bps", type=float, default=5.0)
+    parser.add_argument("--table", choices=list(PERIODS), help="print stored results only")
     args = parser.parse_args()
+    if args.table:
+        print(markdown(args.table))
+        return
     period_name = "holdout" if args.holdout else "selection"
     wanted = (args.holdout or args.only or "").split(",")
     chosen = [c for c in CANDIDATES if not wanted[0] or c.name in wanted]

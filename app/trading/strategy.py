@@ -2,7 +2,8 @@
 
 It never knows whether it runs live, in sim or in a backtest (one strategy, three clocks): the
 same inputs give the same orders everywhere. Order of work: exits (stop-loss, take-profit, SELL
-signals) → entries ranked by expected return x confidence → rebalancing (replace the weakest
+signals) → entries ranked by expected return x confidence (with STRATEGY_ENTRY_TOP_K, only the
+day's k best-ranked names may be bought) → rebalancing (replace the weakest
 holding when a candidate beats it by a margin and it has been held long enough) → volatility
 sizing capped per position → the risk gate, order by order, on the running portfolio.
 """
