@@ -248,6 +248,12 @@ def main() -> None:
     parser.add_argument("--holdout", help="finalists to run once on 2016-2021")
     parser.add_argument("--slippage-bps", type=float, default=5.0)
     parser.add_argument("--table", choices=list(PERIODS), help="print stored results only")
+    parser.add_argument(
+        "--placebo-seeds",
+        type=int,
+        default=0,
+        help="with --only/--holdout: also run this many more placebos (seeds 1..N): the null's spread",
+    )
     args = parser.parse_args()
     if args.table:
         print(markdown(args.table))
@@ -285,11 +291,25 @@ def main() -> None:
         path = OUT_DIR / f"{period_name}_{cand.name}{suffix}.json"
         path.write_text(json.dumps(out, default=str))
         print(line(cand, out["real"], out["placebo"], seconds), flush=True)
+    for cand in chosen if args.placebo_seeds else []:
+        for seed in range(1, args.placebo_seeds + 1):
+            predictor = walk_forward(
+                bars, sessions, symbols, cand.label_key, True, settings, seed=seed
+            )
+            result = backtest(bars, symbols, period, predictor, cand, settings, args.slippage_bps)
+            fig = figures(result)
+            path = OUT_DIR / f"{period_name}_{cand.name}{suffix}_placebo_seed{seed}.json"
+            path.write_text(json.dumps(fig, default=str))
+            print(
+                f"{cand.name} placebo seed {seed}: Sharpe {_f(fig['sharpe'])} CAGR "
+                f"{_f(fig['cagr'], True)} maxDD {_f(fig['max_dd'], True)} trades {fig['trades']}",
+                flush=True,
+            )
     if period_name == "holdout":
         selection = {
             p.stem.removeprefix("selection_"): json.loads(p.read_text())
             for p in sorted(OUT_DIR.glob("selection_*.json"))
-            if "_slip" not in p.stem
+            if "_slip" not in p.stem and "_placebo_seed" not in p.stem
         }
         for cand in chosen:
             if cand.name in selection:
