@@ -252,7 +252,7 @@ def main() -> None:
         "--placebo-seeds",
         type=int,
         default=0,
-        help="with --only/--holdout: also run this many more placebos (seeds 1..N): the null's spread",
+        help="with --only/--holdout: this many more placebos (seeds 1..N), the spread of the null",
     )
     args = parser.parse_args()
     if args.table:
