@@ -108,9 +108,11 @@ def walk_forward(
     key: tuple[int, str],
     placebo: bool,
     settings: Settings,
+    seed: int = 0,
 ) -> CachedPredictor:
     horizon, normalisation = key
     config = WalkForwardConfig(
+        seed=seed,
         retrain_every=63,
         train_years=settings.train_years,
         horizon=horizon,
