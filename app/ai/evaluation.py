@@ -1,10 +1,10 @@
 """Walk-forward evaluation of the return models: the only honest way to read their quality.
 
 Every test window gets a model trained only on rows whose label was known before the window
-started. ``label_t = open_{t+2} / open_{t+1} - 1`` is known once session t+2 opens, so for a
+started. ``label_t = open_{t+1+h} / open_{t+1} - 1`` is known once session t+1+h opens, so for a
 window starting at session S (first decision after the close of S) the model is trained as of
-the close of S-1 on rows with ``label_end <= S-1``: the last two sessions before the window
-(S-2, S-1) are dropped. Features are causal (bars <= t), so computing them once over the full
+the close of S-1 on rows with ``label_end <= S-1``: the last h+1 sessions before the window are
+dropped. Features are causal (bars <= t), so computing them once over the full
 history changes nothing; labels beyond the cut-off are only ever used to score predictions.
 """
 
@@ -58,13 +58,24 @@ def _quantile_spread(scored: pd.DataFrame, quantile: float = 0.2) -> pd.Series:
     return rows.groupby(level="date")[["mean", LABEL_COLUMN]].apply(spread).dropna()
 
 
+def _t_stat(values: pd.Series) -> float:
+    """Mean / standard error: the t-statistic of a mean of (assumed independent) values."""
+    if len(values) < 2:
+        return float("nan")
+    return _ratio(float(values.mean()), float(values.std())) * math.sqrt(len(values))
+
+
 def summarise(
     scored: pd.DataFrame,
     *,
     reliability_bins: int = 10,
     thresholds: SignalThresholds | None = None,
+    horizon: int = 1,
 ) -> dict[str, Any]:
-    """Figures of scored rows: columns mean, dispersion, confidence, label; index (date, symbol)."""
+    """Figures of scored rows: columns mean, dispersion, confidence, label; index (date, symbol).
+
+    Labels of consecutive dates overlap when `horizon` > 1 (their daily ICs are correlated), so
+    the rank IC's t-statistic is also given on every `horizon`-th date only (non-overlapping)."""
     thresholds = thresholds or Thresholds()
     rows = scored.dropna(subset=["mean", LABEL_COLUMN])
     ics = daily_ic(rows)
@@ -112,6 +123,9 @@ def summarise(
         "rank_ic_std": _finite(rank_std),
         "rank_icir": _finite(rank_icir),
         "rank_icir_annualised": _finite(rank_icir * math.sqrt(TRADING_DAYS)),
+        "rank_ic_t": _finite(_t_stat(rank_ic)),
+        "rank_ic_t_non_overlapping": _finite(_t_stat(rank_ic.iloc[::horizon])),
+        "horizon": horizon,
         "ic_positive_days": _finite(float((ic > 0).mean())) if len(ic) else None,
         "hit_rate": _finite(float(hits.mean())) if len(hits) else None,
         "base_rate_up": _finite(float((label_np > 0).mean())) if len(label_np) else None,
@@ -163,6 +177,8 @@ def evaluate(
     features: pd.DataFrame | None = None,
     reliability_bins: int = 10,
     thresholds: SignalThresholds | None = None,
+    horizon: int = 1,
+    normalisation: str = "raw",
 ) -> dict[str, Any]:
     """Walk forward over [start, end] in windows of `retrain_every` sessions.
 
@@ -175,7 +191,11 @@ def evaluate(
         raise ValueError("retrain_every must be >= 1")
     wall0 = time.perf_counter()
     t0 = time.perf_counter()
-    feats = features if features is not None else build_features(bars, spy)
+    feats = (
+        features
+        if features is not None
+        else build_features(bars, spy, horizon=horizon, normalisation=normalisation)
+    )
     feature_seconds = time.perf_counter() - t0
     dates = feats.index.get_level_values("date")
     sessions = pd.DatetimeIndex(np.unique(dates))
@@ -214,6 +234,8 @@ def evaluate(
             n_xgb=n_xgb,
             seed=seed,
             val_fraction=val_fraction,
+            horizon=horizon,
+            normalisation=normalisation,
         )
         train_seconds = time.perf_counter() - t_train
         test = feats[(dates >= first) & (dates <= last)]
@@ -260,10 +282,18 @@ def evaluate(
             "val_fraction": val_fraction,
             "shuffle_labels": shuffle_labels,
             "params": dict(params or {}),
-            "label": "open[t+2] / open[t+1] - 1; training rows need label_end <= session before "
-            "the window (the last 2 sessions before each window are dropped)",
+            "horizon": horizon,
+            "label_normalisation": normalisation,
+            "label": f"open[t+{1 + horizon}] / open[t+1] - 1, {normalisation}; training rows need "
+            f"label_end <= session before the window (the last {1 + horizon} sessions before "
+            "each window are dropped)",
         },
-        "metrics": summarise(scored_all, reliability_bins=reliability_bins, thresholds=thresholds),
+        "metrics": summarise(
+            scored_all,
+            reliability_bins=reliability_bins,
+            thresholds=thresholds,
+            horizon=horizon,
+        ),
         "windows": records,
         "daily_ic": [
             {"date": day.date().isoformat(), "ic": _finite(ic), "rank_ic": _finite(rank_ic)}

@@ -8,9 +8,12 @@ Why these rules:
   MACD uses truncated, renormalised EMA kernels and RSI uses simple (Cutler) averages instead of
   Wilder's infinite-memory smoothing.
 - The label is what a trade earns under our execution: a decision after the close of t is filled
-  at the open of t+1 and closed at the open of t+2, so ``label_t = open_{t+2} / open_{t+1} - 1``.
-  ``label_end`` is the date of that second open: the label becomes known when that session opens.
-  The last two rows of every symbol therefore have NaN labels.
+  at the open of t+1 and held `horizon` (h) sessions, so ``label_t = open_{t+1+h} / open_{t+1} - 1``
+  (h = AI_PREDICTION_HORIZON_DAYS; the seed's h = 1). ``label_end`` is the date of that last open:
+  the label becomes known when that session opens. The last h+1 rows of every symbol have NaN
+  labels. Optionally the label is normalised across the symbols of each date (excess over their
+  mean, or their rank), as Qlib does: the model then learns who beats whom, not where the market
+  goes; a normalised label's ``label_end`` is the latest of its date's.
 """
 
 from __future__ import annotations
@@ -28,15 +31,21 @@ __all__ = [
     "LABEL_COLUMN",
     "LABEL_END_COLUMN",
     "LABEL_HORIZON",
+    "LABEL_NORMALISATIONS",
     "MAX_LOOKBACK",
     "build_features",
+    "label_sessions",
     "latest_features",
+    "normalise_labels",
 ]
 
 #: Bars (including t) any feature row needs; rows with less history are dropped.
 MAX_LOOKBACK = 120
-#: Sessions from the decision to the end of the labelled trade (open_{t+2}).
+#: Sessions from the decision to the end of the seed's labelled trade (open_{t+2}, h = 1).
 LABEL_HORIZON = 2
+#: raw: the return itself; excess: minus the date's cross-sectional mean; rank: the date's
+#: cross-sectional rank scaled to [-0.5, 0.5].
+LABEL_NORMALISATIONS = ("raw", "excess", "rank")
 LABEL_COLUMN = "label"
 LABEL_END_COLUMN = "label_end"
 
@@ -84,7 +93,12 @@ def _truncated_ema(values: np.ndarray, span: int, window: int) -> np.ndarray:
     return out
 
 
-def _symbol_features(bars: BarFrame, spy: BarFrame | None) -> pd.DataFrame:
+def label_sessions(horizon: int) -> int:
+    """Sessions from the decision (t) to the label's last open (t+1+h)."""
+    return horizon + 1
+
+
+def _symbol_features(bars: BarFrame, spy: BarFrame | None, horizon: int = 1) -> pd.DataFrame:
     """One symbol's feature rows (all bars, warm-up rows included) plus label columns."""
     o = bars["open"].astype(float)
     h = bars["high"].astype(float)
@@ -147,9 +161,9 @@ def _symbol_features(bars: BarFrame, spy: BarFrame | None) -> pd.DataFrame:
         out["corr_spy_60"] = np.nan
         out["beta_spy_60"] = np.nan
 
-    out[LABEL_COLUMN] = o.shift(-2) / o.shift(-1) - 1.0
+    out[LABEL_COLUMN] = o.shift(-label_sessions(horizon)) / o.shift(-1) - 1.0
     index_dates = pd.Series(bars.index, index=bars.index)
-    out[LABEL_END_COLUMN] = index_dates.shift(-LABEL_HORIZON)
+    out[LABEL_END_COLUMN] = index_dates.shift(-label_sessions(horizon))
     # Warm-up rows would carry partly-defined features that live prediction never sees.
     return out.iloc[MAX_LOOKBACK - 1 :].replace([np.inf, -np.inf], np.nan)
 
@@ -165,6 +179,28 @@ def _add_cross_sectional_ranks(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
+def normalise_labels(frame: pd.DataFrame, how: str) -> pd.DataFrame:
+    """Labels made relative to the other symbols of the same date (`how` in
+    LABEL_NORMALISATIONS). A date with one known label gets NaN: nothing to compare with. The
+    date's ``label_end`` becomes its latest, since the normalised label needs every label of it."""
+    if how not in LABEL_NORMALISATIONS:
+        raise ValueError(f"label normalisation must be one of {LABEL_NORMALISATIONS}, got {how!r}")
+    if how == "raw" or frame.empty:
+        return frame
+    grouped = frame.groupby(level="date")[LABEL_COLUMN]
+    counts = grouped.transform("count")
+    if how == "excess":
+        normalised = frame[LABEL_COLUMN] - grouped.transform("mean")
+    else:
+        ranks = grouped.rank(method="average")
+        normalised = (ranks - 1.0) / (counts - 1.0).where(counts > 1) - 0.5
+    frame[LABEL_COLUMN] = normalised.where(counts > 1)
+    known = frame[LABEL_COLUMN].notna()
+    latest = frame[LABEL_END_COLUMN].where(known).groupby(level="date").transform("max")
+    frame[LABEL_END_COLUMN] = latest.where(known)
+    return frame
+
+
 def _empty_frame() -> pd.DataFrame:
     index = pd.MultiIndex.from_arrays(
         [pd.DatetimeIndex([], name="date"), pd.Index([], dtype=object, name="symbol")]
@@ -174,17 +210,28 @@ def _empty_frame() -> pd.DataFrame:
     return frame
 
 
-def build_features(bars: Mapping[str, BarFrame], spy: BarFrame | None) -> pd.DataFrame:
+def build_features(
+    bars: Mapping[str, BarFrame],
+    spy: BarFrame | None,
+    *,
+    horizon: int = 1,
+    normalisation: str = "raw",
+) -> pd.DataFrame:
     """Long-format features: MultiIndex (date, symbol), FEATURE_COLUMNS, ``label``, ``label_end``.
 
-    Rows exist from each symbol's MAX_LOOKBACK-th bar on; the last two rows per symbol have NaN
-    labels (and NaT label_end). `spy` feeds the relative-strength features (NaN when None).
+    Rows exist from each symbol's MAX_LOOKBACK-th bar on; the last `horizon` + 1 rows per symbol
+    have NaN labels (and NaT label_end). `spy` feeds the relative-strength features (NaN when
+    None). `normalisation`: see ``normalise_labels``.
     """
+    if horizon < 1:
+        raise ValueError(f"horizon must be >= 1 session, got {horizon}")
     parts: list[pd.DataFrame] = []
     for symbol, frame in bars.items():
         if len(frame) < MAX_LOOKBACK:
             continue
-        part = _symbol_features(frame.sort_index(), spy.sort_index() if spy is not None else None)
+        part = _symbol_features(
+            frame.sort_index(), spy.sort_index() if spy is not None else None, horizon
+        )
         part.index = pd.MultiIndex.from_arrays(
             [pd.DatetimeIndex(part.index, name="date"), [symbol] * len(part)],
             names=["date", "symbol"],
@@ -193,7 +240,7 @@ def build_features(bars: Mapping[str, BarFrame], spy: BarFrame | None) -> pd.Dat
     if not parts:
         return _empty_frame()
     frame = pd.concat(parts).sort_index()
-    frame = _add_cross_sectional_ranks(frame)
+    frame = normalise_labels(_add_cross_sectional_ranks(frame), normalisation)
     return frame[[*FEATURE_COLUMNS, LABEL_COLUMN, LABEL_END_COLUMN]]
 
 

@@ -80,7 +80,7 @@ class SignalThresholds(Protocol):
 
 @dataclass(frozen=True)
 class Thresholds:
-    """Stand-alone thresholds with the settings' defaults (backtests, tests)."""
+    """Stand-alone thresholds with the seed's values (backtests, tests)."""
 
     ai_signal_buy_threshold: float = 0.005
     ai_signal_sell_threshold: float = -0.005
@@ -96,7 +96,13 @@ def make_signal(
     stale: bool = False,
 ) -> Signal:
     """BUY / SELL when the expected return crosses its threshold (inclusive) with enough
-    confidence; HOLD otherwise, and always HOLD on a stale model or a non-finite prediction."""
+    confidence; HOLD otherwise, and always HOLD on a stale model or a non-finite prediction.
+
+    The expected return is the model's label: over AI_PREDICTION_HORIZON_DAYS sessions, raw or
+    in excess of the watchlist's mean (AI_LABEL_NORMALISATION); the confidence is the calibrated
+    probability that its sign is right. With rank entries (STRATEGY_ENTRY_TOP_K) a BUY is only
+    eligible: the strategy buys the day's best-ranked eligible names, so the thresholds act as
+    floors under the rank."""
     mean, conf = prediction.mean, prediction.confidence
     action = SignalAction.HOLD
     if not stale and math.isfinite(mean) and math.isfinite(conf):

@@ -39,6 +39,7 @@ from app.ai.features import (
     LABEL_END_COLUMN,
     LABEL_HORIZON,
     build_features,
+    label_sessions,
 )
 from app.ai.params import load_best_params, to_train_params
 from app.ai.store import ModelStore
@@ -99,7 +100,10 @@ def fit_and_save(
     params = load_best_params(settings.best_params_dir, mode)
     day = _day(end)
     features = build_features(
-        {sym: frame.loc[:day] for sym, frame in bars.items()}, bars[BENCHMARK].loc[:day]
+        {sym: frame.loc[:day] for sym, frame in bars.items()},
+        bars[BENCHMARK].loc[:day],
+        horizon=settings.ai_prediction_horizon_days,
+        normalisation=settings.ai_label_normalisation,
     )
     bundle = train(
         None,
@@ -108,6 +112,8 @@ def fit_and_save(
         end,
         to_train_params(params) if params else None,
         features=features,
+        horizon=settings.ai_prediction_horizon_days,
+        normalisation=settings.ai_label_normalisation,
     )
     report("save", 2, 3)
     gate = settle(
@@ -195,6 +201,8 @@ def train(
     n_xgb: int = 3,
     seed: int = 0,
     val_fraction: float = 0.2,
+    horizon: int = 1,
+    normalisation: str = "raw",
 ) -> ModelBundle:
     """Train on every row whose label is known by the close of `train_end`.
 
@@ -202,7 +210,8 @@ def train(
     last `val_fraction` of dates, after a 2-session gap, are held out: their first half
     early-stops the members, their second half (after another gap) calibrates confidence and
     gives the validation metrics, so calibration is fitted on rows no member saw; nothing is
-    shuffled. `features` (from ``build_features``) skips recomputation.
+    shuffled. `features` (from ``build_features``) skips recomputation; they must have been
+    built with the same `horizon` and `normalisation`, which size the gaps and are recorded.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -211,17 +220,23 @@ def train(
         if bars is None:
             raise ValueError("train needs bars or features")
         clipped = {sym: frame.loc[:end] for sym, frame in bars.items()}
-        features = build_features(clipped, spy.loc[:end] if spy is not None else None)
+        features = build_features(
+            clipped,
+            spy.loc[:end] if spy is not None else None,
+            horizon=horizon,
+            normalisation=normalisation,
+        )
     rows = features[features[LABEL_COLUMN].notna() & (features[LABEL_END_COLUMN] <= end)]
     if train_start is not None:
         rows = rows[rows.index.get_level_values("date") >= _day(train_start)]
     if rows.empty:
         raise ValueError(f"no labelled rows to train on up to {end.date()}")
     dates = rows.index.get_level_values("date")
-    train_mask, held_out = split_by_date(dates, val_fraction)
+    gap = label_sessions(horizon)
+    train_mask, held_out = split_by_date(dates, val_fraction, gap)
     # The held-out dates: the first half early-stops the members, the second half (after the
     # label gap) calibrates confidence and reports validation, on rows no member saw.
-    stop_part, cal_part = split_by_date(dates[held_out], 0.5)
+    stop_part, cal_part = split_by_date(dates[held_out], 0.5, gap)
     val_mask, cal_mask = held_out.copy(), held_out.copy()
     val_mask[held_out] = stop_part
     cal_mask[held_out] = cal_part
@@ -269,7 +284,9 @@ def train(
     bundle.metadata = {
         "mode": mode,
         "features": list(FEATURE_COLUMNS),
-        "label": "open[t+2] / open[t+1] - 1",
+        "label": f"open[t+{1 + horizon}] / open[t+1] - 1, {normalisation}",
+        "horizon": horizon,
+        "label_normalisation": normalisation,
         "train_start": _iso(train_dates.min()) if len(train_dates) else None,
         "train_end": _iso(train_dates.max()) if len(train_dates) else None,
         "val_start": _iso(val_dates.min()) if len(val_dates) else None,

@@ -44,6 +44,8 @@ class BacktestRequest:
     buy_threshold: float | None = None
     sell_threshold: float | None = None
     confidence_threshold: float | None = None
+    #: Placebo: walk-forward models trained on shuffled labels (they can know nothing).
+    placebo: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -67,6 +69,8 @@ def run_request(
     before that, and everywhere when the file does not say what data it was tuned on)."""
     from app.ai.params import best_params_tuned_through, load_best_params, to_train_params
 
+    if request.placebo and request.model != "walk_forward":
+        raise ValidationError("a placebo needs walk-forward retraining", field="placebo")
     symbols = tuple(dict.fromkeys(s.upper() for s in request.symbols))
     config = BacktestConfig(
         symbols=symbols,
@@ -118,6 +122,9 @@ def run_request(
                 mode=mode,  # type: ignore[arg-type]
                 params=to_train_params(tuned) if tuned and through else None,
                 params_tuned_through=through,
+                horizon=settings.ai_prediction_horizon_days,
+                label_normalisation=settings.ai_label_normalisation,
+                shuffle_labels=request.placebo,
             )
             predictor = WalkForwardPredictor(bars, sessions, symbols, wf, calendar=calendar)
         signal_fn = ModelSignals(predictor, thresholds)

@@ -54,6 +54,10 @@ class WalkForwardConfig:
     n_xgb: int = 3
     seed: int = 0
     val_fraction: float = 0.2
+    #: The label: sessions held after the next open, and its normalisation across symbols
+    #: (AI_PREDICTION_HORIZON_DAYS, AI_LABEL_NORMALISATION).
+    horizon: int = 1
+    label_normalisation: str = "raw"
     #: Placebo: permute the training labels (a model that can know nothing; must earn ~0).
     shuffle_labels: bool = False
     #: "precomputed": feature rows computed once over the whole history (features are causal,
@@ -118,7 +122,12 @@ class WalkForwardPredictor:
         if self._features is None:
             t0 = time.perf_counter()
             spy = self._bars.get(BENCHMARK_SYMBOL)
-            self._features = build_features(self._bars, spy)
+            self._features = build_features(
+                self._bars,
+                spy,
+                horizon=self.config.horizon,
+                normalisation=self.config.label_normalisation,
+            )
             log.info("features for the backtest in %.1fs", time.perf_counter() - t0)
         return self._features
 
@@ -158,6 +167,8 @@ class WalkForwardPredictor:
             n_xgb=cfg.n_xgb,
             seed=cfg.seed,
             val_fraction=cfg.val_fraction,
+            horizon=cfg.horizon,
+            normalisation=cfg.label_normalisation,
         )
         seconds = time.perf_counter() - t0
         meta = bundle.metadata
@@ -250,6 +261,8 @@ class WalkForwardPredictor:
             "members": {"lightgbm": cfg.n_lgbm, "xgboost": cfg.n_xgb},
             "seed": cfg.seed,
             "shuffle_labels": cfg.shuffle_labels,
+            "horizon": cfg.horizon,
+            "label_normalisation": cfg.label_normalisation,
             "features": cfg.features,
             "params": dict(cfg.params or {}),
             "retrains": list(self.retrains),

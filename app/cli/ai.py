@@ -89,7 +89,15 @@ def optimize_command(mode: str | None, symbols: str | None, n_trials: int, timeo
 @click.option("--mode", type=MODES, default="pooled", show_default=True)
 @click.option("--retrain-every", type=click.IntRange(1, 2520), default=63, show_default=True)
 @click.option("--train-years", type=click.FloatRange(1, 30), default=10.0, show_default=True)
+@click.option("--horizon", type=click.IntRange(1, 60), help="Default: AI_PREDICTION_HORIZON_DAYS.")
+@click.option(
+    "--label-normalisation",
+    type=click.Choice(["raw", "excess", "rank"]),
+    help="Default: AI_LABEL_NORMALISATION.",
+)
+@click.option("--placebo", is_flag=True, help="Shuffle the training labels (no skill possible).")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@with_appcontext
 def evaluate_command(
     data_dir: Path,
     start: datetime,
@@ -98,10 +106,16 @@ def evaluate_command(
     mode: str,
     retrain_every: int,
     train_years: float,
+    horizon: int | None,
+    label_normalisation: str | None,
+    placebo: bool,
     output: Path,
 ) -> None:
     if start > end:
         raise click.BadParameter("must not be after --end", param_hint="--start")
+    settings = services().settings
+    horizon = horizon or settings.ai_prediction_horizon_days
+    normalisation = label_normalisation or settings.ai_label_normalisation
     source = CsvMarketData(data_dir)
     wanted = _symbols(symbols, source.available_symbols())
     history = start.date() - timedelta(days=int(train_years * 366) + 200)
@@ -115,6 +129,10 @@ def evaluate_command(
         retrain_every=retrain_every,
         train_years=train_years,
         progress=True,
+        thresholds=settings,
+        horizon=horizon,
+        normalisation=normalisation,
+        shuffle_labels=placebo,
     )
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(result, indent=2, default=str))
@@ -125,10 +143,19 @@ def evaluate_command(
             ("IC", "ic_mean"),
             ("rank IC", "rank_ic_mean"),
             ("ICIR", "icir"),
+            ("rank IC t", "rank_ic_t"),
+            ("rank IC t (non-overlapping)", "rank_ic_t_non_overlapping"),
             ("hit rate", "hit_rate"),
         )
     )
-    click.echo(f"{mode}: {figures} -> {output}")
+    label = f"h={horizon} {normalisation}" + (" placebo" if placebo else "")
+    click.echo(f"{mode} ({label}): {figures} -> {output}")
+    click.echo("reliability: confidence bin | count | mean confidence | realised hit rate")
+    for row in m["reliability"]:
+        click.echo(
+            f"  {row['lo']:.3f}-{row['hi']:.3f} | {row['count']} | "
+            f"{row['mean_confidence']:.3f} | {row['hit_rate']:.3f}"
+        )
 
 
 def register_ai_cli(app: Any) -> None:

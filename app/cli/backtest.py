@@ -49,6 +49,11 @@ _DATE = click.DateTime(["%Y-%m-%d"])
 @click.option("--buy-threshold", type=float, help="Default: AI_SIGNAL_BUY_THRESHOLD.")
 @click.option("--sell-threshold", type=float, help="Default: AI_SIGNAL_SELL_THRESHOLD.")
 @click.option("--confidence-threshold", type=float, help="Default: AI_CONFIDENCE_THRESHOLD.")
+@click.option(
+    "--placebo",
+    is_flag=True,
+    help="Train the walk-forward models on shuffled labels: what no skill earns.",
+)
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
 @click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--png", "png_path", type=click.Path(dir_okay=False, path_type=Path))
@@ -65,6 +70,7 @@ def backtest_command(
     buy_threshold: float | None,
     sell_threshold: float | None,
     confidence_threshold: float | None,
+    placebo: bool,
     output: Path,
     html_path: Path | None,
     png_path: Path | None,
@@ -88,6 +94,7 @@ def backtest_command(
         buy_threshold=buy_threshold,
         sell_threshold=sell_threshold,
         confidence_threshold=confidence_threshold,
+        placebo=placebo,
     )
     bundle = svc.models.load_current() if model == "current" else None
     with tqdm(total=1, unit="session", desc="backtest") as bar:
@@ -113,4 +120,18 @@ def backtest_command(
         ", ".join(f"{key}={perf.get(key)}" for key in SEED_KEYS)
         + f", trades={perf.get('num_trades')}"
     )
+    click.echo(
+        ", ".join(
+            f"{key}={perf.get(key)}"
+            for key in ("turnover", "avg_holding_days", "exposure", "annualized_volatility")
+        )
+    )
+    for name, figures in report["benchmarks"].items():
+        click.echo(
+            f"{name}: "
+            + ", ".join(
+                f"{key}={figures.get(key)}"
+                for key in ("total_return", "annualized_return", "sharpe_ratio", "max_drawdown")
+            )
+        )
     click.echo(f"report written to {output}")

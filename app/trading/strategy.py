@@ -2,7 +2,8 @@
 
 It never knows whether it runs live, in sim or in a backtest (one strategy, three clocks): the
 same inputs give the same orders everywhere. Order of work: exits (stop-loss, take-profit, SELL
-signals) → entries ranked by expected return x confidence → rebalancing (replace the weakest
+signals) → entries ranked by expected return x confidence (with STRATEGY_ENTRY_TOP_K, only the
+day's k best-ranked names may be bought) → rebalancing (replace the weakest
 holding when a candidate beats it by a margin and it has been held long enough) → volatility
 sizing capped per position → the risk gate, order by order, on the running portfolio.
 """
@@ -43,6 +44,9 @@ class StrategyConfig:
     vol_lookback: int = 20
     #: Orders worth less than this are not worth sending.
     min_order_value: float = 1.0
+    #: Rank entries: only the `entry_top_k` best-scored of today's signals (held or not) may be
+    #: bought, and only those that clear the BUY floors; 0: every BUY signal (the seed's rule).
+    entry_top_k: int = 0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> StrategyConfig:
@@ -50,6 +54,7 @@ class StrategyConfig:
             rebalance_margin=settings.strategy_rebalance_margin,
             min_holding_days=settings.strategy_min_holding_days,
             risk_budget=settings.strategy_risk_budget,
+            entry_top_k=settings.strategy_entry_top_k,
         )
 
 
@@ -126,7 +131,9 @@ def decide(inputs: DecisionInputs, limits: RiskLimits, config: StrategyConfig) -
         gate(order)
     leaving = {o.symbol for o in exits}
 
-    candidates = _ranked_candidates(inputs.signals, held, busy | inputs.no_entry)
+    candidates = _ranked_candidates(
+        inputs.signals, held, busy | inputs.no_entry, config.entry_top_k
+    )
     remaining = [s for s in positions if s not in leaving]
     slots = limits.max_positions - view.count
     equity = inputs.account.equity
@@ -229,15 +236,25 @@ def _close(position: Position, inputs: DecisionInputs, reason: str) -> ProposedO
 
 
 def _ranked_candidates(
-    signals: Mapping[str, Signal], positions: Mapping[str, Position], busy: set[str]
+    signals: Mapping[str, Signal],
+    positions: Mapping[str, Position],
+    busy: set[str],
+    top_k: int = 0,
 ) -> list[str]:
-    buys = [
-        s
-        for s in signals.values()
+    """BUY signals not held nor busy, best score first. With `top_k` > 0 only the top_k of all
+    today's finite signals qualify: the rank among today's names decides, not a level whose
+    meaning drifts with the regime, and held names in the top k use up their places."""
+    ranked = sorted(
+        (s for s in signals.values() if math.isfinite(score(s))),
+        key=lambda s: (-score(s), s.symbol),
+    )
+    if top_k > 0:
+        ranked = ranked[:top_k]
+    return [
+        s.symbol
+        for s in ranked
         if s.action is SignalAction.BUY and s.symbol not in positions and s.symbol not in busy
     ]
-    buys.sort(key=lambda s: (-score(s), s.symbol))
-    return [s.symbol for s in buys]
 
 
 def _rebalance(

@@ -1,0 +1,335 @@
+"""Issue 14's research runs (protocol: docs/research.md): one line per configuration.
+
+Selection (default): every configuration over 2008-2015, each beside its shuffled-label placebo,
+SPY and equal-weight buy-and-hold. Hold-out (``--holdout NAME[,NAME]``): the named finalists over
+2016-2021, once. Walk-forward predictions depend only on the label (horizon, normalisation,
+placebo), so each label's predictions are computed once and replayed by every entry rule that
+uses it; the engine, risk gate and ``strategy.decide`` are the live ones, unchanged.
+
+    nice -n 10 .venv/bin/python -m bench.research_runs [--only NAME,...] [--holdout NAME,...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np
+import pandas as pd
+
+from app.ai.ensemble import SymbolPrediction
+from app.ai.signals import Thresholds
+from app.backtest.deflated_sharpe import deflated_sharpe_ratio
+from app.backtest.engine import run_backtest
+from app.backtest.metrics import compute_metrics
+from app.backtest.results import BacktestConfig, BacktestResult
+from app.backtest.signals import ModelSignals
+from app.backtest.walk_forward import WalkForwardConfig, WalkForwardPredictor
+from app.backtest.window import backtest_sessions, history_start, load_bars
+from app.config import Settings
+from app.market.calendar import NyseCalendar
+from app.market.sources import CsvMarketData
+from app.trading.risk import RiskLimits
+from app.trading.strategy import StrategyConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA_DIR = ROOT.parent / "shared" / "data" / "daily"
+OUT_DIR = ROOT / "bench" / "out" / "research"
+PERIODS = {
+    "selection": (date(2008, 1, 1), date(2015, 12, 31)),
+    "holdout": (date(2016, 1, 1), date(2021, 12, 31)),
+}
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One configuration: the label it trains on and the entry rule that trades it."""
+
+    name: str
+    horizon: int
+    normalisation: str
+    buy: float
+    sell: float
+    confidence: float
+    top_k: int
+
+    @property
+    def label_key(self) -> tuple[int, str]:
+        return self.horizon, self.normalisation
+
+
+SEED = (0.005, -0.005, 0.7)
+LOOSE = (0.001, -0.001, 0.53)
+#: Rank-entry floors: a positive expected (excess) return, a better-than-even calibrated
+#: chance that its sign is right, and a SELL only on a clearly negative prediction.
+FLOORS = (0.0001, -0.005, 0.5)
+CANDIDATES = [
+    Candidate("seed_h1_raw_abs", 1, "raw", *SEED, 0),
+    Candidate("h1_raw_loose", 1, "raw", *LOOSE, 0),
+    Candidate("h1_raw_top3", 1, "raw", *FLOORS, 3),
+    Candidate("h5_raw_top3", 5, "raw", *FLOORS, 3),
+    Candidate("h5_excess_top3", 5, "excess", *FLOORS, 3),
+    Candidate("h10_excess_top3", 10, "excess", *FLOORS, 3),
+    Candidate("h5_rank_top3", 5, "rank", *FLOORS, 3),
+    Candidate("h5_excess_top5", 5, "excess", *FLOORS, 5),
+    Candidate("h10_excess_top5", 10, "excess", *FLOORS, 5),
+    Candidate("h5_excess_top3_conf55", 5, "excess", FLOORS[0], FLOORS[1], 0.55, 3),
+    Candidate("h10_raw_top3", 10, "raw", *FLOORS, 3),
+    Candidate("h20_excess_top3", 20, "excess", *FLOORS, 3),
+]
+
+
+class CachedPredictor:
+    """Every session's walk-forward predictions, computed once, replayed by many entry rules."""
+
+    def __init__(self, by_day: dict[date, dict[str, SymbolPrediction]], info: dict[str, Any]):
+        self.by_day = by_day
+        self.info = info
+
+    def predictions(self, session: date, bars: Any) -> tuple[dict[str, SymbolPrediction], str]:
+        return dict(self.by_day.get(session, {})), "wf-cached"
+
+    def describe(self) -> dict[str, Any]:
+        return dict(self.info)
+
+
+def walk_forward(
+    bars: dict[str, Any],
+    sessions: list[date],
+    symbols: tuple[str, ...],
+    key: tuple[int, str],
+    placebo: bool,
+    settings: Settings,
+    seed: int = 0,
+) -> CachedPredictor:
+    horizon, normalisation = key
+    config = WalkForwardConfig(
+        seed=seed,
+        retrain_every=63,
+        train_years=settings.train_years,
+        horizon=horizon,
+        label_normalisation=normalisation,
+        shuffle_labels=placebo,
+    )
+    predictor = WalkForwardPredictor(bars, sessions, symbols, config)
+    by_day = {day: predictor.predictions(day, bars)[0] for day in sessions}
+    info = predictor.describe()
+    info.pop("retrains", None)
+    return CachedPredictor(by_day, info)
+
+
+def backtest(
+    bars: dict[str, Any],
+    symbols: tuple[str, ...],
+    period: tuple[date, date],
+    predictor: CachedPredictor,
+    cand: Candidate,
+    settings: Settings,
+    slippage_bps: float,
+) -> BacktestResult:
+    config = BacktestConfig(
+        symbols=symbols,
+        start=period[0],
+        end=period[1],
+        commission_bps=settings.sim_commission_bps,
+        slippage_bps=slippage_bps,
+        limits=RiskLimits.from_settings(settings),
+        strategy=StrategyConfig(
+            rebalance_margin=settings.strategy_rebalance_margin,
+            min_holding_days=settings.strategy_min_holding_days,
+            risk_budget=settings.strategy_risk_budget,
+            entry_top_k=cand.top_k,
+        ),
+    )
+    thresholds = Thresholds(cand.buy, cand.sell, cand.confidence)
+    return run_backtest(bars, config, ModelSignals(predictor, thresholds))
+
+
+def figures(result: BacktestResult) -> dict[str, Any]:
+    metrics = compute_metrics(result)
+    perf = metrics["performance"]
+    equity = result.equity_series()
+    returns = equity.pct_change().dropna()
+    return {
+        "sharpe": perf.get("sharpe_ratio"),
+        "cagr": perf.get("annualized_return"),
+        "max_dd": perf.get("max_drawdown"),
+        "turnover": perf.get("turnover"),
+        "avg_holding": perf.get("avg_holding_days"),
+        "trades": perf.get("num_trades"),
+        "exposure": perf.get("exposure"),
+        "exit_reasons": metrics.get("exit_reasons"),
+        "daily_returns": [float(r) for r in returns.to_numpy()],
+        "benchmarks": {
+            name: {k: b.get(k) for k in ("sharpe_ratio", "annualized_return", "max_drawdown")}
+            for name, b in metrics["benchmarks"].items()
+        },
+    }
+
+
+def _f(value: Any, pct: bool = False) -> str:
+    if value is None:
+        return "-"
+    return f"{value * 100:.1f}%" if pct else f"{value:.2f}"
+
+
+def line(cand: Candidate, real: dict[str, Any], placebo: dict[str, Any], seconds: float) -> str:
+    spy = real["benchmarks"].get("spy_buy_and_hold", {})
+    ew = real["benchmarks"].get("equal_weight_buy_and_hold", {})
+    return (
+        f"{cand.name}: Sharpe {_f(real['sharpe'])} CAGR {_f(real['cagr'], True)} "
+        f"maxDD {_f(real['max_dd'], True)} turnover {_f(real['turnover'])} "
+        f"hold {_f(real['avg_holding'])} trades {real['trades']} | placebo Sharpe "
+        f"{_f(placebo['sharpe'])} CAGR {_f(placebo['cagr'], True)} maxDD "
+        f"{_f(placebo['max_dd'], True)} trades {placebo['trades']} | "
+        f"SPY {_f(spy.get('sharpe_ratio'))}"
+        f" / {_f(spy.get('annualized_return'), True)} / {_f(spy.get('max_drawdown'), True)} | EW "
+        f"{_f(ew.get('sharpe_ratio'))} / {_f(ew.get('annualized_return'), True)} / "
+        f"{_f(ew.get('max_drawdown'), True)} | {seconds:.0f}s"
+    )
+
+
+def deflated(selection: dict[str, dict[str, Any]], name: str) -> dict[str, float]:
+    """DSR of `name`'s 2008-2015 daily returns against every configuration tried."""
+    sharpes = [
+        float(np.mean(r["real"]["daily_returns"]) / np.std(r["real"]["daily_returns"], ddof=1))
+        for r in selection.values()
+        if len(r["real"]["daily_returns"]) > 1 and np.std(r["real"]["daily_returns"]) > 0
+    ]
+    returns = np.asarray(selection[name]["real"]["daily_returns"])
+    return deflated_sharpe_ratio(returns, n_trials=len(selection), trial_sharpes=sharpes)
+
+
+def markdown(period_name: str) -> str:
+    """The results of every stored run of `period_name` as a markdown table."""
+    head = (
+        "| config | h | label | entry | Sharpe | CAGR | maxDD | turnover | hold | trades "
+        "| placebo Sharpe / CAGR / maxDD | SPY Sharpe / CAGR / maxDD | EW Sharpe / CAGR / maxDD |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    )
+    rows = [head]
+    for cand in CANDIDATES:
+        path = OUT_DIR / f"{period_name}_{cand.name}.json"
+        if not path.exists():
+            continue
+        data = json.loads(path.read_text())
+        real, placebo = data["real"], data["placebo"]
+        spy = real["benchmarks"].get("spy_buy_and_hold", {})
+        ew = real["benchmarks"].get("equal_weight_buy_and_hold", {})
+        entry = (
+            f"top {cand.top_k}, buy >= {cand.buy:g}, conf >= {cand.confidence:g}"
+            if cand.top_k
+            else f"buy >= {cand.buy:g}, conf >= {cand.confidence:g}"
+        ) + f", sell <= {cand.sell:g}"
+
+        def trio(d: dict[str, Any], s: str, c: str, m: str) -> str:
+            return f"{_f(d.get(s))} / {_f(d.get(c), True)} / {_f(d.get(m), True)}"
+
+        rows.append(
+            f"| {cand.name} | {cand.horizon} | {cand.normalisation} | {entry} | "
+            f"{_f(real['sharpe'])} | {_f(real['cagr'], True)} | {_f(real['max_dd'], True)} | "
+            f"{_f(real['turnover'])} | {_f(real['avg_holding'])} | {real['trades']} | "
+            f"{trio(placebo, 'sharpe', 'cagr', 'max_dd')} | "
+            f"{trio(spy, 'sharpe_ratio', 'annualized_return', 'max_drawdown')} | "
+            f"{trio(ew, 'sharpe_ratio', 'annualized_return', 'max_drawdown')} |"
+        )
+    return "\n".join(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--only", help="comma-separated configuration names")
+    parser.add_argument("--holdout", help="finalists to run once on 2016-2021")
+    parser.add_argument("--slippage-bps", type=float, default=5.0)
+    parser.add_argument("--table", choices=list(PERIODS), help="print stored results only")
+    parser.add_argument(
+        "--placebo-seeds",
+        type=int,
+        default=0,
+        help="with --only/--holdout: this many more placebos (seeds 1..N), the spread of the null",
+    )
+    args = parser.parse_args()
+    if args.table:
+        print(markdown(args.table))
+        return
+    period_name = "holdout" if args.holdout else "selection"
+    wanted = (args.holdout or args.only or "").split(",")
+    chosen = [c for c in CANDIDATES if not wanted[0] or c.name in wanted]
+    firsts = {c.label_key: i for i, c in reversed(list(enumerate(chosen)))}
+    chosen.sort(key=lambda c: firsts[c.label_key])  # one label's predictions at a time
+    period = PERIODS[period_name]
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    market = CsvMarketData(DATA_DIR)
+    symbols = tuple(s for s in market.available_symbols())
+    bars = load_bars(market, symbols, history_start(period[0], settings.train_years), period[1])
+    sessions = backtest_sessions(bars, symbols, period[0], period[1], NyseCalendar())
+    print(f"{period_name} {period[0]}..{period[1]}: {len(sessions)} sessions, {symbols}")
+    predictors: dict[tuple[tuple[int, str], bool], CachedPredictor] = {}
+    suffix = "" if args.slippage_bps == 5.0 else f"_slip{args.slippage_bps:g}"
+    for cand in chosen:
+        started = time.perf_counter()
+        out: dict[str, Any] = {"candidate": cand.__dict__, "period": period_name}
+        for placebo in (False, True):
+            key = (cand.label_key, placebo)
+            if key not in predictors:
+                predictors = {k: v for k, v in predictors.items() if k[0] == cand.label_key}
+                predictors[key] = walk_forward(
+                    bars, sessions, symbols, cand.label_key, placebo, settings
+                )
+            result = backtest(
+                bars, symbols, period, predictors[key], cand, settings, args.slippage_bps
+            )
+            out["placebo" if placebo else "real"] = figures(result)
+        seconds = time.perf_counter() - started
+        path = OUT_DIR / f"{period_name}_{cand.name}{suffix}.json"
+        path.write_text(json.dumps(out, default=str))
+        print(line(cand, out["real"], out["placebo"], seconds), flush=True)
+    for cand in chosen if args.placebo_seeds else []:
+        for seed in range(1, args.placebo_seeds + 1):
+            predictor = walk_forward(
+                bars, sessions, symbols, cand.label_key, True, settings, seed=seed
+            )
+            result = backtest(bars, symbols, period, predictor, cand, settings, args.slippage_bps)
+            fig = figures(result)
+            path = OUT_DIR / f"{period_name}_{cand.name}{suffix}_placebo_seed{seed}.json"
+            path.write_text(json.dumps(fig, default=str))
+            print(
+                f"{cand.name} placebo seed {seed}: Sharpe {_f(fig['sharpe'])} CAGR "
+                f"{_f(fig['cagr'], True)} maxDD {_f(fig['max_dd'], True)} trades {fig['trades']}",
+                flush=True,
+            )
+    if period_name == "holdout":
+        selection = {
+            p.stem.removeprefix("selection_"): json.loads(p.read_text())
+            for p in sorted(OUT_DIR.glob("selection_*.json"))
+            if "_slip" not in p.stem and "_placebo_seed" not in p.stem
+        }
+        for cand in chosen:
+            if cand.name in selection:
+                print(f"{cand.name}: 2008-2015 deflated Sharpe {deflated(selection, cand.name)}")
+            holdout = json.loads((OUT_DIR / f"holdout_{cand.name}{suffix}.json").read_text())
+            returns = np.asarray(holdout["real"]["daily_returns"])
+            sr = [s for s in (_daily_sharpe(r) for r in selection.values()) if s is not None]
+            print(
+                f"{cand.name}: 2016-2021 deflated Sharpe "
+                f"{deflated_sharpe_ratio(returns, n_trials=len(selection), trial_sharpes=sr)}"
+            )
+
+
+def _daily_sharpe(record: dict[str, Any]) -> float | None:
+    returns = pd.Series(record["real"]["daily_returns"])
+    std = float(returns.std())
+    return float(returns.mean()) / std if len(returns) > 1 and std > 0 else None
+
+
+if __name__ == "__main__":
+    main()
