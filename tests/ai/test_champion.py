@@ -74,7 +74,10 @@ def train_on(features: pd.DataFrame, end: date) -> ModelBundle:
 
 
 def run_fit(svc: Services, market: Any, store: ModelStore, today: date, gated: bool) -> dict:
-    settings = load_settings({"train_years": 3, "watchlist": ",".join(SYMBOLS)})
+    # The one-session label of `features_for`: champion and challenger learn the same target.
+    settings = load_settings(
+        {"train_years": 3, "watchlist": ",".join(SYMBOLS), "ai_prediction_horizon_days": 1}
+    )
     return fit_and_save(
         settings=settings,
         db=svc.db,
