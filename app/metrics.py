@@ -281,13 +281,10 @@ for _reason in ("rejected", "never_reached_broker"):
 # ---------------------------------------------------------------------------- divergence
 
 DIVERGENCE_DIFFERENCES = StateGauge(
-    "alpha_divergence_differences",
-    "Orders live executed differently from the backtest replay of the live period, by kind",
-    ("kind",),
+    "alpha_divergence_differences", "Live orders unlike the backtest replay, by kind", ("kind",)
 )
 DIVERGENCE_FILL_BPS = StateGauge(
-    "alpha_divergence_max_fill_bps",
-    "Largest gap between a live fill price and the backtest's modelled price, in bps",
+    "alpha_divergence_max_fill_bps", "Largest live fill gap to the modelled price, in bps"
 )
 
 

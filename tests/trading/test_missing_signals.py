@@ -31,6 +31,7 @@ from tests.trading.test_notifier import Receiver
 
 NY = ZoneInfo("America/New_York")
 SESSION = date(2021, 11, 29)
+NEXT = date(2021, 11, 30)  # the decision on SESSION's bars runs before this day's open
 SPY_COLUMNS = ["rel_ret_20_spy", "corr_spy_60", "beta_spy_60"]
 
 
@@ -77,8 +78,9 @@ def test_spy_features_are_not_nan_live_with_a_watchlist_without_spy(
     custom_app: Flask, fake: FakeAlpaca
 ) -> None:
     source = HoldWhereFeatures()
+    fake.pre_open(NEXT)
     with custom_app.app_context():
-        result = services().trading(source).run_cycle()
+        result = services().trading(source).run_decision()
     assert result.status == "done"
     assert "SPY" in source.bars
     assert source.features is not None
@@ -92,10 +94,11 @@ def test_a_symbol_without_a_session_bar_is_named_counted_recorded_and_alerted(
     feed = BarFeed()
     feed.drop("KO", [SESSION])
     fake.bars_hook = feed
+    fake.pre_open(NEXT)
     before = missing_total("no_session_bar")
     with custom_app.app_context():
         svc = services()
-        svc.trading(HoldWhereFeatures()).run_cycle()
+        assert svc.trading(HoldWhereFeatures()).run_decision().status == "done"
         assert svc.notifier.flush()
     with db.session() as session:
         rows = session.scalars(select(MissingSignal)).all()
@@ -144,17 +147,29 @@ def test_nothing_is_reported_when_every_symbol_has_a_signal(app: Flask) -> None:
 def test_the_cache_and_the_cycle_agree_on_the_session_in_paper_mode(
     custom_app: Flask, fake: FakeAlpaca
 ) -> None:
-    # 10:00 New York on 2021-11-29 (the fixture's clock): the session is open.
+    # 10:00 New York on 2021-11-29 (the fixture's clock): the session is open, not closed.
     with custom_app.app_context():
         svc = services()
-        result = svc.trading(HoldWhereFeatures()).run_cycle()
-        session = session_today(svc.venue.broker.get_clock())
-        assert result.session == session.isoformat() == "2021-11-29"
-        assert svc.venue.last_closed_session is not None
+        assert session_today(svc.venue.broker.get_clock()) == SESSION
         assert svc.venue.last_closed_session() == date(2021, 11, 26)  # the one before
+        svc.venue.market.get_daily_bars(["KO", "SPY"], date(2021, 11, 1), SESSION)
         with db.session() as s:
             stored = s.scalar(select(BarRecord.day).order_by(BarRecord.day.desc()).limit(1))
         assert stored == date(2021, 11, 26)  # the open session's bar is never stored
+
+
+def test_the_decision_before_the_open_uses_and_stores_the_closed_session(
+    custom_app: Flask, fake: FakeAlpaca
+) -> None:
+    fake.pre_open(NEXT)  # 08:00 the next morning: the decision on the closed session
+    with custom_app.app_context():
+        svc = services()
+        result = svc.trading(HoldWhereFeatures()).run_decision()
+        assert result.session == SESSION.isoformat()
+        assert svc.venue.last_closed_session() == SESSION
+        with db.session() as s:
+            stored = s.scalar(select(BarRecord.day).order_by(BarRecord.day.desc()).limit(1))
+        assert stored == SESSION
 
 
 def test_after_the_close_the_session_is_the_new_york_date_of_the_broker_clock(
