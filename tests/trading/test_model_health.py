@@ -35,6 +35,12 @@ GOOD, BAD = "20210101T000000.000000Z-aaaaaaaa", "20210102T000000.000000Z-bbbbbbb
 
 
 @pytest.fixture
+def app(make_app: Callable[..., Flask]) -> Flask:
+    """The labels below are one session long (open t+1 to open t+2), as `labels` computes them."""
+    return make_app(AI_PREDICTION_HORIZON_DAYS=1)
+
+
+@pytest.fixture
 def receiver() -> Iterator[Receiver]:
     r = Receiver()
     yield r
@@ -226,6 +232,7 @@ def test_the_task_scores_through_the_app_services(
 ) -> None:
     """The Celery task (eager) on a sim app: labels only up to the replay session."""
     app = make_app(
+        AI_PREDICTION_HORIZON_DAYS=1,
         DATA_DIR=str(SHARED_DATA),
         WATCHLIST=",".join(SYMBOLS),
         SIM_START_DATE=SESSIONS[30].isoformat(),
@@ -271,6 +278,7 @@ def test_signals_the_sim_cycle_records_are_scored(
     """End to end: a model, real sim cycles recording signals, then the realised rank IC of
     each replayed session, checked with scipy against the CSV opens."""
     app = make_app(
+        AI_PREDICTION_HORIZON_DAYS=1,
         DATA_DIR=str(SHARED_DATA),
         WATCHLIST=",".join([*SYMBOLS, "SPY"]),
         MODELS_DIR=str(tmp_path / "models"),
@@ -288,7 +296,7 @@ def test_signals_the_sim_cycle_records_are_scored(
             today=svc.venue.today(),
         )
         for _ in range(8):
-            assert svc.trading().run_cycle().status == "done"
+            assert svc.trading().run_decision().status == "done"
     today = svc.venue.today()
     assert today == SESSIONS[48]
     result = ModelHealth.of(svc).update(today)
