@@ -276,7 +276,7 @@ def test_every_dashboard_query_returns_data(tmp_path: Path) -> None:
         cycles = stack.query('sum(alpha_cycles_total{outcome="done"})')
         assert _first(cycles) >= 2
         broker = stack.query('sum by (method) (alpha_broker_requests_total{venue="sim"})')
-        assert {r["metric"]["method"] for r in broker} >= {"get_clock", "get_account"}
+        assert {r["metric"]["method"] for r in broker} >= {"get_positions", "get_account"}
         confidence = stack.query("sum(alpha_prediction_confidence_count)")
         assert _first(confidence) > 0
         # CPU and memory of every process kind, from the sampled gauges.
