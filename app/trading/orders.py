@@ -8,6 +8,7 @@ A client_order_id that already has a row is never sent again: it is looked up in
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
@@ -60,29 +61,49 @@ class OrderService:
         session_date: date | None = None,
         cycle_id: str | None = None,
     ) -> Placement:
-        cid = request.client_order_id
+        row = OrderRecord(
+            client_order_id=request.client_order_id,
+            symbol=request.symbol,
+            side=str(request.side),
+            qty=request.qty,
+            notional=request.notional,
+            status=OrderStatus.PENDING.value,
+            reason=reason[:255] or None,
+            session_date=session_date,
+            cycle_id=cycle_id,
+        )
+        return self._write_then_send(row, lambda: self._broker.submit_market_order(request))
+
+    def place_protective(
+        self, request: ProtectiveRequest, *, session_date: date, cycle_id: str
+    ) -> Placement:
+        """A protective OCO exit, with the same write-before-send and lookup-on-doubt rules."""
+        row = OrderRecord(
+            client_order_id=request.client_order_id,
+            symbol=request.symbol,
+            side=Side.SELL.value,
+            qty=request.qty,
+            status=OrderStatus.PENDING.value,
+            reason=f"protective: stop {request.stop_loss:.2f} / target {request.take_profit:.2f}",
+            session_date=session_date,
+            cycle_id=cycle_id,
+        )
+        return self._write_then_send(row, lambda: self._broker.submit_protective_order(request))
+
+    def _write_then_send(self, row: OrderRecord, send: Callable[[], Order]) -> Placement:
+        """The row is written PENDING before the order leaves; an id already written means
+        another run owns it, and a doubtful outcome is left for reconciliation, never re-sent."""
+        cid, side, reason = row.client_order_id, row.side, row.reason or ""
         try:
             with self._db.session() as session:
-                session.add(
-                    OrderRecord(
-                        client_order_id=cid,
-                        symbol=request.symbol,
-                        side=str(request.side),
-                        qty=request.qty,
-                        notional=request.notional,
-                        status=OrderStatus.PENDING.value,
-                        reason=reason[:255] or None,
-                        session_date=session_date,
-                        cycle_id=cycle_id,
-                    )
-                )
+                session.add(row)
         except IntegrityError:
             # Another run (overlap, redelivery, restart) already owns this id: never re-send.
             log.info("order %s already recorded; looking it up instead of sending", cid)
             metrics.ORDERS_DUPLICATES_PREVENTED.inc()
             return Placement(cid, self.sync(cid), sent=False)
         try:
-            order = self._broker.submit_market_order(request)
+            order = send()
         except OrderRejected as exc:
             metrics.record_order_rejected("broker", "rejected")
             self._update(cid, None, rejected=exc.message)
@@ -92,45 +113,9 @@ class OrderService:
             log.warning("order %s: outcome unknown (%s); left PENDING for reconciliation", cid, exc)
             metrics.ORDERS_UNCONFIRMED.inc()
             return Placement(cid, None, sent=True, error=exc.message)
-        metrics.record_order_submitted(str(request.side), reason)
+        metrics.record_order_submitted(side, reason)
         if order.status is OrderStatus.REJECTED:
             metrics.record_order_rejected("broker", "rejected")
-        self._update(cid, order)
-        return Placement(cid, order, sent=True)
-
-    def place_protective(
-        self, request: ProtectiveRequest, *, session_date: date, cycle_id: str
-    ) -> Placement:
-        """A protective OCO exit, with the same write-before-send and lookup-on-doubt rules."""
-        cid = request.client_order_id
-        reason = f"protective: stop {request.stop_loss:.2f} / target {request.take_profit:.2f}"
-        try:
-            with self._db.session() as session:
-                session.add(
-                    OrderRecord(
-                        client_order_id=cid,
-                        symbol=request.symbol,
-                        side=Side.SELL.value,
-                        qty=request.qty,
-                        status=OrderStatus.PENDING.value,
-                        reason=reason,
-                        session_date=session_date,
-                        cycle_id=cycle_id,
-                    )
-                )
-        except IntegrityError:
-            metrics.ORDERS_DUPLICATES_PREVENTED.inc()
-            return Placement(cid, self.sync(cid), sent=False)
-        try:
-            order = self._broker.submit_protective_order(request)
-        except OrderRejected as exc:
-            metrics.record_order_rejected("broker", "rejected")
-            self._update(cid, None, rejected=exc.message)
-            return Placement(cid, None, sent=True, error=exc.message)
-        except BrokerUnavailable as exc:
-            metrics.ORDERS_UNCONFIRMED.inc()
-            return Placement(cid, None, sent=True, error=exc.message)
-        metrics.record_order_submitted(Side.SELL.value, reason)
         self._update(cid, order)
         return Placement(cid, order, sent=True)
 
