@@ -27,7 +27,6 @@ import time
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as dtime
-from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
 
@@ -39,6 +38,7 @@ from app.broker.venue import Venue
 from app.config import Settings, TradingMode
 from app.domain import MarketClock
 from app.logging_setup import cycle_context
+from app.market.sessions import NEW_YORK, session_today
 from app.store.database import Database
 from app.store.orm import OrderRecord, RiskEvent
 from app.trading.cycle_lock import CycleLock
@@ -57,7 +57,6 @@ from app.trading.strategy import StrategyConfig
 
 log = logging.getLogger(__name__)
 
-NEW_YORK = ZoneInfo("America/New_York")
 #: Alpaca queues market-on-open orders from 19:00 New York for the next opening auction and
 #: refuses them from 09:28 until 19:00.
 OPG_FROM = dtime(19, 0)
@@ -168,7 +167,7 @@ class TradingService:
         return CycleResult(status="decision_missed", session=day, problem=why)
 
     def _last_closed_session(self, clock: MarketClock) -> date | None:
-        today = clock.timestamp.astimezone(NEW_YORK).date()
+        today = session_today(clock)
         sessions = self._broker.get_calendar(today - timedelta(days=14), today)
         closed = [s.day for s in sessions if s.close <= clock.timestamp]
         return closed[-1] if closed else None
@@ -179,7 +178,7 @@ class TradingService:
             log.info("market closed (next open %s): guard is a no-op", clock.next_open)
             return CycleResult(status="market_closed")
         now = now or clock.timestamp
-        session = clock.timestamp.astimezone(NEW_YORK).date()  # the broker's clock decides
+        session = session_today(clock)  # the broker's clock decides
         key = cycle_key_for(now, self._settings.trading_cycle_minutes)
         return self._guard(session, now, key, check_risk=True)
 
