@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pickle
 import time
 from dataclasses import dataclass
 from datetime import date
@@ -85,6 +86,14 @@ CANDIDATES = [
     Candidate("h10_raw_top3", 10, "raw", *FLOORS, 3),
     Candidate("h20_excess_top3", 20, "excess", *FLOORS, 3),
 ]
+#: Round 2 (research.md, "Round 2 protocol"): entries gated by the calibrated probability of
+#: beating the watchlist (excess label), each beside three placebo seeds.
+ROUND2 = [
+    Candidate(f"r2_h{h}_excess_top{k}_conf{int(c * 100)}", h, "excess", FLOORS[0], FLOORS[1], c, k)
+    for h in (5, 10)
+    for k, c in ((3, 0.52), (3, 0.55), (7, 0.55), (7, 0.52))
+]
+ROUND2_PLACEBO_SEEDS = (0, 1, 2)
 
 
 class CachedPredictor:
@@ -124,6 +133,27 @@ def walk_forward(
     info = predictor.describe()
     info.pop("retrains", None)
     return CachedPredictor(by_day, info)
+
+
+def cached_walk_forward(
+    bars: dict[str, Any],
+    sessions: list[date],
+    symbols: tuple[str, ...],
+    key: tuple[int, str],
+    placebo: bool,
+    settings: Settings,
+    period_name: str,
+    seed: int = 0,
+) -> CachedPredictor:
+    """walk_forward, stored on disk: round 2's entry rules and re-runs share the predictions."""
+    kind = f"placebo{seed}" if placebo else "real"
+    path = OUT_DIR / f"predictions_{period_name}_h{key[0]}_{key[1]}_{kind}.pkl"
+    if path.exists():
+        by_day, info = pickle.loads(path.read_bytes())  # noqa: S301 (our own file)
+        return CachedPredictor(by_day, info)
+    predictor = walk_forward(bars, sessions, symbols, key, placebo, settings, seed=seed)
+    path.write_bytes(pickle.dumps((predictor.by_day, predictor.info)))
+    return predictor
 
 
 def backtest(
@@ -256,7 +286,14 @@ def main() -> None:
         default=0,
         help="with --only/--holdout: this many more placebos (seeds 1..N), the spread of the null",
     )
+    parser.add_argument("--round", type=int, choices=(1, 2), default=1)
     args = parser.parse_args()
+    if args.round == 2:
+        if args.table:
+            print(round2_table(args.table))
+        else:
+            run_round2(args)
+        return
     if args.table:
         print(markdown(args.table))
         return
@@ -323,6 +360,139 @@ def main() -> None:
                 f"{cand.name}: 2016-2021 deflated Sharpe "
                 f"{deflated_sharpe_ratio(returns, n_trials=len(selection), trial_sharpes=sr)}"
             )
+
+
+#: Round 1's 11 configurations that traded, annualised 2008-2015 Sharpe (research.md, table 1;
+#: their JSON is not kept): the trials' spread for round 2's deflated Sharpe ratio.
+ROUND1_SHARPES = (0.45, 0.84, 0.80, 0.49, 0.70, 0.64, 0.38, 0.83, 0.68, 1.14, 0.47)
+ROUND1_TRIALS = 12
+
+
+def _median(values: list[float | None]) -> float | None:
+    finite = [v for v in values if v is not None]
+    return float(np.median(finite)) if finite else None
+
+
+def round2_verdict(data: dict[str, Any]) -> dict[str, Any]:
+    """The round-2 selection rule (research.md) applied to one configuration's stored run."""
+    real = data["real"]
+    spy = real["benchmarks"].get("spy_buy_and_hold", {})
+    spy_sharpe, spy_dd = spy.get("sharpe_ratio") or 0.0, spy.get("max_drawdown") or -1.0
+    placebo_sharpe = _median([p["sharpe"] for p in data["placebos"]])
+    placebo_dd = _median([p["max_dd"] for p in data["placebos"]])
+
+    def beats(sharpe: float | None, dd: float | None) -> bool:
+        return sharpe is not None and dd is not None and sharpe > spy_sharpe and dd > spy_dd
+
+    return {
+        "placebo_sharpe": placebo_sharpe,
+        "placebo_dd": placebo_dd,
+        "beats_spy": beats(real["sharpe"], real["max_dd"]),
+        "placebo_beats_spy": beats(placebo_sharpe, placebo_dd),
+        "eligible": (real["trades"] or 0) >= 50
+        and beats(real["sharpe"], real["max_dd"])
+        and not beats(placebo_sharpe, placebo_dd),
+        "contribution": (real["sharpe"] or 0.0) - (placebo_sharpe or 0.0),
+    }
+
+
+def round2_table(period_name: str) -> str:
+    """Round 2's stored runs of `period_name`, with the rule's verdict and ranking."""
+    rows = [
+        "| config | Sharpe | CAGR | maxDD | exposure | turnover | hold | trades | placebo Sharpe "
+        "(seeds 0/1/2, median) | placebo maxDD median | SPY Sharpe / maxDD | EW Sharpe / maxDD "
+        "| beats SPY | placebo beats SPY | eligible | Sharpe - placebo |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    ranked = []
+    for cand in ROUND2:
+        path = OUT_DIR / f"r2_{period_name}_{cand.name}.json"
+        if not path.exists():
+            continue
+        data = json.loads(path.read_text())
+        real, v = data["real"], round2_verdict(data)
+        spy = real["benchmarks"].get("spy_buy_and_hold", {})
+        ew = real["benchmarks"].get("equal_weight_buy_and_hold", {})
+        seeds = "/".join(_f(p["sharpe"]) for p in data["placebos"])
+        rows.append(
+            f"| {cand.name} | {_f(real['sharpe'])} | {_f(real['cagr'], True)} | "
+            f"{_f(real['max_dd'], True)} | {_f(real['exposure'], True)} | "
+            f"{_f(real['turnover'])} | {_f(real['avg_holding'])} | {real['trades']} | "
+            f"{seeds} ({_f(v['placebo_sharpe'])}) | {_f(v['placebo_dd'], True)} | "
+            f"{_f(spy.get('sharpe_ratio'))} / {_f(spy.get('max_drawdown'), True)} | "
+            f"{_f(ew.get('sharpe_ratio'))} / {_f(ew.get('max_drawdown'), True)} | "
+            f"{'yes' if v['beats_spy'] else 'no'} | {'yes' if v['placebo_beats_spy'] else 'no'} | "
+            f"{'yes' if v['eligible'] else 'no'} | {v['contribution']:.2f} |"
+        )
+        if v["eligible"]:
+            ranked.append((v["contribution"], real["cagr"] or 0.0, cand.name))
+    ranked.sort(reverse=True)
+    if ranked:
+        best = ranked[0][0]
+        top = sorted((r for r in ranked if r[0] >= best - 0.1), key=lambda r: -r[1])
+        order = [r[2] for r in top] + [r[2] for r in ranked if r[0] < best - 0.1]
+        rows.append(f"\nRule's ranking of the eligible: {', '.join(order)}")
+    else:
+        rows.append("\nNo configuration is eligible.")
+    return "\n".join(rows)
+
+
+def run_round2(args: argparse.Namespace) -> None:
+    """Round 2: each configuration beside three placebo seeds; predictions cached on disk."""
+    period_name = "holdout" if args.holdout else "selection"
+    wanted = [w for w in (args.holdout or args.only or "").split(",") if w]
+    chosen = [c for c in ROUND2 if not wanted or c.name in wanted]
+    period = PERIODS[period_name]
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    market = CsvMarketData(DATA_DIR)
+    symbols = tuple(s for s in market.available_symbols())
+    bars = load_bars(market, symbols, history_start(period[0], settings.train_years), period[1])
+    sessions = backtest_sessions(bars, symbols, period[0], period[1], NyseCalendar())
+    print(f"round 2, {period_name} {period[0]}..{period[1]}: {len(sessions)} sessions", flush=True)
+    for key in dict.fromkeys(c.label_key for c in chosen):
+        started = time.perf_counter()
+        real = cached_walk_forward(bars, sessions, symbols, key, False, settings, period_name)
+        placebos = [
+            cached_walk_forward(bars, sessions, symbols, key, True, settings, period_name, seed)
+            for seed in ROUND2_PLACEBO_SEEDS
+        ]
+        print(f"label {key}: predictions in {time.perf_counter() - started:.0f}s", flush=True)
+        for cand in (c for c in chosen if c.label_key == key):
+            out: dict[str, Any] = {"candidate": cand.__dict__, "period": period_name}
+            out["real"] = figures(
+                backtest(bars, symbols, period, real, cand, settings, args.slippage_bps)
+            )
+            out["placebos"] = [
+                figures(backtest(bars, symbols, period, p, cand, settings, args.slippage_bps))
+                for p in placebos
+            ]
+            (OUT_DIR / f"r2_{period_name}_{cand.name}.json").write_text(
+                json.dumps(out, default=str)
+            )
+            v = round2_verdict(out)
+            print(
+                f"{line(cand, out['real'], out['placebos'][0], 0)} | placebo seeds "
+                f"{'/'.join(_f(p['sharpe']) for p in out['placebos'])} | eligible "
+                f"{v['eligible']} | contribution {v['contribution']:.2f}",
+                flush=True,
+            )
+    if period_name == "holdout":
+        selection = [
+            json.loads(p.read_text())["real"]["daily_returns"]
+            for p in sorted(OUT_DIR.glob("r2_selection_*.json"))
+        ]
+        trials = [s / np.sqrt(252) for s in ROUND1_SHARPES] + [
+            float(np.mean(r) / np.std(r, ddof=1)) for r in selection if np.std(r) > 0
+        ]
+        n_trials = ROUND1_TRIALS + len(ROUND2) - 1  # h5 top 3 conf 0.55 was in round 1 too
+        for cand in chosen:
+            for name in ("selection", "holdout"):
+                path = OUT_DIR / f"r2_{name}_{cand.name}.json"
+                if path.exists():
+                    returns = json.loads(path.read_text())["real"]["daily_returns"]
+                    dsr = deflated_sharpe_ratio(returns, n_trials=n_trials, trial_sharpes=trials)
+                    print(f"{cand.name} {name}: deflated Sharpe {dsr}", flush=True)
 
 
 def _daily_sharpe(record: dict[str, Any]) -> float | None:
