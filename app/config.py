@@ -157,19 +157,22 @@ class Settings(BaseSettings):
     strategy_risk_budget: float = Field(default=0.002, gt=0, le=0.1)
     #: Rank entries: only the k best-scored of today's signals (the whole watchlist) may be
     #: bought, each still clearing the BUY floors; 0: every BUY signal (the seed's rule).
-    #: 3: chosen on 2008-2015 (docs/research.md).
+    #: 3: chosen on 2008-2015 (docs/research.md, rounds 1 and 2).
     strategy_entry_top_k: int = Field(default=3, ge=0, le=100)
 
     # --- AI signals (defaults chosen on 2008-2015, docs/research.md; the seed's were
     # 0.005 / -0.005 / 0.7 with a 1-session label, and never traded on real data) ---
     #: Floors under the rank: predicted return over the horizon, calibrated P(sign right).
+    #: With the excess label the confidence is the held-out calibrated probability of beating
+    #: the watchlist over the horizon; 0.52 asks for an edge a model that knows nothing
+    #: (calibrated to ~0.5) rarely shows (round 2 of docs/research.md).
     ai_signal_buy_threshold: float = Field(default=0.0001, gt=0)
     ai_signal_sell_threshold: float = Field(default=-0.005, lt=0)
-    ai_confidence_threshold: float = Field(default=0.5, ge=0, le=1)
+    ai_confidence_threshold: float = Field(default=0.52, ge=0, le=1)
     #: Label: open[t+1+h] / open[t+1] - 1, h sessions after the next open (the seed's h = 1).
-    ai_prediction_horizon_days: int = Field(default=10, ge=1, le=60)
+    ai_prediction_horizon_days: int = Field(default=5, ge=1, le=60)
     #: raw | excess (minus the watchlist's mean that date) | rank (the watchlist's rank).
-    ai_label_normalisation: str = Field(default="raw", pattern="^(raw|excess|rank)$")
+    ai_label_normalisation: str = Field(default="excess", pattern="^(raw|excess|rank)$")
     model_max_age_days: int = Field(default=7, ge=1, le=365)
     #: pooled: one cross-sectional model over every symbol; per-symbol: one model each.
     model_mode: str = Field(default="pooled", pattern="^(pooled|per-symbol|per_symbol)$")

@@ -31,8 +31,8 @@ def test_seed_defaults() -> None:
         -0.02,
     )
     assert (s.ai_signal_buy_threshold, s.ai_signal_sell_threshold) == (0.0001, -0.005)
-    assert s.ai_confidence_threshold == 0.5
-    assert (s.ai_prediction_horizon_days, s.ai_label_normalisation) == (10, "raw")
+    assert s.ai_confidence_threshold == 0.52
+    assert (s.ai_prediction_horizon_days, s.ai_label_normalisation) == (5, "excess")
     assert s.strategy_entry_top_k == 3
     assert s.watchlist == tuple(DEFAULT_WATCHLIST.split(","))
     assert len(s.watchlist) == 32
