@@ -16,9 +16,11 @@ Why it is shaped this way:
 - The objective never looks past ``train_end``: bars are clipped there before features are
   built, and only rows whose label is known by ``train_end`` are used. Inside that period, K
   expanding walk-forward folds by date; a fold trains on rows whose label ended before the
-  fold's first validation session (the 2-session label horizon gap, as in ``evaluation``) and
+  fold's first validation session (the label's sessions as a gap, as in ``evaluation``) and
   is scored on the next block of dates. Members fit without early stopping, so the scored
-  block never chooses anything.
+  block never chooses anything. The label is the one live trains on
+  (AI_PREDICTION_HORIZON_DAYS, AI_LABEL_NORMALISATION): tuning a 1-session label for a model
+  that trades a 5-session one would choose parameters for another problem.
 - The score is the mean daily cross-sectional Spearman rank IC. Trading uses the ordering of
   the symbols on a day (the best-ranked candidates get bought), not the predicted level, and
   ranks make the score robust to the few +-20 % days that dominate squared-error or Pearson
@@ -55,8 +57,8 @@ from app.ai.features import (
     FEATURE_COLUMNS,
     LABEL_COLUMN,
     LABEL_END_COLUMN,
-    LABEL_HORIZON,
     build_features,
+    label_sessions,
 )
 from app.ai.params import SearchSpace, _best_params_path, _fail, _write_json_atomic, to_train_params
 from app.ai.tuning_storage import _close_storage, _file_lock, _safe_url, make_storage
@@ -115,28 +117,36 @@ def _training_rows(
     train_start: pd.Timestamp | None,
     train_end: pd.Timestamp,
     features: pd.DataFrame | None,
+    horizon: int = 1,
+    normalisation: str = "raw",
 ) -> pd.DataFrame:
     """Labelled rows known by `train_end`; bars after it are cut before features exist."""
     if features is None:
         clipped = {sym: frame.loc[:train_end] for sym, frame in bars.items()}
-        features = build_features(clipped, spy.loc[:train_end] if spy is not None else None)
+        features = build_features(
+            clipped,
+            spy.loc[:train_end] if spy is not None else None,
+            horizon=horizon,
+            normalisation=normalisation,
+        )
     rows = features[features[LABEL_COLUMN].notna() & (features[LABEL_END_COLUMN] <= train_end)]
     if train_start is not None:
         rows = rows[rows.index.get_level_values("date") >= train_start]
     return rows
 
 
-def make_folds(rows: pd.DataFrame, n_folds: int) -> list[Fold]:
+def make_folds(rows: pd.DataFrame, n_folds: int, horizon: int = 1) -> list[Fold]:
     """K expanding folds over the rows' dates; the validation blocks cover the last half.
 
     Training rows of a fold have ``label_end < val_start``: their trade closed before the first
-    validation decision, which drops the LABEL_HORIZON (2) sessions before the block.
+    validation decision, which drops the label's sessions (``label_sessions(horizon)``) before
+    the block.
     """
     dates = rows.index.get_level_values("date").to_numpy()
     label_end = rows[LABEL_END_COLUMN].to_numpy()
     unique = np.unique(dates)
     block = int(len(unique) * VALIDATION_SHARE) // n_folds
-    first_train = len(unique) - block * n_folds - LABEL_HORIZON
+    first_train = len(unique) - block * n_folds - label_sessions(horizon)
     if block < MIN_FOLD_DATES or first_train < MIN_FIRST_TRAIN_DATES:
         raise _fail(
             "bars",
@@ -317,6 +327,8 @@ def optimize(
     n_lgbm: int = 1,
     n_xgb: int = 1,
     features: pd.DataFrame | None = None,
+    horizon: int = 1,
+    normalisation: str = "raw",
 ) -> dict[str, Any]:
     """Run up to `n_trials` trials (or until `timeout` s) of the shared study; write best params.
 
@@ -326,7 +338,9 @@ def optimize(
     comparable. The data window may move (a nightly retune's window advances a day): every
     trial records the window it was scored on, and TPE keeps learning from earlier nights'
     trials, scored on nearly the same data. `features` (from ``build_features``) skips
-    recomputation; rows whose label ends after `train_end` are never used.
+    recomputation (built with the same `horizon` and `normalisation`); rows whose label ends
+    after `train_end` are never used. The default study name carries a label other than the
+    seed's (1 session, raw), so each label tunes its own study.
     """
     _check_budget("n_trials", n_trials, N_TRIALS_RANGE, integral=True)
     _check_budget("timeout", timeout, TIMEOUT_RANGE, integral=False)
@@ -338,18 +352,19 @@ def optimize(
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise _fail("seed", "seed must be an integer or None")
     space = space or SearchSpace()
-    name = study_name or f"alpha-{mode}"
+    seed_label = (horizon, normalisation) == (1, "raw")
+    name = study_name or f"alpha-{mode}" + ("" if seed_label else f"-h{horizon}-{normalisation}")
     wall0 = time.perf_counter()
 
     end = _day(train_end)
     start = _day(train_start) if train_start is not None else None
-    rows = _training_rows(bars, spy, start, end, features)
+    rows = _training_rows(bars, spy, start, end, features, horizon, normalisation)
     if rows.empty:
         raise _fail("train_end", f"no labelled rows to tune on up to {end.date()}")
     symbols = sorted(str(s) for s in rows.index.get_level_values("symbol").unique())
     if len(symbols) < MIN_SYMBOLS_PER_DATE:
         raise _fail("bars", f"rank IC needs >= {MIN_SYMBOLS_PER_DATE} symbols, got {symbols}")
-    folds = make_folds(rows, n_folds)
+    folds = make_folds(rows, n_folds, horizon)
     dates = rows.index.get_level_values("date")
     structure = {
         "version": _OBJECTIVE_VERSION,
@@ -357,6 +372,8 @@ def optimize(
         "mode": mode,
         "n_folds": n_folds,
         "members": {"lightgbm": n_lgbm, "xgboost": n_xgb},
+        # Studies made before the label was configurable hold the seed's label and no key.
+        **({} if seed_label else {"label": {"horizon": horizon, "normalisation": normalisation}}),
     }
     window = {
         "train_start": dates.min().date().isoformat(),

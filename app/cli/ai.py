@@ -74,6 +74,8 @@ def optimize_command(mode: str | None, symbols: str | None, n_trials: int, timeo
         timeout=timeout,
         train_end=end,
         best_params_dir=settings.best_params_dir,
+        horizon=settings.ai_prediction_horizon_days,
+        normalisation=settings.ai_label_normalisation,
         progress=True,
     )
     click.echo(json.dumps(result, indent=2, default=str))

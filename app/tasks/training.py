@@ -141,6 +141,8 @@ def optimize_hyperparameters_for_watchlist(
         timeout=timeout,
         train_end=end,
         best_params_dir=settings.best_params_dir,
+        horizon=settings.ai_prediction_horizon_days,
+        normalisation=settings.ai_label_normalisation,
     )
 
 

@@ -297,3 +297,34 @@ def test_two_processes_tune_one_study_through_the_shared_storage(
         finally:
             engine.dispose()
         assert where is None
+
+
+def test_tuning_scores_the_label_live_trains_on(
+    real_data: tuple[dict[str, BarFrame], BarFrame], tmp_path: Path
+) -> None:
+    """A 5-session excess label gets its own study, recorded in its structure; every fold's
+    training labels end before its validation block starts; the seed's label keeps its name."""
+    bars, spy = real_data
+    common: dict[str, Any] = {
+        "mode": "pooled",
+        "storage_url": f"sqlite:///{tmp_path / 'optuna.db'}",
+        "timeout": 120,
+        "best_params_dir": tmp_path / "best_params",
+        "space": TINY,
+        "n_folds": N_FOLDS,
+        "train_end": TRAIN_END,
+    }
+    summary = optimize(bars, spy, n_trials=2, horizon=5, normalisation="excess", seed=3, **common)
+
+    assert summary["study_name"] == "alpha-pooled-h5-excess"
+    assert summary["setup"]["label"] == {"horizon": 5, "normalisation": "excess"}
+    for fold in summary["setup"]["folds"]:
+        between = spy.index[
+            (spy.index > pd.Timestamp(fold["last_train_label_end"]))
+            & (spy.index < pd.Timestamp(fold["val_start"]))
+        ]
+        assert fold["last_train_label_end"] < fold["val_start"]
+        assert len(between) == 0
+    seed_label = optimize(bars, spy, n_trials=1, seed=4, **common)
+    assert seed_label["study_name"] == "alpha-pooled"
+    assert "label" not in seed_label["setup"]
