@@ -290,6 +290,11 @@ class Settings(BaseSettings):
         return self.jwt_secret_key or self.effective_secret_key
 
     @property
+    def label(self) -> tuple[int, str]:
+        """The label models must be trained for: (horizon in sessions, normalisation)."""
+        return self.ai_prediction_horizon_days, self.ai_label_normalisation
+
+    @property
     def ai_mode(self) -> str:
         """MODEL_MODE as the AI service spells it (pooled | per_symbol)."""
         return self.model_mode.replace("-", "_")

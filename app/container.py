@@ -41,7 +41,10 @@ class Services:
         """A trading service over this app's venue and alerts; signals from the current model
         unless another source is given."""
         source = signal_source or ModelSignalSource(
-            self.models, self.settings, self.settings.model_max_age_days
+            self.models,
+            self.settings,
+            self.settings.model_max_age_days,
+            label=self.settings.label,
         )
         return TradingService(
             settings=self.settings,

@@ -33,10 +33,12 @@ __all__ = [
     "LABEL_HORIZON",
     "LABEL_NORMALISATIONS",
     "MAX_LOOKBACK",
+    "SEED_LABEL",
     "build_features",
     "label_sessions",
     "latest_features",
     "normalise_labels",
+    "trained_label",
 ]
 
 #: Bars (including t) any feature row needs; rows with less history are dropped.
@@ -91,6 +93,18 @@ def _truncated_ema(values: np.ndarray, span: int, window: int) -> np.ndarray:
         # convolve flips the kernel, so weights[0] lands on the newest bar of each window.
         out[window - 1 :] = np.convolve(values, weights, mode="valid")
     return out
+
+
+#: What a model saved before the label became configurable was trained on.
+SEED_LABEL = (1, "raw")
+
+
+def trained_label(metadata: Mapping[str, object]) -> tuple[int, str]:
+    """(horizon, normalisation) a model was trained for, from its metadata."""
+    horizon, normalisation = metadata.get("horizon"), metadata.get("label_normalisation")
+    if horizon is None:
+        return SEED_LABEL
+    return int(str(horizon)), str(normalisation or "raw")
 
 
 def label_sessions(horizon: int) -> int:

@@ -1,7 +1,9 @@
 """Signals from the current model: features at the session → ensemble → BUY/SELL/HOLD.
 
-No model yet, or one older than MODEL_MAX_AGE_DAYS, gives no trade: the cycle is told why and
-alerts, instead of trading on nothing or on a model that no longer knows the market.
+No model yet, one older than MODEL_MAX_AGE_DAYS, or one trained for another label than the
+settings ask (AI_PREDICTION_HORIZON_DAYS, AI_LABEL_NORMALISATION) gives no trade: the cycle is
+told why and alerts, instead of trading on nothing, on a model that no longer knows the market,
+or on predictions whose scale the floors were not chosen for.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from app.ai.features import (
     FEATURE_COLUMNS,
     MAX_LOOKBACK,
     latest_features,
+    trained_label,
 )
 from app.ai.store import ModelStore
 from app.domain import BarFrame, Signal, SignalAction
@@ -36,11 +39,14 @@ class ModelSignalSource:
         thresholds: SignalThresholds,
         max_age_days: int,
         now: Callable[[], datetime] | None = None,
+        label: tuple[int, str] | None = None,
     ) -> None:
         self._store = store
         self._thresholds = thresholds
         self._max_age_days = max_age_days
         self._now = now or (lambda: datetime.now(UTC))
+        #: The label the settings ask for; None: any model's (tests of other parts).
+        self._label = label
 
     def signals(
         self, bars: Mapping[str, BarFrame], session: date
@@ -53,15 +59,24 @@ class ModelSignalSource:
         features = latest_features(bars, bars.get("SPY"), session)
         predictions = bundle.predict(features)
         version = bundle.version or "unknown"
-        signals = {
-            symbol: make_signal(symbol, prediction, self._thresholds, version, stale=stale)
-            for symbol, prediction in predictions.items()
-        }
         problem = (
             f"model {version} is older than {self._max_age_days} days: every signal is HOLD"
             if stale
             else None
         )
+        label = trained_label(bundle.metadata)
+        if self._label is not None and label != self._label:
+            problem = (
+                f"model {version} was trained for a {label[0]}-session {label[1]} label and the "
+                f"settings ask for a {self._label[0]}-session {self._label[1]} one: every signal "
+                "is HOLD until a model is trained for it (`flask --app app train`)"
+            )
+        signals = {
+            symbol: make_signal(
+                symbol, prediction, self._thresholds, version, stale=problem is not None
+            )
+            for symbol, prediction in predictions.items()
+        }
         return signals, problem
 
 

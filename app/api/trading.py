@@ -39,7 +39,9 @@ def signal(symbol: str) -> dict[str, Any]:
         bars = svc.venue.market.get_daily_bars(
             universe, session - timedelta(days=LOOKBACK_CALENDAR_DAYS), session
         )
-        source = ModelSignalSource(svc.models, svc.settings, svc.settings.model_max_age_days)
+        source = ModelSignalSource(
+            svc.models, svc.settings, svc.settings.model_max_age_days, label=svc.settings.label
+        )
         signals, problem = source.signals(bars, session)
         found = signals.get(symbol)
         if found is None:

@@ -76,7 +76,12 @@ def train_on(features: pd.DataFrame, end: date) -> ModelBundle:
 def run_fit(svc: Services, market: Any, store: ModelStore, today: date, gated: bool) -> dict:
     # The one-session label of `features_for`: champion and challenger learn the same target.
     settings = load_settings(
-        {"train_years": 3, "watchlist": ",".join(SYMBOLS), "ai_prediction_horizon_days": 1}
+        {
+            "train_years": 3,
+            "watchlist": ",".join(SYMBOLS),
+            "ai_prediction_horizon_days": 1,
+            "ai_label_normalisation": "raw",
+        }
     )
     return fit_and_save(
         settings=settings,
@@ -213,3 +218,34 @@ def test_the_nightly_retrain_is_gated_and_says_which_it_kept(
     report = client.get("/api/model/health", headers=Auth(client).headers()).get_json()
     assert report["champion_challenger"][0]["challenger"] == result["version"]
     assert report["champion_challenger"][0]["kept"] == "challenger"
+
+
+def test_a_champion_trained_for_another_label_is_replaced(
+    app: Flask, market: SyntheticMarketData, tmp_path: Path
+) -> None:
+    """Live refuses to trade a model whose label the settings no longer ask for; the gate
+    must not keep it against a challenger trained for the settings' label."""
+    svc: Services = app.extensions["alpha_trader"]
+    store = ModelStore(tmp_path / "models")
+    first = run_fit(svc, market, store, TODAY, gated=True)  # 1 session, raw
+    later = NyseCalendar().next_session(TODAY)
+    end, _ = features_for(market, later)
+    start, _ = training_window(later, 3, NyseCalendar())
+    bars = load_bars(market, SYMBOLS, start, end)
+    features = build_features(bars, bars["SPY"], horizon=5, normalisation="excess")
+    challenger = train(
+        None,
+        None,
+        "pooled",
+        end,
+        FAST,
+        features=features,
+        n_lgbm=1,
+        n_xgb=1,
+        horizon=5,
+        normalisation="excess",
+    )
+    decision = settle(store, challenger, features, {}, gated=True)
+    assert decision.kept == "challenger", decision
+    assert decision.reason == "the champion was trained for another label (1-session raw)"
+    assert store.current_version() == decision.challenger != first["version"]

@@ -31,8 +31,8 @@ from app.ai.ensemble import (
     XGBoostMember,
 )
 from app.ai.evaluation import reliability_table
-from app.ai.features import FEATURE_COLUMNS, LABEL_END_COLUMN, build_features
-from app.ai.signals import Thresholds, make_signal
+from app.ai.features import FEATURE_COLUMNS, LABEL_END_COLUMN, build_features, trained_label
+from app.ai.signals import ModelSignalSource, Thresholds, make_signal
 from app.ai.store import ModelStore, ModelStoreError
 from app.ai.training import split_by_date, train
 from app.config import load_settings
@@ -470,6 +470,36 @@ def test_make_signal_reads_the_settings() -> None:
     cfg = load_settings({"ai_signal_buy_threshold": 0.01, "ai_confidence_threshold": 0.55})
     assert make_signal("KO", SymbolPrediction(0.009, 0, 0.9), cfg, "v").action is SignalAction.HOLD
     assert make_signal("KO", SymbolPrediction(0.01, 0, 0.55), cfg, "v").action is SignalAction.BUY
+
+
+def test_a_model_trained_for_another_label_only_holds(
+    tmp_path: Path, bundle_pair: tuple[ModelBundle, ModelBundle]
+) -> None:
+    """The saved model's label (train's default: 1 session, raw) against the settings': a
+    mismatch makes every signal HOLD and says why; the same label trades."""
+    store = ModelStore(tmp_path)
+    store.save(bundle_pair[1])
+    bars = CsvMarketData(SHARED_DATA).get_daily_bars(
+        ["AAPL", "JPM", "XOM", "KO", "SPY"], "2018-01-01", "2018-06-29"
+    )
+    session = datetime(2018, 6, 29).date()
+    everything = Thresholds(-1.0, -2.0, 0.0)  # every finite prediction is a BUY
+
+    def source(label: tuple[int, str]) -> ModelSignalSource:
+        return ModelSignalSource(store, everything, 365, label=label)
+
+    signals, problem = source((1, "raw")).signals(bars, session)
+    assert problem is None
+    assert {s.action for s in signals.values()} == {SignalAction.BUY}
+    signals, problem = source((5, "excess")).signals(bars, session)
+    assert problem is not None
+    assert "1-session raw" in problem
+    assert "5-session excess" in problem
+    assert len(signals) == 5
+    assert {s.action for s in signals.values()} == {SignalAction.HOLD}
+    # A model saved before the label was recorded was trained for the seed's label.
+    assert trained_label({}) == (1, "raw")
+    assert trained_label({"horizon": 10, "label_normalisation": "rank"}) == (10, "rank")
 
 
 def test_bundle_predict_rejects_several_dates(

@@ -72,6 +72,9 @@ def stack(
             "AI_CONFIDENCE_THRESHOLD": "0",
             "AI_SIGNAL_BUY_THRESHOLD": "0.000001",
             "AI_SIGNAL_SELL_THRESHOLD": "-0.5",
+            # the label the fixture's model was trained for (train's defaults)
+            "AI_PREDICTION_HORIZON_DAYS": "1",
+            "AI_LABEL_NORMALISATION": "raw",
             "LOG_LEVEL": "WARNING",
         }
         app = create_app(settings)

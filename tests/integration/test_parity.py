@@ -59,6 +59,9 @@ THRESHOLDS = {
     "AI_CONFIDENCE_THRESHOLD": "0.5",
     "AI_SIGNAL_BUY_THRESHOLD": "0.0005",
     "AI_SIGNAL_SELL_THRESHOLD": "-0.0005",
+    # The label the fixture's model was trained for (train's defaults).
+    "AI_PREDICTION_HORIZON_DAYS": "1",
+    "AI_LABEL_NORMALISATION": "raw",
     # The backtest checks the daily loss only at the decision; guards also check it intraday,
     # at open marks. A halt is a risk rule, not an execution one: kept out of this comparison.
     "RISK_MAX_DAILY_LOSS": "-0.9",
