@@ -110,6 +110,18 @@ class CachedPredictor:
         return dict(self.info)
 
 
+def load_period(
+    period: tuple[date, date],
+) -> tuple[Settings, tuple[str, ...], dict[str, Any], list[date]]:
+    """Default settings, every symbol of the data folder, its bars and the period's sessions."""
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    market = CsvMarketData(DATA_DIR)
+    symbols = tuple(s for s in market.available_symbols())
+    bars = load_bars(market, symbols, history_start(period[0], settings.train_years), period[1])
+    return settings, symbols, bars, backtest_sessions(bars, symbols, *period, NyseCalendar())
+
+
 def walk_forward(
     bars: dict[str, Any],
     sessions: list[date],
@@ -118,7 +130,15 @@ def walk_forward(
     placebo: bool,
     settings: Settings,
     seed: int = 0,
+    cache_as: str | None = None,
 ) -> CachedPredictor:
+    """Every session's predictions; with `cache_as` (a period name) stored on disk, so round
+    2's entry rules and re-runs share one walk-forward per label and placebo seed."""
+    kind = f"placebo{seed}" if placebo else "real"
+    path = OUT_DIR / f"predictions_{cache_as}_h{key[0]}_{key[1]}_{kind}.pkl"
+    if cache_as and path.exists():
+        by_day, info = pickle.loads(path.read_bytes())  # noqa: S301 (our own file)
+        return CachedPredictor(by_day, info)
     horizon, normalisation = key
     config = WalkForwardConfig(
         seed=seed,
@@ -132,28 +152,9 @@ def walk_forward(
     by_day = {day: predictor.predictions(day, bars)[0] for day in sessions}
     info = predictor.describe()
     info.pop("retrains", None)
+    if cache_as:
+        path.write_bytes(pickle.dumps((by_day, info)))
     return CachedPredictor(by_day, info)
-
-
-def cached_walk_forward(
-    bars: dict[str, Any],
-    sessions: list[date],
-    symbols: tuple[str, ...],
-    key: tuple[int, str],
-    placebo: bool,
-    settings: Settings,
-    period_name: str,
-    seed: int = 0,
-) -> CachedPredictor:
-    """walk_forward, stored on disk: round 2's entry rules and re-runs share the predictions."""
-    kind = f"placebo{seed}" if placebo else "real"
-    path = OUT_DIR / f"predictions_{period_name}_h{key[0]}_{key[1]}_{kind}.pkl"
-    if path.exists():
-        by_day, info = pickle.loads(path.read_bytes())  # noqa: S301 (our own file)
-        return CachedPredictor(by_day, info)
-    predictor = walk_forward(bars, sessions, symbols, key, placebo, settings, seed=seed)
-    path.write_bytes(pickle.dumps((predictor.by_day, predictor.info)))
-    return predictor
 
 
 def backtest(
@@ -303,13 +304,8 @@ def main() -> None:
     firsts = {c.label_key: i for i, c in reversed(list(enumerate(chosen)))}
     chosen.sort(key=lambda c: firsts[c.label_key])  # one label's predictions at a time
     period = PERIODS[period_name]
-    OUT_DIR.mkdir(parents=True, exist_ok=True)
-    settings = Settings(_env_file=None)  # type: ignore[call-arg]
-    market = CsvMarketData(DATA_DIR)
-    symbols = tuple(s for s in market.available_symbols())
-    bars = load_bars(market, symbols, history_start(period[0], settings.train_years), period[1])
-    sessions = backtest_sessions(bars, symbols, period[0], period[1], NyseCalendar())
-    print(f"{period_name} {period[0]}..{period[1]}: {len(sessions)} sessions, {symbols}")
+    settings, symbols, bars, sessions = load_period(period)
+    print(f"{period_name} {period[0]}..{period[1]}: {len(sessions)} sessions", flush=True)
     predictors: dict[tuple[tuple[int, str], bool], CachedPredictor] = {}
     suffix = "" if args.slippage_bps == 5.0 else f"_slip{args.slippage_bps:g}"
     for cand in chosen:
@@ -443,18 +439,13 @@ def run_round2(args: argparse.Namespace) -> None:
     wanted = [w for w in (args.holdout or args.only or "").split(",") if w]
     chosen = [c for c in ROUND2 if not wanted or c.name in wanted]
     period = PERIODS[period_name]
-    OUT_DIR.mkdir(parents=True, exist_ok=True)
-    settings = Settings(_env_file=None)  # type: ignore[call-arg]
-    market = CsvMarketData(DATA_DIR)
-    symbols = tuple(s for s in market.available_symbols())
-    bars = load_bars(market, symbols, history_start(period[0], settings.train_years), period[1])
-    sessions = backtest_sessions(bars, symbols, period[0], period[1], NyseCalendar())
-    print(f"round 2, {period_name} {period[0]}..{period[1]}: {len(sessions)} sessions", flush=True)
+    settings, symbols, bars, sessions = load_period(period)
+    print(f"{period_name} {period[0]}..{period[1]}: {len(sessions)} sessions", flush=True)
     for key in dict.fromkeys(c.label_key for c in chosen):
         started = time.perf_counter()
-        real = cached_walk_forward(bars, sessions, symbols, key, False, settings, period_name)
+        real = walk_forward(bars, sessions, symbols, key, False, settings, 0, period_name)
         placebos = [
-            cached_walk_forward(bars, sessions, symbols, key, True, settings, period_name, seed)
+            walk_forward(bars, sessions, symbols, key, True, settings, seed, period_name)
             for seed in ROUND2_PLACEBO_SEEDS
         ]
         print(f"label {key}: predictions in {time.perf_counter() - started:.0f}s", flush=True)
