@@ -62,6 +62,7 @@ def run(body: dict[str, Any]) -> dict[str, str]:
         buy_threshold=body.get("buy_threshold"),
         sell_threshold=body.get("sell_threshold"),
         confidence_threshold=body.get("confidence_threshold"),
+        placebo=body["placebo"],
     )
     if request.model == "current" and svc.models.current_version() is None:
         raise ValidationError("there is no trained model to use", field="model")

@@ -6,7 +6,7 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
-from app.api.fields import BoundedDate, StrictFloat, StrictInteger
+from app.api.fields import BoundedDate, StrictBoolean, StrictFloat, StrictInteger
 
 SYMBOL = validate.Regexp(r"^[A-Za-z][A-Za-z0-9.]{0,9}$", error="not a symbol")
 MAX_DAYS = 10_000
@@ -35,6 +35,8 @@ class BacktestRunSchema(Schema):
     buy_threshold = StrictFloat(validate=validate.Range(min=0, min_inclusive=False, max=1))
     sell_threshold = StrictFloat(validate=validate.Range(min=-1, max=0, max_inclusive=False))
     confidence_threshold = StrictFloat(validate=validate.Range(min=0, max=1))
+    #: Walk-forward models trained on shuffled labels: what the same rules earn without skill.
+    placebo = StrictBoolean(load_default=False)
 
     @validates_schema
     def _window(self, data: dict[str, Any], **_kwargs: Any) -> None:
@@ -44,6 +46,8 @@ class BacktestRunSchema(Schema):
             raise ValidationError("end needs a start", "start")
         if "start" in data and "end" in data and data["start"] > data["end"]:
             raise ValidationError("must not be after end", "start")
+        if data.get("placebo") and data.get("model", "walk_forward") != "walk_forward":
+            raise ValidationError("a placebo needs walk-forward retraining", "placebo")
 
 
 class BacktestRunStatusSchema(Schema):

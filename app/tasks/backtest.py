@@ -36,6 +36,7 @@ def request_from_params(params: dict[str, Any]) -> BacktestRequest:
         buy_threshold=params.get("buy_threshold"),
         sell_threshold=params.get("sell_threshold"),
         confidence_threshold=params.get("confidence_threshold"),
+        placebo=bool(params.get("placebo", False)),
     )
 
 

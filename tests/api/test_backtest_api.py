@@ -59,6 +59,8 @@ def stored_runs() -> int:
         ({"model": "magic"}, "model"),
         ({"model": "current"}, "model"),  # no trained model yet
         ({"surprise": 1}, "surprise"),
+        ({"placebo": "yes"}, "placebo"),
+        ({"model": "sma_cross", "placebo": True}, "placebo"),
     ],
 )
 def test_run_rejects_bad_requests_naming_the_field(
@@ -119,6 +121,19 @@ def test_walk_forward_run_through_the_task(
     task = client.get(f"/api/tasks/{body['task_id']}", headers=headers).get_json()
     assert task["name"] == "app.tasks.run_backtest"
     assert stored_runs() == 1
+
+
+def test_a_placebo_run_trains_on_shuffled_labels(backtest_app: Flask) -> None:
+    """The placebo the README puts beside every figure is one field away through the API."""
+    client = backtest_app.test_client()
+    headers = Auth(client).headers()
+    body = {"symbols": ["AAPL", "MSFT", "KO"], "days": 20, "placebo": True}
+    started = client.post("/api/backtest/run", headers=headers, json=body)
+    assert started.status_code == 202, started.get_json()
+    run = client.get(started.get_json()["status_url"], headers=headers).get_json()
+    assert run["status"] == "SUCCESS", run
+    assert run["params"]["placebo"] is True
+    assert run["result"]["model"]["shuffle_labels"] is True
 
 
 def test_rule_run_with_dates_trades(backtest_app: Flask) -> None:
