@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
@@ -166,22 +167,47 @@ def _pool_child_exit(pid: int | None = None, **_kwargs: Any) -> None:
     metrics_export.mark_process_dead(pid or os.getpid())
 
 
+_STOP_REQUESTED = threading.Event()
+_watchdog_lock = threading.Lock()
+_watchdog: list[threading.Thread] = []
+
+
+def _start_shutdown_watchdog() -> None:
+    """A daemon thread that leaves WORKER_SHUTDOWN_GRACE_SECONDS after a stop request.
+
+    Started when the worker is ready, not at the stop: a thread started during shutdown, while
+    the pool forks or exits, can die in CPython's thread bootstrap (KeyError in _limbo), which
+    printed a traceback on Ctrl-C."""
+    with _watchdog_lock:
+        if _watchdog:
+            return
+        grace = load_settings().worker_shutdown_grace_seconds
+
+        def watch() -> None:
+            _STOP_REQUESTED.wait()
+            time.sleep(grace)
+            log.warning("tasks still running %.1fs after the stop request: leaving them", grace)
+            logging.shutdown()
+            os._exit(1)
+
+        thread = threading.Thread(target=watch, name="shutdown-watchdog", daemon=True)
+        thread.start()
+        _watchdog.append(thread)
+
+
+@worker_ready.connect
+def _arm_shutdown_watchdog(**_kwargs: Any) -> None:
+    _start_shutdown_watchdog()
+
+
 @worker_shutting_down.connect
 def _bound_warm_shutdown(**_kwargs: Any) -> None:
     """A warm shutdown waits for running tasks; a training run would outlast any process
     manager's grace and end in SIGKILL. Past WORKER_SHUTDOWN_GRACE_SECONDS the worker leaves:
     its pool children die with it (PDEATHSIG), late-acked tasks are redelivered, and a trading
     cycle cut short is reconciled by the next one, as after a crash."""
-    grace = load_settings().worker_shutdown_grace_seconds
-
-    def leave() -> None:
-        log.warning("tasks still running %.1fs after the stop request: leaving them", grace)
-        logging.shutdown()
-        os._exit(1)
-
-    timer = threading.Timer(grace, leave)
-    timer.daemon = True
-    timer.start()
+    _start_shutdown_watchdog()  # a stop before the worker was ready
+    _STOP_REQUESTED.set()
 
 
 @worker_shutdown.connect
