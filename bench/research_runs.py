@@ -16,6 +16,7 @@ import json
 import os
 import pickle
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -230,11 +231,7 @@ def line(cand: Candidate, real: dict[str, Any], placebo: dict[str, Any], seconds
 
 def deflated(selection: dict[str, dict[str, Any]], name: str) -> dict[str, float]:
     """DSR of `name`'s 2008-2015 daily returns against every configuration tried."""
-    sharpes = [
-        float(np.mean(r["real"]["daily_returns"]) / np.std(r["real"]["daily_returns"], ddof=1))
-        for r in selection.values()
-        if len(r["real"]["daily_returns"]) > 1 and np.std(r["real"]["daily_returns"]) > 0
-    ]
+    sharpes = trial_sharpes(r["real"]["daily_returns"] for r in selection.values())
     returns = np.asarray(selection[name]["real"]["daily_returns"])
     return deflated_sharpe_ratio(returns, n_trials=len(selection), trial_sharpes=sharpes)
 
@@ -351,7 +348,7 @@ def main() -> None:
                 print(f"{cand.name}: 2008-2015 deflated Sharpe {deflated(selection, cand.name)}")
             holdout = json.loads((OUT_DIR / f"holdout_{cand.name}{suffix}.json").read_text())
             returns = np.asarray(holdout["real"]["daily_returns"])
-            sr = [s for s in (_daily_sharpe(r) for r in selection.values()) if s is not None]
+            sr = trial_sharpes(r["real"]["daily_returns"] for r in selection.values())
             print(
                 f"{cand.name}: 2016-2021 deflated Sharpe "
                 f"{deflated_sharpe_ratio(returns, n_trials=len(selection), trial_sharpes=sr)}"
@@ -473,9 +470,7 @@ def run_round2(args: argparse.Namespace) -> None:
             json.loads(p.read_text())["real"]["daily_returns"]
             for p in sorted(OUT_DIR.glob("r2_selection_*.json"))
         ]
-        trials = [s / np.sqrt(252) for s in ROUND1_SHARPES] + [
-            float(np.mean(r) / np.std(r, ddof=1)) for r in selection if np.std(r) > 0
-        ]
+        trials = [s / np.sqrt(252) for s in ROUND1_SHARPES] + trial_sharpes(selection)
         n_trials = ROUND1_TRIALS + len(ROUND2) - 1  # h5 top 3 conf 0.55 was in round 1 too
         for cand in chosen:
             for name in ("selection", "holdout"):
@@ -486,10 +481,15 @@ def run_round2(args: argparse.Namespace) -> None:
                     print(f"{cand.name} {name}: deflated Sharpe {dsr}", flush=True)
 
 
-def _daily_sharpe(record: dict[str, Any]) -> float | None:
-    returns = pd.Series(record["real"]["daily_returns"])
-    std = float(returns.std())
-    return float(returns.mean()) / std if len(returns) > 1 and std > 0 else None
+def trial_sharpes(runs: Iterable[list[float]]) -> list[float]:
+    """Per-day Sharpe ratio of each run's daily returns (runs without variation left out)."""
+    out = []
+    for returns in runs:
+        series = pd.Series(returns)
+        std = float(series.std())
+        if len(series) > 1 and std > 0:
+            out.append(float(series.mean()) / std)
+    return out
 
 
 if __name__ == "__main__":

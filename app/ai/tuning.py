@@ -57,6 +57,7 @@ from app.ai.features import (
     FEATURE_COLUMNS,
     LABEL_COLUMN,
     LABEL_END_COLUMN,
+    SEED_LABEL,
     build_features,
     label_sessions,
 )
@@ -352,7 +353,7 @@ def optimize(
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise _fail("seed", "seed must be an integer or None")
     space = space or SearchSpace()
-    seed_label = (horizon, normalisation) == (1, "raw")
+    seed_label = (horizon, normalisation) == SEED_LABEL
     name = study_name or f"alpha-{mode}" + ("" if seed_label else f"-h{horizon}-{normalisation}")
     wall0 = time.perf_counter()
 

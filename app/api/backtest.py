@@ -64,6 +64,7 @@ def run(body: dict[str, Any]) -> dict[str, str]:
         confidence_threshold=body.get("confidence_threshold"),
         placebo=body["placebo"],
     )
+    request.check()
     if request.model == "current" and svc.models.current_version() is None:
         raise ValidationError("there is no trained model to use", field="model")
     params = request.as_dict()

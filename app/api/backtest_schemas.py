@@ -46,8 +46,6 @@ class BacktestRunSchema(Schema):
             raise ValidationError("end needs a start", "start")
         if "start" in data and "end" in data and data["start"] > data["end"]:
             raise ValidationError("must not be after end", "start")
-        if data.get("placebo") and data.get("model", "walk_forward") != "walk_forward":
-            raise ValidationError("a placebo needs walk-forward retraining", "placebo")
 
 
 class BacktestRunStatusSchema(Schema):

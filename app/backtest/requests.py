@@ -47,6 +47,11 @@ class BacktestRequest:
     #: Placebo: walk-forward models trained on shuffled labels (they can know nothing).
     placebo: bool = False
 
+    def check(self) -> None:
+        """Combinations no run can honour, refused before any work (the API before queueing)."""
+        if self.placebo and self.model != "walk_forward":
+            raise ValidationError("a placebo needs walk-forward retraining", field="placebo")
+
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data.update(
@@ -69,8 +74,7 @@ def run_request(
     before that, and everywhere when the file does not say what data it was tuned on)."""
     from app.ai.params import best_params_tuned_through, load_best_params, to_train_params
 
-    if request.placebo and request.model != "walk_forward":
-        raise ValidationError("a placebo needs walk-forward retraining", field="placebo")
+    request.check()
     symbols = tuple(dict.fromkeys(s.upper() for s in request.symbols))
     config = BacktestConfig(
         symbols=symbols,
