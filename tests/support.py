@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import requests
@@ -34,8 +35,22 @@ def unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
+def xdist_worker_index() -> int:
+    """0 for the first pytest-xdist worker (or a run without xdist), 1 for the second..."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    return int(worker.removeprefix("gw") or 0)
+
+
 def redis_url() -> str:
-    return os.environ.get("TEST_REDIS_URL", DEFAULT_REDIS_URL)
+    """The test Redis database of this xdist worker: the configured one for the first worker,
+    the next lower database number for each further worker, so a test's FLUSHDB (and the Celery
+    queues, locks and counters of the processes it starts) never touches another worker's data."""
+    url = urlsplit(os.environ.get("TEST_REDIS_URL", DEFAULT_REDIS_URL))
+    base_db = int(url.path.strip("/") or 0)
+    db = base_db - xdist_worker_index()
+    if db < 0:
+        raise RuntimeError(f"TEST_REDIS_URL database {base_db} leaves no room for this worker")
+    return urlunsplit(url._replace(path=f"/{db}"))
 
 
 def postgres_url() -> str:

@@ -7,7 +7,6 @@ broker layer's answer is checked against the fake's book.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 import uuid
@@ -24,11 +23,11 @@ from app.broker.alpaca import AlpacaBroker
 from app.broker.alpaca_client import RetryPolicy
 from app.broker.alpaca_data import AlpacaMarketData
 from app.broker.rate_limit import SlidingWindowLimiter
+from tests import support
 from tests.fakes.fake_alpaca import DEFAULT_DATA_DIR, FakeAlpaca
 
 NY = ZoneInfo("America/New_York")
 FAST = RetryPolicy(max_retries=6, backoff_base=0.01, backoff_max=0.1, max_total_wait=10.0)
-REDIS_URL = "redis://127.0.0.1:6379/15"
 ORDERS = "POST /v2/orders"
 LOOKUP = "GET /v2/orders:by_client_order_id"
 
@@ -624,14 +623,10 @@ def test_limiter_falls_back_to_local_window_when_redis_is_down() -> None:
 
 @pytest.fixture
 def redis_client() -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1.0, socket_timeout=2.0)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        client.close()
-        if os.environ.get("REQUIRE_SERVICES") == "1":
-            pytest.fail(f"Redis at {REDIS_URL} is required (REQUIRE_SERVICES=1): {exc}")
-        pytest.skip(f"Redis at {REDIS_URL} is not reachable: {exc}")
+    url = support.redis_url()
+    if not support.redis_reachable(url):
+        support.unavailable(f"Redis not reachable at {url}")
+    client = redis.Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=2.0)
     yield client
     client.close()
 
