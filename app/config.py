@@ -76,7 +76,12 @@ class Settings(BaseSettings):
 
     #: Longest a read may spend waiting to retry (429s, 5xx, dropped connections).
     alpaca_retry_seconds: float = Field(default=15.0, ge=0, le=300)
-    alpaca_data_feed: str = Field(default="iex", pattern="^(iex|sip|delayed_sip)$")
+    #: The daily bars' feed: SIP, the consolidated tape the models are trained on (free for a
+    #: closed session's bars once 15 minutes old); IEX is a small share of the volume and its
+    #: open and close are not the official auction prints.
+    alpaca_data_feed: str = Field(default="sip", pattern="^(iex|sip|delayed_sip)$")
+    #: The latest trade and quote's feed: IEX, the free real-time one (SIP's needs a plan).
+    alpaca_latest_feed: str = Field(default="iex", pattern="^(iex|sip|delayed_sip)$")
     #: Bar validation: a bar whose whole range lies beyond (1 + this) times the previous close,
     #: up or down, is rejected as an unadjusted split/dividend or a bad print.
     bar_max_jump: float = Field(default=0.6, gt=0, le=100)

@@ -187,6 +187,9 @@ class Order:
     stop_price: float | None = None
     #: When the (last) fill happened, as the broker reports it: the fill's session.
     filled_at: datetime | None = None
+    #: The leg of a protective OCO that filled, as the broker reports it: "stop_loss" (the stop
+    #: leg) or "take_profit" (the limit leg); None while nothing filled.
+    filled_leg: str | None = None
 
     @property
     def is_protective(self) -> bool:
@@ -194,11 +197,12 @@ class Order:
 
     @property
     def exit_kind(self) -> str | None:
-        """Which leg of a filled protective order filled: stop_loss or take_profit."""
-        if not self.is_protective or not self.filled_qty or self.filled_avg_price is None:
+        """Which leg of a filled protective order filled: stop_loss or take_profit. Taken from
+        the leg, never from the price: a stop can fill above its stop price (a rebound while
+        its market order works), which a price rule would report as a take-profit."""
+        if not self.is_protective or not self.filled_qty:
             return None
-        stop = self.stop_price or 0.0
-        return "stop_loss" if self.filled_avg_price <= stop + 1e-9 else "take_profit"
+        return self.filled_leg
 
 
 @dataclass(frozen=True)

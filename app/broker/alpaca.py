@@ -63,6 +63,7 @@ with warnings.catch_warnings():
     from alpaca.trading.enums import OrderClass, OrderSide, QueryOrderStatus, TimeInForce
     from alpaca.trading.requests import (
         GetCalendarRequest,
+        GetOrderByIdRequest,
         GetOrdersRequest,
         LimitOrderRequest,
         MarketOrderRequest,
@@ -96,6 +97,10 @@ _STATUS = {
 }
 
 
+#: Order classes whose other orders Alpaca shows only in a nested read's `legs`.
+_MULTI_LEG = frozenset({"bracket", "oco", "oto"})
+
+
 @dataclass(frozen=True)
 class AssetInfo:
     """What the bot needs to know about an asset before ordering it."""
@@ -108,9 +113,19 @@ class AssetInfo:
     exchange: str
 
 
+def _exit_leg(o: Any, default: str) -> str:
+    """stop_loss for a stop leg, take_profit for a limit leg; `default` (the leg's place in
+    the OCO) when Alpaca leaves the type out."""
+    kind = o.type if o.type is not None else o.order_type
+    if kind is None:
+        return default
+    return "take_profit" if _enum_value(kind) == "limit" else "stop_loss"
+
+
 def _to_order(o: Any) -> domain.Order:
     """An alpaca-py Order as a domain.Order. An OCO (a protective exit) is one order: its
-    take-profit limit is the parent, its stop the leg; whichever leg filled is the fill."""
+    take-profit limit is the parent, its stop the leg (present only in a nested read, see
+    `AlpacaBroker._lookup`); whichever leg filled is the fill, and `filled_leg` says which."""
     raw_status = _enum_value(o.status)
     status = _STATUS.get(raw_status, domain.OrderStatus.NEW)
     filled = _f(o.filled_qty) or 0.0
@@ -118,13 +133,16 @@ def _to_order(o: Any) -> domain.Order:
     order_class = _enum_value(o.order_class) if o.order_class is not None else "simple"
     stop = _f(o.stop_price)
     filled_at = o.filled_at
+    filled_leg = None
     if order_class == domain.OCO:
+        filled_leg = _exit_leg(o, "take_profit") if filled > 0 else None
         for leg in o.legs or []:
             stop = _f(leg.stop_price) if leg.stop_price is not None else stop
             leg_filled = _f(leg.filled_qty) or 0.0
             if leg_filled > filled:
                 filled, avg_raw, filled_at = leg_filled, leg.filled_avg_price, leg.filled_at
                 status = _STATUS.get(_enum_value(leg.status), status)
+                filled_leg = _exit_leg(leg, "stop_loss")
     if status is domain.OrderStatus.NEW and filled > 0:
         status = domain.OrderStatus.PARTIALLY_FILLED
     # Alpaca may report filled_avg_price 0 before the first fill: that is "no price yet".
@@ -145,6 +163,7 @@ def _to_order(o: Any) -> domain.Order:
         limit_price=_f(o.limit_price),
         stop_price=stop,
         filled_at=filled_at if filled > 0 else None,
+        filled_leg=filled_leg,
     )
 
 
@@ -251,13 +270,24 @@ class AlpacaBroker(_AlpacaBase):
         return _to_order(raw) if raw is not None else None
 
     def _lookup(self, client_order_id: str) -> Any | None:
+        """The order under `client_order_id`. Alpaca lists an OCO's legs (where a stop fill
+        shows) only in nested reads, which the lookup by client id cannot ask for: an order
+        with legs is read again by id, nested."""
         try:
-            return self._read(
+            raw = self._read(
                 "get_order_by_client_id",
                 functools.partial(self._client.get_order_by_client_id, client_order_id),
             )
         except errors.NotFoundError:
             return None
+        if _enum_value(raw.order_class) in _MULTI_LEG and not raw.legs:
+            raw = self._read(
+                "get_order_by_id",
+                functools.partial(
+                    self._client.get_order_by_id, raw.id, GetOrderByIdRequest(nested=True)
+                ),
+            )
+        return raw
 
     def get_clock(self) -> domain.MarketClock:
         c = self._read("get_clock", self._client.get_clock)

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import functools
 import warnings
-from collections.abc import Sequence
-from datetime import date, datetime
+from collections.abc import Callable, Sequence
+from datetime import UTC, date, datetime, timedelta
 from datetime import time as dtime
 from typing import Any
 
@@ -43,11 +43,21 @@ with warnings.catch_warnings():
     from alpaca.data.timeframe import TimeFrame
 
 
+#: Alpaca's free plan serves SIP data only once it is 15 minutes old; a request whose end is
+#: later is refused (403), so SIP requests end this long before `now` at the latest.
+SIP_DELAY = timedelta(minutes=16)
+
+
 class AlpacaMarketData(_AlpacaBase):
     """domain.MarketData over alpaca-py's StockHistoricalDataClient.
 
-    `feed` is "iex" (free), "sip" or "delayed_sip". Daily bars are split- and
-    dividend-adjusted (Adjustment.ALL), fetched `chunk_size` symbols per request.
+    `feed` ("sip", "iex" or "delayed_sip") serves the daily bars: SIP by default, the
+    consolidated tape the models are trained on (IEX's volume is a small, varying share of it
+    and its open and close are not the official auction prints); a closed session's bars are
+    free on SIP once 15 minutes old. `latest_feed` serves the latest trade and quote: IEX by
+    default, the free real-time one. Daily bars are split- and dividend-adjusted
+    (Adjustment.ALL), fetched `chunk_size` symbols per request. `now` is the clock that keeps
+    SIP requests out of the last 15 minutes.
     """
 
     def __init__(
@@ -56,18 +66,19 @@ class AlpacaMarketData(_AlpacaBase):
         api_secret: str,
         *,
         data_url: str | None = None,
-        feed: str = "iex",
+        feed: str = "sip",
+        latest_feed: str = "iex",
         timeout: float = 10.0,
         limiter: Limiter | None = None,
         retry: RetryPolicy | None = None,
         chunk_size: int = 50,
+        now: Callable[[], datetime] | None = None,
     ) -> None:
         _check_keys(api_key, api_secret)
         super().__init__(timeout=timeout, limiter=limiter, retry=retry)
-        try:
-            self.feed = DataFeed(feed.lower())
-        except ValueError:
-            raise errors.ConfigError(f"unknown Alpaca data feed {feed!r}") from None
+        self.feed = _feed(feed)
+        self.latest_feed = _feed(latest_feed)
+        self._now = now or (lambda: datetime.now(UTC))
         if chunk_size < 1:
             raise errors.ConfigError("chunk_size must be at least 1")
         self.chunk_size = chunk_size
@@ -91,6 +102,10 @@ class AlpacaMarketData(_AlpacaBase):
         out = {s: _empty_frame() for s in wanted}
         start_ts = datetime.combine(start, dtime(0), NY)
         end_ts = datetime.combine(end, dtime(23, 59, 59), NY)
+        if self.feed is DataFeed.SIP:
+            end_ts = min(end_ts, self._now() - SIP_DELAY)
+            if end_ts < start_ts:
+                return out
         for chunk in _chunks(wanted, self.chunk_size):
             req = StockBarsRequest(
                 symbol_or_symbols=chunk,
@@ -120,7 +135,7 @@ class AlpacaMarketData(_AlpacaBase):
         """Latest trade prices, several symbols per request; unknown symbols are left out."""
         out: dict[str, float] = {}
         for chunk in _chunks(_symbols(symbols), self.chunk_size):
-            req = StockLatestTradeRequest(symbol_or_symbols=chunk, feed=self.feed)
+            req = StockLatestTradeRequest(symbol_or_symbols=chunk, feed=self.latest_feed)
             trades = self._read(
                 "get_stock_latest_trade",
                 functools.partial(self._client.get_stock_latest_trade, req),
@@ -131,7 +146,7 @@ class AlpacaMarketData(_AlpacaBase):
     def get_quote(self, symbol: str) -> domain.Quote:
         """Latest bid/ask. NotFoundError when the feed has none for the symbol."""
         symbol = symbol.upper()
-        req = StockLatestQuoteRequest(symbol_or_symbols=[symbol], feed=self.feed)
+        req = StockLatestQuoteRequest(symbol_or_symbols=[symbol], feed=self.latest_feed)
         quotes = self._read(
             "get_stock_latest_quote", functools.partial(self._client.get_stock_latest_quote, req)
         )
@@ -146,6 +161,13 @@ class AlpacaMarketData(_AlpacaBase):
             ask_size=float(q.ask_size),
             timestamp=q.timestamp,
         )
+
+
+def _feed(name: str) -> DataFeed:
+    try:
+        return DataFeed(name.lower())
+    except ValueError:
+        raise errors.ConfigError(f"unknown Alpaca data feed {name!r}") from None
 
 
 def _empty_frame() -> pd.DataFrame:

@@ -349,7 +349,10 @@ class SimBroker:
                 leg, ref = hit
                 self._guards.remove(cid)
                 price = self._slippage.apply(ref, Side.SELL) if leg == "stop_loss" else ref
-                done.append(self._settle(cid, req.symbol, Side.SELL, req.qty, price, ref))
+                order = self._settle(cid, req.symbol, Side.SELL, req.qty, price, ref)
+                if order.status is OrderStatus.FILLED:
+                    order = self._orders[cid] = replace(order, filled_leg=leg)
+                done.append(order)
         return done
 
     def _reject(self, cid: str, reason: str) -> Order:

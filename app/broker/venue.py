@@ -92,6 +92,7 @@ def alpaca_market_data(
         settings.alpaca_api_secret,
         data_url=settings.alpaca_data_url,
         feed=settings.alpaca_data_feed,
+        latest_feed=settings.alpaca_latest_feed,
         timeout=settings.alpaca_timeout_seconds,
         limiter=limiter or SlidingWindowLimiter(redis_client=settings.redis_url),
         retry=RetryPolicy(max_total_wait=settings.alpaca_retry_seconds),

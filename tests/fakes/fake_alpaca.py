@@ -109,7 +109,8 @@ class FakeOrder:
     def is_open(self) -> bool:
         return self.status in ("new", "accepted", "partially_filled", "pending_new")
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, *, nested: bool = True) -> dict[str, Any]:
+        """The order as Alpaca answers it; its legs only in a `nested` read (else null)."""
         updated = self.updated_at or self.created_at
         return {
             "id": self.id,
@@ -142,7 +143,7 @@ class FakeOrder:
             "stop_price": _num(self.stop_price) if self.stop_price is not None else None,
             "status": self.status,
             "extended_hours": False,
-            "legs": [leg.to_json() for leg in self.legs] or None,
+            "legs": ([leg.to_json() for leg in self.legs] or None) if nested else None,
             "trail_percent": None,
             "trail_price": None,
             "hwm": None,
@@ -176,6 +177,11 @@ def _num(x: float) -> str:
     """Alpaca sends numbers as strings; up to 9 decimals, no trailing zeros."""
     text = f"{x:.9f}".rstrip("0").rstrip(".")
     return text if text not in ("", "-0") else "0"
+
+
+def _nested(query: dict[str, str]) -> bool:
+    """The `nested` flag as Alpaca parses booleans (alpaca-py sends "True")."""
+    return query.get("nested", "").lower() in ("true", "t", "1")
 
 
 def _asset_id(symbol: str) -> uuid.UUID:
@@ -279,6 +285,9 @@ class FakeAlpaca:
         self.rate_limit = rate_limit
         self.rate_limit_reset_seconds = rate_limit_reset_seconds
         self.quote_spread = quote_spread
+        #: Like Alpaca's free plan when set: SIP bars are served only once this old, a
+        #: feed=sip request ending later is refused (403). None: no such limit.
+        self.sip_delay: timedelta | None = None
         #: Charged on session-stepped and immediate fills, like the backtest's cost models.
         self.commission_bps = commission_bps
         self.slippage_bps = slippage_bps
@@ -305,6 +314,8 @@ class FakeAlpaca:
         self.request_counts: Counter[str] = Counter()
         #: (unix time, "METHOD /path") of every request, in arrival order.
         self.request_log: list[tuple[float, str]] = []
+        #: ("METHOD /path", query parameters) of every request, in arrival order.
+        self.request_queries: list[tuple[str, dict[str, str]]] = []
         self.rate_limited = 0
 
         self._faults: list[tuple[str, _Fault]] = []
@@ -383,6 +394,7 @@ class FakeAlpaca:
         with self.lock:
             self.request_counts.clear()
             self.request_log.clear()
+            self.request_queries.clear()
             self.rate_limited = 0
 
     def set_price(self, symbol: str, price: float) -> None:
@@ -489,6 +501,7 @@ class FakeAlpaca:
         with self.lock:
             self.request_counts[route] += 1
             self.request_log.append((time.time(), route))
+            self.request_queries.append((route, query))
             fault = self._take_fault(route)
             limited = fault is None and self._over_rate_limit()
         if fault in ("drop", "hang"):
@@ -593,7 +606,7 @@ class FakeAlpaca:
             if path in simple:
                 return 200, simple[path](query)
             if m := self._ORDER_ID.match(path):
-                return 200, self._find_order(m.group(1)).to_json()
+                return 200, self._find_order(m.group(1)).to_json(nested=_nested(query))
             if m := self._POSITION.match(path):
                 return 200, self._position_json(self._find_position(m.group(1)))
             if m := self._ASSET.match(path):
@@ -711,7 +724,7 @@ class FakeAlpaca:
         order = self.order_by_client_id(query.get("client_order_id", ""))
         if order is None:
             raise _HttpError(404, 40410000, "order not found")
-        return order.to_json()
+        return order.to_json(nested=_nested(query))
 
     def _get_orders(self, query: dict[str, str]) -> list[Any]:
         status = query.get("status", "open")
@@ -719,7 +732,8 @@ class FakeAlpaca:
         symbols = {s for s in query.get("symbols", "").upper().split(",") if s}
         with self.lock:
             orders = [o for o in self.orders.values() if o.parent_id is None]
-        if query.get("nested", "false") != "true":  # legs listed on their own, like Alpaca
+        nested = _nested(query)
+        if not nested:  # legs listed on their own, like Alpaca
             orders = [x for o in orders for x in (o, *o.legs)]
         if status == "open":
             orders = [o for o in orders if o.is_open]
@@ -729,7 +743,7 @@ class FakeAlpaca:
             orders = [o for o in orders if o.symbol in symbols]
         if query.get("direction", "desc") == "desc":
             orders.reverse()
-        return [o.to_json() for o in orders[:limit]]
+        return [o.to_json(nested=nested) for o in orders[:limit]]
 
     def _post_order(self, raw: bytes, *, partial: bool) -> dict[str, Any]:
         try:
@@ -1022,16 +1036,34 @@ class FakeAlpaca:
                 if hit is None:
                     continue
                 won, px = hit
-                won.status = "new"
-                self._fill(won, fraction=1.0, at=px)
-                other = leg if won is parent else parent
-                other.status = "canceled"
-                other.canceled_at = self.now()
+                self._fill_oco(parent, won, px)
                 filled.append(won)
             self.set_clock(datetime.combine(day, dtime(16, 0), NY), is_open=False)
             self.horizon = day
             self.marks = {}
         return filled
+
+    def fill_oco_leg(self, client_order_id: str, leg: str, price: float) -> FakeOrder:
+        """Fill the open OCO under `client_order_id` by its "stop" or "limit" leg at `price`
+        (any price: a triggered stop's market order can fill above the stop), cancelling the
+        other leg; returns the leg that filled."""
+        with self.lock:
+            parent = self.order_by_client_id(client_order_id)
+            if parent is None or parent.order_class != "oco" or not parent.is_open:
+                raise ValueError(f"no open OCO under {client_order_id!r}")
+            if leg not in ("stop", "limit"):
+                raise ValueError(f"leg must be 'stop' or 'limit', got {leg!r}")
+            won = parent.legs[0] if leg == "stop" else parent
+            self._fill_oco(parent, won, price)
+            return won
+
+    def _fill_oco(self, parent: FakeOrder, won: FakeOrder, price: float) -> None:
+        """One leg of an OCO fills at `price`; the other is cancelled with it."""
+        won.status = "new"
+        self._fill(won, fraction=1.0, at=price)
+        other = parent.legs[0] if won is parent else parent
+        other.status = "canceled"
+        other.canceled_at = self.now()
 
     def _close_position(self, symbol: str, *, partial: bool) -> dict[str, Any]:
         with self.lock:
@@ -1139,6 +1171,13 @@ class FakeAlpaca:
             raise _HttpError(422, 42210000, "the fake only serves 1Day bars")
         start = _parse_ts(query["start"]) if query.get("start") else None
         end = _parse_ts(query["end"]) if query.get("end") else None
+        if (
+            self.sip_delay is not None
+            and query.get("feed") == "sip"
+            and end is not None
+            and end > self.now() - self.sip_delay
+        ):
+            raise _HttpError(403, 40310000, "subscription does not permit querying recent SIP data")
         limit = min(int(query.get("limit") or 1000), 10_000, self.max_page_size)
         offset = 0
         if query.get("page_token"):
