@@ -35,7 +35,6 @@ from prometheus_client.exposition import ThreadingWSGIServer
 
 from app import metrics, metrics_export
 from app.config import Settings, TradingMode, load_settings
-from app.errors import ConflictError
 from app.extensions import db
 from app.logging_setup import app_handler, configure_logging
 from app.tasks.celery_config import TRAINING_QUEUE, celery_settings
@@ -65,16 +64,9 @@ def celery_init_app(app: Flask, settings: Settings) -> Celery:
             return
         with app.app_context():
             from app.container import services
-            from app.tasks.training import start_batch_training
+            from app.tasks.training import train_first_sim_model
 
-            svc = services()
-            if svc.models.current_version() is None:
-                try:
-                    task_id = start_batch_training(svc, None, requested_by="sim start-up")
-                except ConflictError as exc:
-                    log.info("no model yet, and %s", exc.message)
-                    return
-                log.info("no model yet: training one (task %s)", task_id)
+            train_first_sim_model(services(), requested_by="sim start-up")
 
     return celery
 

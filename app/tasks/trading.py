@@ -10,7 +10,9 @@ from typing import Any
 from celery import shared_task
 from celery.signals import task_failure
 
+from app.ai.signals import NO_MODEL
 from app.container import services
+from app.tasks.training import train_first_sim_model
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +27,11 @@ def ping() -> dict[str, Any]:
 def smart_trading_pipeline() -> dict[str, Any]:
     """The decision cycle: once per session before the open (later triggers are no-ops); in
     sim mode one replayed session."""
-    result: dict[str, Any] = services().trading().run_decision().as_dict()
+    svc = services()
+    cycle = svc.trading().run_decision()
+    if cycle.problem == NO_MODEL:  # sim holds for its first model: is one still coming?
+        train_first_sim_model(svc, requested_by="sim replay")
+    result: dict[str, Any] = cycle.as_dict()
     return result
 
 

@@ -13,7 +13,9 @@ from celery import Task, chord, group, shared_task
 from app.ai.training import fit_and_save, load_bars, training_window
 from app.ai.tuning import optimize
 from app.ai.tuning_storage import storage_url_for
+from app.config import TradingMode
 from app.container import services
+from app.errors import ConflictError
 from app.market.calendar import NyseCalendar
 from app.market.universe import BENCHMARK, feature_universe
 from app.store import tasks as task_service
@@ -24,10 +26,16 @@ from app.tasks.job_slots import JobKind
 log = logging.getLogger(__name__)
 
 
-@shared_task(name="app.tasks.prepare_symbol_bars")
-def prepare_symbol_bars(symbol: str, start: str, end: str) -> dict[str, Any]:
-    """Fetch (and cache) one symbol's bars: the fanned-out part of a batch training."""
-    bars = services().venue.market.get_daily_bars(
+@shared_task(bind=True, name="app.tasks.prepare_symbol_bars")
+def prepare_symbol_bars(
+    self: Task, symbol: str, start: str, end: str, job: str | None = None
+) -> dict[str, Any]:
+    """Fetch (and cache) one symbol's bars: the fanned-out part of a batch training. `job`:
+    the fit's id, so the worker holding this part keeps the training's slot alive."""
+    svc = services()
+    if job is not None:
+        job_slots.stop_if_given_up(self, job, _heartbeats(svc))
+    bars = svc.venue.market.get_daily_bars(
         [symbol], date.fromisoformat(start), date.fromisoformat(end)
     )
     return {"symbol": symbol, "bars": len(bars.get(symbol, ()))}
@@ -43,6 +51,7 @@ def fit_models(
     """Train on the prepared symbols and save the model atomically; `gated` (the nightly
     retrain): it replaces the current model only when not worse (champion / challenger)."""
     svc = services()
+    job_slots.stop_if_given_up(self, self.request.id, _heartbeats(svc))
     symbols = [p["symbol"] for p in prepared or [] if p.get("bars")] or None
 
     def progress(stage: str, done: int, total: int) -> None:
@@ -91,15 +100,38 @@ def start_batch_training(
         return _start_batch_training(svc, mode, requested_by, gated)
 
 
+def train_first_sim_model(svc: Any, requested_by: str) -> str | None:
+    """Sim out of the box: train a model if none exists and no training is live. Called when
+    the training worker starts and by every sim tick that holds for want of a model, so a
+    training lost in a crash is replaced as soon as it is known lost."""
+    if svc.settings.trading_mode is not TradingMode.SIM or not svc.settings.sim_auto_train:
+        return None
+    if svc.models.current_version() is not None:
+        return None
+    try:
+        task_id = start_batch_training(svc, None, requested_by=requested_by)
+    except ConflictError as exc:
+        log.info("no model yet, and %s", exc.message)
+        return None
+    log.info("no model yet: training one (task %s)", task_id)
+    return task_id
+
+
+def _heartbeats(svc: Any) -> job_slots.TaskHeartbeats:
+    return job_slots.heartbeats_for(svc.redis, svc.settings.database_dir)
+
+
 def _start_batch_training(svc: Any, mode: str | None, requested_by: str | None, gated: bool) -> str:
     today = svc.venue.today()
+    fit_id = str(uuid4())
     start, end = training_window(today, svc.settings.train_years, NyseCalendar())
     symbols = feature_universe(svc.settings.watchlist)
     header = [
-        prepare_symbol_bars.si(s, start.isoformat(), end.isoformat()).set(task_id=str(uuid4()))
+        prepare_symbol_bars.si(s, start.isoformat(), end.isoformat(), job=fit_id).set(
+            task_id=str(uuid4())
+        )
         for s in symbols
     ]
-    fit_id = str(uuid4())
     body = fit_models.s(mode=mode, gated=gated).set(task_id=fit_id, queue=TRAINING_QUEUE)
     task_service.record(
         svc.db,
@@ -127,6 +159,7 @@ def optimize_hyperparameters_for_watchlist(
 ) -> dict[str, Any]:
     """Tune the ensemble on data before today; several workers may tune one study at once."""
     svc = services()
+    job_slots.stop_if_given_up(self, self.request.id, _heartbeats(svc))
     settings = svc.settings
     mode = (mode or settings.model_mode).replace("-", "_")
     start, end = training_window(svc.venue.today(), settings.train_years, NyseCalendar())
