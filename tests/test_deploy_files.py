@@ -52,6 +52,8 @@ def test_prometheus_config_passes_promtool(tmp_path: Path) -> None:
     text = (ROOT / "prometheus.yml").read_text()
     assert "/run/secrets/metrics_token" in text
     (tmp_path / "prometheus.yml").write_text(text.replace("/run/secrets/metrics_token", str(token)))
+    for rules in yaml.safe_load(text)["rule_files"]:  # promtool checks them too
+        shutil.copy(ROOT / rules, tmp_path / rules)
     result = subprocess.run(
         [promtool(), "check", "config", "prometheus.yml"],
         cwd=tmp_path,
@@ -78,6 +80,114 @@ def test_prometheus_scrapes_the_api_and_the_worker() -> None:
     assert services["celery_trader"]["environment"]["METRICS_PORT"] == "9809"
 
 
+STALE_ANNOTATIONS = {
+    "summary": "No trading cycle for 30 minutes while the market may be open",
+    "description": "No trading cycle has ended for 30 minutes, or none since the trader started."
+    " Is the trader worker (celery_trader) or beat running? GET /health shows the age of the"
+    " last cycle.",
+}
+
+
+def test_alert_rules_fire_when_trading_stops(tmp_path: Path) -> None:
+    """`promtool test rules` on the shipped rules: a trader whose cycles stop (its last-run
+    timestamp frozen, or its scrape target down) alerts inside the trading window, and a
+    trader that keeps cycling does not. Promtool's clock starts on Thursday 1970-01-01 00:00
+    UTC; one sample a minute, the timestamp advancing until 11:40."""
+    config = yaml.safe_load((ROOT / "prometheus.yml").read_text())
+    assert config["rule_files"] == ["prometheus-alerts.yml"]
+    shutil.copy(ROOT / "prometheus-alerts.yml", tmp_path / "prometheus-alerts.yml")
+    stale, down = "AlphaTradingCycleStale", "AlphaTraderDown"
+    frozen = "alpha_cycle_last_run_timestamp_seconds"
+    tests = [
+        {  # cycles stop at 11:40: nothing at 11:55, the alert at 12:20 with the age
+            "interval": "1m",
+            "input_series": [
+                {
+                    "series": f'{frozen}{{job="alpha-trader-trader"}}',
+                    "values": "0+60x700 42000x100",
+                },
+                {"series": 'up{job="alpha-trader-trader"}', "values": "1x800"},
+            ],
+            "alert_rule_test": [
+                {"eval_time": "715m", "alertname": stale, "exp_alerts": []},
+                {
+                    "eval_time": "760m",
+                    "alertname": stale,
+                    "exp_alerts": [
+                        {
+                            "exp_labels": {"severity": "critical"},
+                            "exp_annotations": STALE_ANNOTATIONS,
+                        }
+                    ],
+                },
+                {"eval_time": "760m", "alertname": down, "exp_alerts": []},
+            ],
+        },
+        {  # the trader is killed at 11:40: its target goes down, its series disappears
+            "interval": "1m",
+            "input_series": [
+                {"series": f'{frozen}{{job="alpha-trader-trader"}}', "values": "0+60x700"},
+                {
+                    "series": 'up{job="alpha-trader-trader", instance="t:9809"}',
+                    "values": "1x700 0x100",
+                },
+            ],
+            "alert_rule_test": [
+                {
+                    "eval_time": "745m",
+                    "alertname": down,
+                    "exp_alerts": [
+                        {
+                            "exp_labels": {
+                                "severity": "critical",
+                                "job": "alpha-trader-trader",
+                                "instance": "t:9809",
+                            },
+                            "exp_annotations": {
+                                "summary": "The trading worker does not answer Prometheus' scrapes",
+                                "description": "t:9809 has been down for 2 minutes: no trading"
+                                " cycle can run.",
+                            },
+                        }
+                    ],
+                },
+                {
+                    "eval_time": "760m",
+                    "alertname": stale,
+                    "exp_alerts": [
+                        {
+                            "exp_labels": {"severity": "critical"},
+                            "exp_annotations": STALE_ANNOTATIONS,
+                        }
+                    ],
+                },
+            ],
+        },
+        {  # a healthy trader cycling every 10 minutes all day: no alert
+            "interval": "10m",
+            "input_series": [
+                {"series": f'{frozen}{{job="alpha-trader-trader"}}', "values": "0+600x140"},
+                {"series": 'up{job="alpha-trader-trader"}', "values": "1x140"},
+            ],
+            "alert_rule_test": [
+                {"eval_time": f"{hours}h", "alertname": name, "exp_alerts": []}
+                for hours in (12, 18, 23)
+                for name in (stale, down)
+            ],
+        },
+    ]
+    spec = tmp_path / "alerts_test.yml"
+    spec.write_text(yaml.safe_dump({"rule_files": ["prometheus-alerts.yml"], "tests": tests}))
+    result = subprocess.run(
+        [promtool(), "test", "rules", spec.name],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_metrics_need_the_token_prometheus_sends() -> None:
     """The app's /metrics require METRICS_TOKEN; compose hands the same value to the app and,
     as a secret file, to Prometheus, whose every app job sends it as a bearer token."""
@@ -102,15 +212,17 @@ def test_metrics_need_the_token_prometheus_sends() -> None:
 def test_trading_cycles_have_their_own_worker() -> None:
     """Procfile (make run) and compose: one process serves only the trading queue with one
     slot; the training/backtest worker does not serve it, so nothing queued there delays a
-    cycle. Beat runs once: in the trader under honcho, as its own service in compose."""
+    cycle. Beat runs once, as its own process: embedded in the trader, it outlived a killed
+    trader (re-parented to PID 1, sending cycles nobody consumed, holding honcho's pipe)."""
     procs = dict(
         line.split(": ", 1) for line in (ROOT / "Procfile").read_text().splitlines() if line
     )
     trader, worker = procs["trader"].split(), procs["worker"].split()
     assert trader[trader.index("--queues") + 1] == "trading"
     assert trader[trader.index("--concurrency") + 1] == "1"
-    assert "--beat" in trader
+    assert "--beat" not in trader
     assert "--beat" not in worker
+    assert procs["beat"].split()[3:4] == ["beat"]
     assert "trading" not in worker[worker.index("--queues") + 1].split(",")
     services = compose()["services"]
     command = services["celery_trader"]["command"]

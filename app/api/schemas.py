@@ -66,10 +66,21 @@ class TaskStatusSchema(Schema):
     error = fields.String(allow_none=True)
 
 
+class TradingFreshnessSchema(Schema):
+    status = fields.String(metadata={"enum": ["ok", "stale", "waiting"]})
+    last_cycle_at = fields.String(allow_none=True, metadata={"format": "date-time"})
+    last_cycle_age_seconds = fields.Float(allow_none=True)
+    stale_after_seconds = fields.Float()
+
+
 class HealthSchema(Schema):
-    status = fields.String(required=True)
+    status = fields.String(
+        required=True,
+        metadata={"description": '"ok", "degraded" (trading stale) or "unavailable: ..."'},
+    )
     checks = fields.Dict(keys=fields.String(), values=fields.String())
     trading_mode = fields.String()
+    trading = fields.Nested(TradingFreshnessSchema)
 
 
 class AccountSchema(Schema):

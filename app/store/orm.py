@@ -284,3 +284,14 @@ class DivergenceRecord(Base):
     differences: Mapped[int] = mapped_column(Integer, default=0)
     report: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class Heartbeat(Base):
+    """The last time a named piece of work happened (e.g. a trading cycle), one row per name:
+    the API and the other workers read it to tell a running service from a stopped one."""
+
+    __tablename__ = "heartbeats"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    at: Mapped[datetime] = mapped_column()
+    detail: Mapped[str | None] = mapped_column(String(64))

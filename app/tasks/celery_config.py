@@ -15,6 +15,7 @@ EMBEDDED_TRANSPORT = "app.tasks.embedded_broker:Transport"
 #: Trading cycles have a queue and a worker slot of their own (the Procfile's `trader`,
 #: compose's `celery_trader`), so no pile of training, tuning or backtests can delay a cycle.
 TRADING_QUEUE = "trading"
+CYCLE_WATCH_SECONDS = 30
 
 
 #: The decision cycle's triggers: every 10 minutes 11:00-13:20 UTC, Monday to Friday. In New
@@ -76,6 +77,13 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             "schedule": divergence,
             "options": {"expires": 3600},
         },
+        # Served by the training worker, so a dead trader or a dead beat's silence is noticed
+        # (cycle_watch.py: a Discord alert once per stale spell).
+        "cycle-watch": {
+            "task": "app.tasks.watch_trading_cycle",
+            "schedule": timedelta(seconds=CYCLE_WATCH_SECONDS),
+            "options": {"expires": CYCLE_WATCH_SECONDS - 5, "queue": "default"},
+        },
         "nightly-tune-then-train": {
             "task": "app.tasks.nightly_tune_then_train",
             "schedule": crontab(hour=settings.nightly_hour_utc, minute=0, day_of_week="mon-fri"),
@@ -96,6 +104,7 @@ def celery_settings(settings: Settings) -> dict[str, Any]:
             "app.tasks.backtest",
             "app.tasks.model_health",
             "app.tasks.divergence",
+            "app.tasks.cycle_watch",
         ),
         "broker_url": settings.broker_url,
         "broker_transport": EMBEDDED_TRANSPORT if settings.uses_embedded_broker else None,

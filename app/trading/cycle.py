@@ -40,6 +40,7 @@ from app.domain import MarketClock
 from app.logging_setup import cycle_context
 from app.market.sessions import NEW_YORK, session_today
 from app.store.database import Database
+from app.store.heartbeats import TRADING_CYCLE, HeartbeatStore
 from app.store.orm import OrderRecord, RiskEvent
 from app.trading.cycle_lock import CycleLock
 from app.trading.decision import (
@@ -91,6 +92,7 @@ class TradingService:
         self._orders = OrderService(db, self._broker)
         self._risk = RiskStateStore(db)
         self._ledger = Ledger(db)
+        self._heartbeats = HeartbeatStore(db)
         self._limits = RiskLimits.from_settings(settings)
         self._sim = settings.trading_mode is TradingMode.SIM
         self._decision = DecisionCycle(
@@ -131,6 +133,8 @@ class TradingService:
                 raise
         result.seconds = round(time.perf_counter() - started, 3)
         metrics.record_cycle(result.status, result.seconds)
+        # What /health and the cycle watch read: a cycle ran (a skipped or failed one did not).
+        self._heartbeats.touch(TRADING_CYCLE, datetime.now(UTC), result.status[:64])
         return result
 
     # -- paper / live --------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
 from flask import Flask
 from flask.testing import FlaskClient
@@ -49,3 +50,44 @@ def test_metrics_include_trading_metrics_in_single_process_mode(client: FlaskCli
     text = client.get("/metrics").get_data(as_text=True)
     assert "alpha_cycles_total" in text
     assert "process_resident_memory_bytes" in text or "python_gc_objects" in text
+
+
+def test_health_is_degraded_with_the_age_when_the_trading_cycle_is_stale(
+    make_app: Callable[..., Flask],
+) -> None:
+    """A dead trader leaves the API up: /health must say that no cycle ran when one was due
+    (sim: every SIM_CYCLE_SECONDS; stale after max(3 intervals, 60 s))."""
+    from app.extensions import db
+    from app.store.heartbeats import TRADING_CYCLE, HeartbeatStore
+
+    app = make_app(SIM_CYCLE_SECONDS=20)
+    heartbeats = HeartbeatStore(db)
+    now = datetime.now(UTC)
+    heartbeats.touch(TRADING_CYCLE, now - timedelta(seconds=5), "done")
+    fresh = app.test_client().get("/health")
+    assert fresh.status_code == 200
+    assert fresh.get_json()["status"] == "ok"
+    assert fresh.get_json()["trading"]["status"] == "ok"
+
+    # The API has been up for 10 minutes and the last cycle ended 5 minutes ago.
+    app.extensions["health_started_at"] = now - timedelta(minutes=10)
+    heartbeats.touch(TRADING_CYCLE, now - timedelta(minutes=5), "done")
+    stale = app.test_client().get("/health")
+    assert stale.status_code == 200  # the API serves; the body says trading stopped
+    body = stale.get_json()
+    assert body["status"] == "degraded"
+    assert body["trading"]["status"] == "stale"
+    assert 299 <= body["trading"]["last_cycle_age_seconds"] < 330
+    assert body["trading"]["stale_after_seconds"] == 60
+    assert set(body["checks"].values()) == {"ok"}
+
+
+def test_health_waits_for_the_first_cycle_of_a_new_service(client: FlaskClient) -> None:
+    body = client.get("/health").get_json()
+    assert body["status"] == "ok"
+    assert body["trading"] == {
+        "status": "waiting",
+        "last_cycle_at": None,
+        "last_cycle_age_seconds": None,
+        "stale_after_seconds": 60.0,
+    }

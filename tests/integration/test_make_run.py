@@ -207,3 +207,61 @@ def test_readme_make_run_in_a_fresh_clone(tmp_path: Path) -> None:
     stack = start(clone, env, tmp_path / "after-clean.log", base, timeout=900)
     login(base)
     stack.ctrl_c()
+    _BUILT_CLONES.append(clone)
+
+
+#: Clones whose .venv the test above built, for the tests below to start again in seconds
+#: (each builds its own when it runs alone or on another xdist worker).
+_BUILT_CLONES: list[Path] = []
+
+
+def built_clone(tmp_path: Path) -> Path:
+    if _BUILT_CLONES:
+        return _BUILT_CLONES[-1]
+    clone = tmp_path / "alpha"
+    subprocess.run(["git", "clone", "--quiet", str(support.ROOT), str(clone)], check=True)
+    return clone
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+@pytest.mark.timeout(1200)  # alone: one install into a new .venv
+def test_make_run_stops_when_the_trader_is_killed(tmp_path: Path) -> None:
+    """kill -9 on the trader's main process: beat (its own process, no longer the trader's
+    child) cannot keep sending cycles nobody consumes; honcho sees the exit and stops the whole
+    service, saying which process died, and nothing is left running."""
+    clone = built_clone(tmp_path)
+    port = support.free_port()
+    env = user_env(port)
+    base = f"http://127.0.0.1:{port}"
+    stack = start(clone, env, tmp_path / "killed.log", base, timeout=900)
+    try:
+
+        def cycled() -> bool:
+            body = requests.get(f"{base}/health", timeout=5).json()
+            return bool(body["trading"]["last_cycle_at"])
+
+        support.wait_until(cycled, 120, "a first trading cycle")
+        assert requests.get(f"{base}/health", timeout=5).json()["status"] == "ok"
+        tree = session_pids(stack.popen.pid)
+        traders = {pid for pid in tree if "trader@" in _cmdline(pid)}
+        main = [pid for pid in traders if int((_stat(pid) or ["", "0"])[1]) not in traders]
+        assert len(main) == 1, {pid: _cmdline(pid) for pid in tree}
+        assert any(" beat" in _cmdline(pid) for pid in tree - traders), "beat runs on its own"
+        os.kill(main[0], signal.SIGKILL)
+        stack.popen.wait(120)  # the service stops: make ends with honcho
+    finally:
+        if stack.popen.poll() is None:
+            os.killpg(stack.popen.pid, signal.SIGKILL)
+        stack._file.close()
+    output = stack.output()
+    assert stack.popen.returncode != 0
+    assert "trader.1 stopped (rc=-9)" in output, output[-3000:]
+    support.wait_until(lambda: not _alive(tree), 10, "every process of the service to end")
+    with pytest.raises(requests.ConnectionError):  # /health no longer answers
+        requests.get(f"{base}/health", timeout=5)

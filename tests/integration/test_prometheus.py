@@ -70,6 +70,7 @@ def loopback_config(
     """prometheus.yml with docker hostnames mapped to loopback; jobs left unmapped dropped;
     the compose secret holding METRICS_TOKEN replaced by `token_file`."""
     config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    config["rule_files"] = [str(support.ROOT / f) for f in config.get("rule_files", [])]
     for job in config["scrape_configs"]:
         if token_file is not None and "authorization" in job:
             job["authorization"]["credentials_file"] = str(token_file)
