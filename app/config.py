@@ -127,6 +127,11 @@ class Settings(BaseSettings):
     #: When set, /metrics answers only `Authorization: Bearer <METRICS_TOKEN>`.
     metrics_token: str | None = None
     max_request_bytes: int = Field(default=1_048_576, ge=1024, le=100 * 1_048_576)
+    #: Backtests queued or running at once, per user and in all: they share the training
+    #: queue's worker slots with training and tuning, so beyond these POST /api/backtest/run
+    #: answers 429 naming the live ones.
+    backtest_max_per_user: int = Field(default=2, ge=1, le=100)
+    backtest_max_queued: int = Field(default=4, ge=1, le=1000)
 
     # --- risk (the seed's defaults) ---
     risk_max_portfolio_exposure: float = Field(default=0.80, gt=0, le=1)
@@ -239,6 +244,8 @@ class Settings(BaseSettings):
             raise _KeyError("ai_signal_sell_threshold", "must be below AI_SIGNAL_BUY_THRESHOLD")
         if self.risk_max_position_size > self.risk_max_portfolio_exposure:
             raise _KeyError("risk_max_position_size", "must not exceed RISK_MAX_PORTFOLIO_EXPOSURE")
+        if self.backtest_max_per_user > self.backtest_max_queued:
+            raise _KeyError("backtest_max_per_user", "must not exceed BACKTEST_MAX_QUEUED")
         if self.trading_mode is TradingMode.SIM:
             return self
         if not self.alpaca_api_key:

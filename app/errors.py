@@ -30,6 +30,13 @@ class ConflictError(AppError):
     code = "conflict"
 
 
+class TooManyTasks(AppError):
+    """A cap on queued work is reached; the message names the tasks holding it."""
+
+    status = 429
+    code = "too_many_tasks"
+
+
 class TemporaryError(AppError):
     """Something outside us is down or busy; trying again later may work."""
 

@@ -120,3 +120,10 @@ class Auth:
 @pytest.fixture
 def auth(client: FlaskClient) -> Auth:
     return Auth(client)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """End-to-end tests first: under pytest-xdist (`make test`) the long ones start at once on
+    every worker and the many short ones fill the gaps, so the run ends soon after its longest
+    test instead of starting it last. The sort is stable: each group keeps its file order."""
+    items.sort(key=lambda item: item.get_closest_marker("integration") is None)

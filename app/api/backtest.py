@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from typing import Any
-from uuid import uuid4
 
 from flask import url_for
 from flask_jwt_extended import get_jwt_identity
@@ -11,26 +10,25 @@ from flask_smorest import Blueprint
 
 from app.api.backtest_schemas import BacktestRunSchema, BacktestRunStatusSchema
 from app.api.schemas import TaskStartedSchema
-from app.backtest.requests import BacktestRequest
+from app.backtest.requests import BacktestRequest, check_runnable
 from app.backtest.runs import BacktestRunStore, RunStatus
 from app.backtest.window import resolve_window
 from app.container import services
 from app.errors import NotFoundError, ValidationError
 from app.market.calendar import NyseCalendar
 from app.store import tasks as task_service
-from app.tasks.celery_config import TRAINING_QUEUE
 
 blp = Blueprint(
     "backtest", __name__, url_prefix="/api/backtest", description="Backtests of the live strategy"
 )
 
-TASK_NAME = "app.tasks.run_backtest"
 DEFAULT_DAYS = 90
 
 
 @blp.route("/run", methods=["POST"])
 @blp.arguments(BacktestRunSchema, error_status_code=400)
 @blp.response(202, TaskStartedSchema)
+@blp.alt_response(429, response="TOO_MANY_REQUESTS")  # the caps: the live backtests are named
 def run(body: dict[str, Any]) -> dict[str, str]:
     """Replay the live strategy over past bars (a background task on the training queue)."""
     svc = services()
@@ -67,13 +65,12 @@ def run(body: dict[str, Any]) -> dict[str, str]:
     request.check()
     if request.model == "current" and svc.models.current_version() is None:
         raise ValidationError("there is no trained model to use", field="model")
-    params = request.as_dict()
-    task_id = str(uuid4())
-    BacktestRunStore(svc.db).create(task_id, params)
-    task_service.record(svc.db, task_id, TASK_NAME, params, get_jwt_identity())
-    from app.tasks.backtest import run_backtest
+    check_runnable(
+        request, svc.settings, svc.venue.market, field="days" if days is not None else "start"
+    )
+    from app.tasks.backtest import start_backtest
 
-    run_backtest.apply_async(kwargs={"params": params}, task_id=task_id, queue=TRAINING_QUEUE)
+    task_id = start_backtest(svc, request, get_jwt_identity())
     return {"task_id": task_id, "status_url": url_for("backtest.get_run", task_id=task_id)}
 
 

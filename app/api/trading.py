@@ -15,7 +15,7 @@ from app.api.tasks import started
 from app.container import services
 from app.errors import ConflictError, NotFoundError
 from app.market.universe import feature_universe
-from app.store import tasks as task_service
+from app.tasks import queue_limits
 from app.trading.cycle import LOOKBACK_CALENDAR_DAYS
 
 blp = Blueprint("trading", __name__, url_prefix="/api/trading", description="Signals and cycles")
@@ -60,12 +60,14 @@ def signal(symbol: str) -> dict[str, Any]:
     return dict(svc.cache.get_or_compute(f"signal:{symbol}:{session}", 30, compute))
 
 
-@blp.route("/auto/start", methods=["GET", "POST"])
+@blp.route("/auto/start", methods=["POST"])
 @blp.response(202, TaskStartedSchema)
-def auto_start() -> dict[str, str]:
-    """Run one trading cycle now on a worker; the answer is a task id."""
+@blp.alt_response(200, schema=TaskStartedSchema, description="A cycle already queued: its id")
+def auto_start() -> tuple[dict[str, str], int]:
+    """Run one trading cycle now on a worker; the answer is a task id. At most one waits in the
+    queue: while it does, a new request answers 200 with its id instead of queueing another."""
     svc = services()
-    task_id = task_service.start(
-        svc.db, svc.celery, "app.tasks.smart_trading_pipeline", {}, get_jwt_identity()
+    task_id, queued_now = queue_limits.start_manual_cycle(
+        svc.db, svc.celery, svc.redis, svc.settings.database_dir, get_jwt_identity()
     )
-    return started(task_id)
+    return started(task_id), 202 if queued_now else 200

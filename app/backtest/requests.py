@@ -4,20 +4,25 @@ load bars, pick the signal source (walk-forward model, saved model or SMA rule),
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, replace
 from datetime import date
+from functools import cache
 from typing import TYPE_CHECKING, Any, Literal
 
-from app.ai.ensemble import ModelBundle
+import numpy as np
+import pandas as pd
+
+from app.ai.ensemble import MIN_SYMBOL_TRAIN_ROWS, MIN_SYMBOL_VAL_ROWS, ModelBundle
+from app.ai.features import MAX_LOOKBACK, label_sessions
 from app.ai.signals import Thresholds
+from app.ai.training import split_by_date
 from app.backtest.engine import run_backtest
 from app.backtest.results import BacktestConfig, BacktestResult, ProgressFn, SignalFn
 from app.backtest.signals import ModelSignals, SmaCrossSignals
 from app.backtest.walk_forward import WalkForwardConfig, WalkForwardPredictor
 from app.backtest.window import backtest_sessions, history_start, load_bars
-from app.domain import (
-    MarketData,
-)
+from app.domain import BarFrame, MarketData
 from app.errors import ValidationError
 from app.market.calendar import NyseCalendar
 from app.trading.risk import RiskLimits
@@ -90,9 +95,9 @@ def run_request(
         limits=RiskLimits.from_settings(settings),
         strategy=StrategyConfig.from_settings(settings),
     )
-    model_years = settings.train_years if request.model == "walk_forward" else 0.0
-    bars = load_bars(market, symbols, history_start(request.start, model_years), request.end)
+    bars = _load(request, settings, market)
     calendar = NyseCalendar()
+    sessions = runnable_sessions(request, settings, bars, calendar)
     signal_fn: SignalFn
     if request.model == "sma_cross":
         signal_fn = SmaCrossSignals(bars, symbols)
@@ -106,12 +111,6 @@ def run_request(
                 request.confidence_threshold, settings.ai_confidence_threshold
             ),
         )
-        sessions = backtest_sessions(bars, symbols, config.start, config.end, calendar)
-        if not sessions:
-            raise ValidationError(
-                f"no bars for {list(symbols)} between {config.start} and {config.end}",
-                field="start",
-            )
         if request.model == "current":
             if bundle is None:
                 raise ValidationError("there is no trained model to use", field="model")
@@ -120,19 +119,119 @@ def run_request(
             mode = settings.ai_mode
             tuned = load_best_params(settings.best_params_dir, mode)
             through = best_params_tuned_through(settings.best_params_dir, mode)
-            wf = WalkForwardConfig(
-                retrain_every=request.retrain_every,
-                train_years=settings.train_years,
-                mode=mode,  # type: ignore[arg-type]
+            wf = replace(
+                _walk_forward_config(request, settings),
                 params=to_train_params(tuned) if tuned and through else None,
                 params_tuned_through=through,
-                horizon=settings.ai_prediction_horizon_days,
-                label_normalisation=settings.ai_label_normalisation,
-                shuffle_labels=request.placebo,
             )
             predictor = WalkForwardPredictor(bars, sessions, symbols, wf, calendar=calendar)
         signal_fn = ModelSignals(predictor, thresholds)
     return run_backtest(bars, config, signal_fn, progress=progress, calendar=calendar)
+
+
+def check_runnable(
+    request: BacktestRequest, settings: Settings, market: MarketData, *, field: str = "start"
+) -> None:
+    """Refuse up front (the API before queueing) a run its bars cannot carry, naming `field`
+    (the request's `start` or `days`), instead of a task accepted and then failed."""
+    request.check()
+    runnable_sessions(request, settings, _load(request, settings, market), field=field)
+
+
+def runnable_sessions(
+    request: BacktestRequest,
+    settings: Settings,
+    bars: Mapping[str, BarFrame],
+    calendar: NyseCalendar | None = None,
+    *,
+    field: str = "start",
+) -> list[date]:
+    """The sessions to replay. ValidationError when there is none, or when the first
+    walk-forward model would have too few labelled sessions before its window to train on
+    (the data starts too close to `start`)."""
+    cal = calendar or NyseCalendar()
+    symbols = tuple(dict.fromkeys(s.upper() for s in request.symbols))
+    sessions = backtest_sessions(bars, symbols, request.start, request.end, cal)
+    if not sessions:
+        raise ValidationError(
+            f"no bars for {list(symbols)} between {request.start} and {request.end}", field=field
+        )
+    if request.model == "walk_forward":
+        wf = _walk_forward_config(request, settings)
+        have = labelled_sessions(bars, cal.previous_session(sessions[0]), wf)
+        need = min_training_sessions(wf.mode, wf.horizon, wf.val_fraction)
+        if have < need:
+            raise ValidationError(
+                f"the first walk-forward model, for the window from {sessions[0]}, would learn "
+                f"from {have} sessions of labelled rows and needs at least {need}: start later, "
+                "or use model sma_cross",
+                field=field,
+            )
+    return sessions
+
+
+def labelled_sessions(bars: Mapping[str, BarFrame], cutoff: date, wf: WalkForwardConfig) -> int:
+    """Sessions the model trained on the close of `cutoff` has labelled rows for (its most
+    rows of one symbol in per-symbol mode), counted from the bar dates alone (cheaper than the
+    features): a row exists from a symbol's MAX_LOOKBACK-th bar on, its label is known once
+    label_sessions(horizon) further bars have closed by `cutoff`, only the last `train_years`
+    count, and a normalised label needs another symbol's label on that date."""
+    end = pd.Timestamp(cutoff)
+    since = end - pd.DateOffset(days=int((wf.train_years or 0) * 365.25))
+    per_symbol: dict[str, pd.DatetimeIndex] = {}
+    for symbol, frame in bars.items():
+        if len(frame) < MAX_LOOKBACK:
+            continue
+        dates = frame.index.sort_values()
+        known = int(dates.searchsorted(end, side="right")) - label_sessions(wf.horizon)
+        rows = dates[MAX_LOOKBACK - 1 : max(known, MAX_LOOKBACK - 1)]
+        per_symbol[symbol] = rows[rows > since] if wf.train_years else rows
+    if not per_symbol:
+        return 0
+    counts = pd.concat([dates.to_series() for dates in per_symbol.values()]).value_counts()
+    dated = set(counts.index[counts >= (1 if wf.label_normalisation == "raw" else 2)])
+    if wf.mode == "pooled":
+        return len(dated)
+    return max(sum(day in dated for day in dates) for dates in per_symbol.values())
+
+
+@cache
+def min_training_sessions(mode: str, horizon: int, val_fraction: float) -> int:
+    """The fewest labelled sessions train() can fit a model on: its split into training,
+    early-stopping and calibration parts (each after a label gap) leaves each part a session
+    (per symbol: the rows a per-symbol model needs)."""
+    gap = label_sessions(horizon)
+    for n in range(1, 10_000):
+        days = np.arange(n)
+        train_part, held_out = split_by_date(days, val_fraction, gap)
+        stop_part, cal_part = split_by_date(days[held_out], 0.5, gap)
+        fit, stop, cal = int(train_part.sum()), int(stop_part.sum()), int(cal_part.sum())
+        if mode == "pooled":
+            enough = min(fit, stop, cal) >= 1
+        else:
+            enough = fit >= MIN_SYMBOL_TRAIN_ROWS and stop + cal >= MIN_SYMBOL_VAL_ROWS
+        if enough:
+            return n
+    raise ValueError(f"no history is long enough to train a {mode} model")
+
+
+def _walk_forward_config(request: BacktestRequest, settings: Settings) -> WalkForwardConfig:
+    """The walk-forward knobs from Settings, without tuned parameters (read by the run)."""
+    return WalkForwardConfig(
+        retrain_every=request.retrain_every,
+        train_years=settings.train_years,
+        mode=settings.ai_mode,  # type: ignore[arg-type]
+        horizon=settings.ai_prediction_horizon_days,
+        label_normalisation=settings.ai_label_normalisation,
+        shuffle_labels=request.placebo,
+    )
+
+
+def _load(request: BacktestRequest, settings: Settings, market: MarketData) -> dict[str, BarFrame]:
+    """The bars the run replays, and before `start` the history its first model trains on."""
+    symbols = tuple(dict.fromkeys(s.upper() for s in request.symbols))
+    model_years = settings.train_years if request.model == "walk_forward" else 0.0
+    return load_bars(market, symbols, history_start(request.start, model_years), request.end)
 
 
 def _pick(value: float | None, default: float) -> float:

@@ -9,18 +9,43 @@ from __future__ import annotations
 import logging
 from datetime import date
 from typing import Any
+from uuid import uuid4
 
 from celery import Task, shared_task
 
 from app.backtest.report import SEED_KEYS, to_report
 from app.backtest.requests import BacktestRequest, run_request
 from app.backtest.runs import BacktestRunStore
-from app.container import services
+from app.container import Services, services
+from app.store import tasks as task_service
+from app.tasks import queue_limits
+from app.tasks.celery_config import TRAINING_QUEUE
 
 log = logging.getLogger(__name__)
 
 #: Progress updates per run: each one is a write to the result backend.
 PROGRESS_STEPS = 50
+
+
+def start_backtest(svc: Services, request: BacktestRequest, requested_by: str | None) -> str:
+    """Record and queue a checked request on the training queue, within the backtest caps
+    (TooManyTasks names the live ones beyond them); returns the task id."""
+    params = request.as_dict()
+    task_id = str(uuid4())
+    settings = svc.settings
+    with queue_limits.backtest_place(
+        svc.db,
+        svc.celery,
+        svc.redis,
+        settings.database_dir,
+        requested_by,
+        per_user=settings.backtest_max_per_user,
+        total=settings.backtest_max_queued,
+    ):
+        BacktestRunStore(svc.db).create(task_id, params)
+        task_service.record(svc.db, task_id, queue_limits.BACKTEST_TASK, params, requested_by)
+    run_backtest.apply_async(kwargs={"params": params}, task_id=task_id, queue=TRAINING_QUEUE)
+    return task_id
 
 
 def request_from_params(params: dict[str, Any]) -> BacktestRequest:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from celery import Celery
 from sqlalchemy import delete, select
 
@@ -53,7 +54,6 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def stack(
     postgres_database_url: str, redis_test_url: str, model_dir: Path, tmp_path: Path
 ) -> Iterator[dict[str, Any]]:
-    import redis
 
     redis.Redis.from_url(redis_test_url).flushdb()
     with FakeAlpaca(support.SHARED_DATA, today=START.date()) as fake:
@@ -171,6 +171,7 @@ def test_kill_minus_nine_mid_cycle_leaves_no_duplicate(stack: dict[str, Any]) ->
     # TTL lets this test run its cycles seconds apart instead of ten minutes.
     settings = {**stack["settings"], "TRADING_LOCK_TTL_SECONDS": "1"}
     rng = random.Random(7)
+    lock_store = redis.Redis.from_url(stack["settings"]["REDIS_URL"])
     days = NyseCalendar().sessions_index(date(2021, 10, 28), START.date())
     sessions = [d.date() for d in days][-21:]
     fake.pre_open(sessions[-1])
@@ -187,7 +188,9 @@ def test_kill_minus_nine_mid_cycle_leaves_no_duplicate(stack: dict[str, Any]) ->
         celery.send_task("app.tasks.smart_trading_pipeline")
         time.sleep(rng.uniform(0.0, 4.0))
         worker.stop(signal.SIGKILL)
-        time.sleep(1.1)  # the dead worker's lock lapses
+        support.wait_until(
+            lambda: not lock_store.exists("alpha:lock:trading-cycle"), 5, "the dead worker's lock"
+        )
         fake.open_session(day)  # what the decision queued fills at the open
     fake.pre_open(sessions[-1])
     worker = start_worker(settings, stack["tmp"] / "final.log", 1)

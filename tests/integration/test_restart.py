@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -69,17 +69,20 @@ def test_halt_survives_restart_of_every_process(tmp_path: Path) -> None:
         assert status["state"] == "HALTED"
         assert status["halt_reason"].startswith("restart test")
         # cycles keep running after the restart, and none of them buys
-        support.wait_until(
-            lambda: (
-                requests.get(f"{base}/api/dashboard/all_data", headers=headers, timeout=30).json()[
-                    "model"
-                ]["version"]
-                is not None
-            ),
-            120,
-            "a model",
-        )
-        time.sleep(10)
+
+        def dashboard() -> dict[str, Any]:
+            url = f"{base}/api/dashboard/all_data"
+            return dict(requests.get(url, headers=headers, timeout=30).json())
+
+        support.wait_until(lambda: dashboard()["model"]["version"] is not None, 120, "a model")
+        # Three sessions replayed with the model in place: three decisions that could have bought.
+        replayed: set[str] = set()
+
+        def sessions_seen() -> int:
+            replayed.add(dashboard()["as_of"])
+            return len(replayed)
+
+        support.wait_until(lambda: sessions_seen() > 3, 120, "three more replayed sessions")
         orders = requests.get(f"{base}/api/orders", headers=headers, timeout=30).json()
         assert [o for o in orders["items"] if o["side"] == "buy"] == []
         resumed = requests.post(f"{base}/api/risk/resume", headers=headers, timeout=30)
