@@ -41,6 +41,17 @@ def protective_levels(entry: float, limits: RiskLimits) -> tuple[float, float]:
     )
 
 
+def is_bot_order(order: Order) -> bool:
+    """Whether the bot sent `order`: its client order ids all start with the strategy's
+    prefix. Any other order (placed by hand, or by another tool) is never cancelled or
+    replaced by the bot; an open sell among them holds its shares like any sell."""
+    return order.client_order_id.startswith(f"{STRATEGY}-")
+
+
+def _bot_protective(order: Order) -> bool:
+    return order.is_protective and order.status.is_open and is_bot_order(order)
+
+
 def protective_order_id(session: date, generation: int, symbol: str) -> str:
     """Deterministic per (session, purpose, symbol, side); the generation counts the
     replacements placed in the same session."""
@@ -65,10 +76,12 @@ def plan_protection(
     """What to cancel and place so each holding has exactly its protective order.
 
     `known_ids`: client order ids already used (so a replacement gets a fresh generation);
-    `leave_alone`: holdings the bot did not open (MANAGE_EXTERNAL_POSITIONS=false).
+    `leave_alone`: holdings the bot did not open (MANAGE_EXTERNAL_POSITIONS=false). Only the
+    bot's own protective orders are cancelled or replaced (`is_bot_order`); an OCO placed by
+    hand stays, and the shares it holds are not protected a second time.
     """
     plan = ProtectionPlan()
-    protective = {o.symbol: o for o in open_orders if o.is_protective and o.status.is_open}
+    protective = {o.symbol: o for o in open_orders if _bot_protective(o)}
     used = set(known_ids) | {o.client_order_id for o in open_orders}
     held = {p.symbol: p for p in positions if p.qty > 0 and p.symbol not in leave_alone}
     for symbol, order in sorted(protective.items()):
@@ -81,7 +94,7 @@ def plan_protection(
             if o.symbol == symbol
             and o.side is Side.SELL
             and o.status.is_open
-            and not o.is_protective
+            and not _bot_protective(o)
         )
         qty = float(math.floor(position.qty - promised + 1e-9))
         stop, target = protective_levels(position.avg_entry_price, limits)
@@ -109,6 +122,6 @@ def plan_protection(
 
 
 def exits_to_unblock(sells: Iterable[str], open_orders: Sequence[Order]) -> list[Order]:
-    """The protective orders to cancel before the decision's sells of `sells` go out."""
+    """The bot's protective orders to cancel before the decision's sells of `sells` go out."""
     symbols = set(sells)
-    return [o for o in open_orders if o.is_protective and o.status.is_open and o.symbol in symbols]
+    return [o for o in open_orders if _bot_protective(o) and o.symbol in symbols]
