@@ -9,8 +9,9 @@ refused for shares the OCO holds. The backtest (backtest/engine.py) does the sam
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from typing import Any, Protocol
 
@@ -68,6 +69,22 @@ class CycleResult:
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+def split_for_the_open(
+    order: ProposedOrder, tif: TimeInForce
+) -> tuple[ProposedOrder | None, ProposedOrder | None]:
+    """(whole shares, fraction) of `order`. Alpaca refuses fractional market-on-open (OPG)
+    orders, and a holding can be fractional (bought with PROTECTIVE_ORDERS=false, or an
+    external one the bot manages): the whole shares go on the open, the fraction as a DAY
+    market order, queued for the open and filled just after it, under its own purpose
+    (`<purpose>_fraction`, so its own client_order_id)."""
+    if tif is not TimeInForce.OPG or order.qty == int(order.qty):
+        return order, None
+    whole = float(math.floor(order.qty))
+    purpose, _, rest = order.reason.partition(":")
+    fraction = replace(order, qty=round(order.qty - whole, 9), reason=f"{purpose}_fraction:{rest}")
+    return (replace(order, qty=whole) if whole >= 1 else None), fraction
 
 
 def _unique(orders: list[Order]) -> list[Order]:
@@ -186,6 +203,12 @@ class DecisionCycle:
     def _send(
         self, order: ProposedOrder, session: date, tif: TimeInForce, result: CycleResult
     ) -> None:
+        whole, fraction = split_for_the_open(order, tif)
+        if fraction is not None:
+            self._send(fraction, session, TimeInForce.DAY, result)
+            if whole is None:
+                return
+            order = whole
         purpose = purpose_of(order.reason)
         request = OrderRequest(
             symbol=order.symbol,

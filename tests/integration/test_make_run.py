@@ -249,7 +249,12 @@ def test_make_run_stops_when_the_trader_is_killed(tmp_path: Path) -> None:
         support.wait_until(cycled, 120, "a first trading cycle")
         assert requests.get(f"{base}/health", timeout=5).json()["status"] == "ok"
         tree = session_pids(stack.popen.pid)
-        traders = {pid for pid in tree if "trader@" in _cmdline(pid)}
+        # The Celery processes (honcho starts each command through `sh -c`, which stays).
+        traders = {
+            pid
+            for pid in tree
+            if "trader@" in _cmdline(pid) and not _cmdline(pid).split()[0].endswith("sh")
+        }
         main = [pid for pid in traders if int((_stat(pid) or ["", "0"])[1]) not in traders]
         assert len(main) == 1, {pid: _cmdline(pid) for pid in tree}
         assert any(" beat" in _cmdline(pid) for pid in tree - traders), "beat runs on its own"

@@ -86,3 +86,27 @@ def test_a_stop_filled_above_its_stop_is_reported_as_a_stop_loss(
             select(RiskEvent.kind).where(RiskEvent.kind.in_(["stop_loss", "take_profit"]))
         ).all()
     assert kinds == ["stop_loss"]
+
+
+def test_a_fractional_holding_is_sold_whole_shares_on_the_open_and_the_fraction_by_day(
+    make_app: Callable[..., Flask], fake: FakeAlpaca
+) -> None:
+    """Alpaca refuses a fractional market-on-open order (as the fake does): the 10 whole
+    shares go on the open, the half share as a DAY market order, both from the decision."""
+    app = app_for(make_app, fake, manage=True)
+    fake.pre_open(MONDAY)
+    fake.set_position("KO", 10.5, (fake.price("KO") or 0.0) * 1.2)  # 17 % under water
+    result = trading(app, FixedSignals({})).run_decision()
+    assert result.status == "done"
+    sent = sorted((o["client_order_id"], o["qty"], o["status"]) for o in result.orders)
+    assert sent == [
+        ("alpha-20211126-stop_loss-KO-sell", 10, "new"),
+        ("alpha-20211126-stop_loss_fraction-KO-sell", 0.5, "new"),
+    ]
+    booked = {o.client_order_id: (o.qty, o.time_in_force) for o in fake.orders.values()}
+    assert booked == {
+        "alpha-20211126-stop_loss-KO-sell": (10, "opg"),
+        "alpha-20211126-stop_loss_fraction-KO-sell": (0.5, "day"),
+    }
+    fake.open_session(MONDAY)
+    assert "KO" not in fake.positions
