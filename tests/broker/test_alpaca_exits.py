@@ -139,3 +139,22 @@ def test_sip_bars_are_asked_for_only_once_15_minutes_old(fake: FakeAlpaca) -> No
     assert bars.index[-1].date() == day
     (end,) = [q["end"] for route, q in fake.request_queries if route == "GET /v2/stocks/bars"]
     assert datetime.fromisoformat(end.replace("Z", "+00:00")) == fake.now() - timedelta(minutes=16)
+
+
+def test_the_fake_refuses_a_fractional_market_on_open_order_as_alpaca_does(
+    fake: FakeAlpaca,
+) -> None:
+    """What the decision's split of a fractional exit (whole shares OPG, fraction DAY) is for."""
+    fake.set_clock(datetime.combine(fake.today, time(8, 0), NY), is_open=False)
+    session = requests.Session()
+    session.headers.update({"APCA-API-KEY-ID": "key", "APCA-API-SECRET-KEY": "secret"})
+    order = {"symbol": "AAPL", "side": "sell", "type": "market", "qty": "0.5"}
+    opg = session.post(
+        f"{fake.base_url}/v2/orders", json={**order, "time_in_force": "opg"}, timeout=5
+    )
+    assert opg.status_code == 422
+    assert "DAY" in opg.json()["message"]
+    day = session.post(
+        f"{fake.base_url}/v2/orders", json={**order, "time_in_force": "day"}, timeout=5
+    )
+    assert (day.status_code, day.json()["status"]) == (200, "new")  # queued for the open
