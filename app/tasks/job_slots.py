@@ -195,7 +195,7 @@ def queued(celery: Celery, job_id: str) -> bool:
     with celery.connection_for_read() as connection:
         channel = connection.default_channel
         if isinstance(channel, kombu_sqla.Channel):
-            engine, _ = channel._open()
+            engine, _ = channel._open()  # type: ignore[no-untyped-call]
             table = channel.message_tablename  # kombu's own setting, not input
             with engine.connect() as db:
                 payloads: Iterable[Any] = db.scalars(
