@@ -24,6 +24,7 @@ from app.api import (
     trading,
     training,
 )
+from app.api.converters import CONVERTERS
 from app.api.edges import register_edges
 from app.api.errors import error_response
 from app.container import services
@@ -31,6 +32,9 @@ from app.extensions import api, jwt
 
 METRICS_ENDPOINT = "prometheus_metrics"
 PUBLIC_ENDPOINTS = frozenset({"auth.login", "auth.refresh", "health.health", METRICS_ENDPOINT})
+
+for _converter, _schema in CONVERTERS.values():  # once: every app's spec documents them
+    api.register_converter(_converter, _schema)
 
 
 def register_api(app: Flask) -> None:
@@ -49,6 +53,8 @@ def register_api(app: Flask) -> None:
         backtest,
         divergence,
     )
+    for name, (converter, _schema) in CONVERTERS.items():
+        app.url_map.converters[name] = converter
     for module in blueprints:
         api.register_blueprint(module.blp)
     app.before_request(_require_access_token)

@@ -6,8 +6,7 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-from flask_smorest import Blueprint
-
+from app.api.blueprint import Blueprint
 from app.api.schemas import AccountSchema, ConnectionSchema, PositionSchema
 from app.container import services
 

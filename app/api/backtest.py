@@ -6,9 +6,9 @@ from typing import Any
 
 from flask import url_for
 from flask_jwt_extended import get_jwt_identity
-from flask_smorest import Blueprint
 
 from app.api.backtest_schemas import BacktestRunSchema, BacktestRunStatusSchema
+from app.api.blueprint import Blueprint
 from app.api.schemas import TaskStartedSchema
 from app.backtest.requests import BacktestRequest, check_runnable
 from app.backtest.runs import BacktestRunStore, RunStatus
@@ -74,7 +74,7 @@ def run(body: dict[str, Any]) -> dict[str, str]:
     return {"task_id": task_id, "status_url": url_for("backtest.get_run", task_id=task_id)}
 
 
-@blp.route("/<string:task_id>")
+@blp.route('/<task_id("run"):task_id>')
 @blp.response(200, BacktestRunStatusSchema)
 def get_run(task_id: str) -> dict[str, Any]:
     """The stored run: status, parameters, progress while it runs, the report when done."""

@@ -6,14 +6,13 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
-from app.api.fields import BoundedDate, StrictBoolean, StrictFloat, StrictInteger
+from app.api.fields import BoundedDate, StrictBoolean, StrictFloat, StrictInteger, Symbol
 
-SYMBOL = validate.Regexp(r"^[A-Za-z][A-Za-z0-9.]{0,9}$", error="not a symbol")
 MAX_DAYS = 10_000
 
 
 class BacktestRunSchema(Schema):
-    symbols = fields.List(fields.String(validate=SYMBOL), validate=validate.Length(min=1, max=200))
+    symbols = fields.List(Symbol(), validate=validate.Length(min=1, max=200))
     days = StrictInteger(
         validate=validate.Range(min=1, max=MAX_DAYS, error="must be between 1 and 10000")
     )

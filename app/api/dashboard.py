@@ -6,8 +6,7 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
-from flask_smorest import Blueprint
-
+from app.api.blueprint import Blueprint
 from app.api.schemas import DashboardSchema
 from app.container import services
 from app.store import history as history_service

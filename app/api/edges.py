@@ -5,6 +5,11 @@ Bodies are JSON or nothing: a body of another type is refused (415) instead of b
 favour of defaults, an empty body where one is required is a 400, a chunked body over
 MAX_CONTENT_LENGTH is a 413 like a sized one, and JSON nested deeper than MAX_JSON_DEPTH is a
 400 before anything recurses into it.
+
+Every reader of a body (Flask's `request.get_json`, the webargs parser of app/api/blueprint.py)
+goes through `loads`, where no JSON text can make a 500: an integer longer than Python converts
+becomes an `OversizedInteger` the field it was sent for refuses by name, and a lone surrogate
+(which no database or log can encode) becomes U+FFFD.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import RequestEntityTooLarge, UnsupportedMediaType
 
 from app.errors import ValidationError
+from app.store.text import storable
 
 #: No request of this API nests deeper than 4; 32 leaves room and stops stack exhaustion.
 MAX_JSON_DEPTH = 32
@@ -30,14 +36,50 @@ SECURITY_HEADERS = {
 }
 
 
+class OversizedInteger:
+    """A JSON integer with more digits than Python converts to an int (4300 by default)."""
+
+    __slots__ = ("digits",)
+
+    def __init__(self, digits: int) -> None:
+        self.digits = digits
+
+    def __repr__(self) -> str:
+        return f"<integer of {self.digits} digits>"
+
+
+def _parse_int(text: str) -> int | OversizedInteger:
+    try:
+        return int(text)
+    except ValueError:
+        return OversizedInteger(len(text.lstrip("-")))
+
+
+def _encodable(value: Any) -> Any:
+    """Lone surrogates (valid JSON escapes, invalid Unicode) replaced by U+FFFD."""
+    if isinstance(value, str):
+        return storable(value)
+    if isinstance(value, list):
+        return [_encodable(item) for item in value]
+    if isinstance(value, dict):
+        return {_encodable(key): _encodable(item) for key, item in value.items()}
+    return value
+
+
+def loads(text: str | bytes) -> Any:
+    """JSON as every reader of a request body gets it; malformed or hostile JSON raises
+    ValueError (json.JSONDecodeError when it is not JSON)."""
+    try:
+        return _encodable(json.loads(text, parse_int=_parse_int))
+    except RecursionError:
+        raise ValueError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
+
+
 class SafeJSONProvider(DefaultJSONProvider):
-    """Flask's JSON, where hostile nesting is invalid JSON (a 400), not a RecursionError."""
+    """Flask's JSON, read through `loads`."""
 
     def loads(self, s: str | bytes, **kwargs: Any) -> Any:
-        try:
-            return super().loads(s, **kwargs)
-        except RecursionError:
-            raise ValueError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
+        return loads(s)
 
 
 def register_edges(app: Flask) -> None:
@@ -60,7 +102,7 @@ def check_body() -> None:
             f"not {request.mimetype or 'none'!r}"
         )
     try:
-        parsed = json.loads(data)
+        parsed = json.loads(data, parse_int=_parse_int)
     except RecursionError:
         raise ValidationError(
             f"JSON nested deeper than {MAX_JSON_DEPTH} levels", field="body"

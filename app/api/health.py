@@ -12,8 +12,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from flask import current_app
-from flask_smorest import Blueprint
 
+from app.api.blueprint import Blueprint
 from app.api.schemas import HealthSchema
 from app.container import services
 from app.store.heartbeats import HeartbeatStore

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask_smorest import Blueprint
 from marshmallow import RAISE
 
+from app.api.blueprint import Blueprint
 from app.api.schemas import (
     HistoryQuerySchema,
     OrdersPageSchema,

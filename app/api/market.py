@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import date, timedelta
 from typing import Any
 
-from flask_smorest import Blueprint
 from marshmallow import RAISE
 
+from app.api.blueprint import Blueprint
 from app.api.schemas import BarsQuerySchema, BarsSchema, PriceSchema
 from app.api.symbols import known_symbol
 from app.container import services
@@ -16,7 +16,7 @@ from app.errors import ValidationError
 blp = Blueprint("market", __name__, url_prefix="/api", description="Market data")
 
 
-@blp.route("/price/<string:symbol>")
+@blp.route("/price/<symbol:symbol>")
 @blp.response(200, PriceSchema)
 def price(symbol: str) -> dict[str, Any]:
     symbol = known_symbol(symbol)
@@ -33,7 +33,7 @@ def price(symbol: str) -> dict[str, Any]:
     return dict(result)
 
 
-@blp.route("/market/bars/<string:symbol>")
+@blp.route("/market/bars/<symbol:symbol>")
 @blp.arguments(BarsQuerySchema, location="query", error_status_code=400, unknown=RAISE)
 @blp.response(200, BarsSchema)
 def bars(query: dict[str, Any], symbol: str) -> dict[str, Any]:

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask_smorest import Blueprint
 from marshmallow import Schema, fields
 
+from app.api.blueprint import Blueprint
 from app.container import services
 from app.trading.model_health import ModelHealth
 

@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from flask_jwt_extended import get_jwt_identity, verify_jwt_in_request
-from flask_smorest import Blueprint
 
+from app.api.blueprint import Blueprint
 from app.api.schemas import HaltResultSchema, HaltSchema, ResumeSchema, RiskStatusSchema
 from app.container import services
 from app.trading import kill_switch as risk_service

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from marshmallow import Schema, fields, validate
 
-from app.api.fields import BoundedDate, StrictBoolean, StrictFloat, StrictInteger
+from app.api.fields import BoundedDate, StrictBoolean, StrictFloat, StrictInteger, Symbol
 
 
 class ErrorDetailSchema(Schema):
@@ -141,7 +141,7 @@ class BarsSchema(Schema):
 
 
 class HistoryQuerySchema(Schema):
-    symbol = fields.String(validate=validate.Regexp(r"^[A-Za-z][A-Za-z0-9.]{0,9}$"))
+    symbol = Symbol()
     start = BoundedDate()
     end = BoundedDate()
     page = fields.Integer(load_default=1, validate=validate.Range(min=1, max=1_000_000))
@@ -174,10 +174,7 @@ class TrainingSchema(Schema):
 
 
 class OptimizeSchema(Schema):
-    symbols = fields.List(
-        fields.String(validate=validate.Regexp(r"^[A-Za-z][A-Za-z0-9.]{0,9}$")),
-        validate=validate.Length(min=1, max=500),
-    )
+    symbols = fields.List(Symbol(), validate=validate.Length(min=1, max=500))
     n_trials = StrictInteger(load_default=20, validate=validate.Range(min=1, max=1000))
     timeout = StrictInteger(load_default=600, validate=validate.Range(min=10, max=86_400))
     mode = fields.String(validate=validate.OneOf(["pooled", "per-symbol", "per_symbol"]))

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from app.api.fields import SYMBOL_RULE, is_symbol
 from app.container import services
-from app.errors import NotFoundError
+from app.errors import NotFoundError, ValidationError
 from app.market.symbols import parse_symbol
 
 #: Listings change rarely; an hour spares the broker one asset lookup per request.
@@ -12,7 +13,9 @@ KNOWN_SYMBOL_CACHE_SECONDS = 3600.0
 
 def known_symbol(raw: str) -> str:
     """The normalised symbol, or a 404 naming it when the venue does not list it: a typo
-    must not read as "no bars" or "no prediction"."""
+    must not read as "no bars" or "no prediction". Whitespace is refused, as the spec says."""
+    if not is_symbol(raw):
+        raise ValidationError(SYMBOL_RULE, field="symbol")
     symbol = parse_symbol(raw)
     svc = services()
     listed = svc.cache.get_or_compute(

@@ -6,9 +6,8 @@ from typing import Any
 
 from flask import url_for
 from flask_jwt_extended import get_jwt_identity
-from flask_smorest import Blueprint
-from werkzeug.exceptions import MethodNotAllowed
 
+from app.api.blueprint import Blueprint
 from app.api.schemas import TaskStartedSchema, TaskStatusSchema
 from app.container import services
 from app.store import tasks as task_service
@@ -16,11 +15,9 @@ from app.store import tasks as task_service
 blp = Blueprint("tasks", __name__, url_prefix="/api/tasks", description="Background tasks")
 
 
-@blp.route("/<string:task_id>")
+@blp.route('/<task_id("ping"):task_id>')
 @blp.response(200, TaskStatusSchema)
 def task_status(task_id: str) -> dict[str, Any]:
-    if task_id == "ping":  # the path of POST /ping, not a task id (werkzeug tries this rule too)
-        raise MethodNotAllowed(valid_methods=["POST"])
     svc = services()
     return task_service.describe(svc.db, svc.celery, task_id)
 

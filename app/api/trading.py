@@ -6,9 +6,9 @@ from datetime import timedelta
 from typing import Any
 
 from flask_jwt_extended import get_jwt_identity
-from flask_smorest import Blueprint
 
 from app.ai.signals import ModelSignalSource
+from app.api.blueprint import Blueprint
 from app.api.schemas import SignalSchema, TaskStartedSchema
 from app.api.symbols import known_symbol
 from app.api.tasks import started
@@ -21,7 +21,7 @@ from app.trading.cycle import LOOKBACK_CALENDAR_DAYS
 blp = Blueprint("trading", __name__, url_prefix="/api/trading", description="Signals and cycles")
 
 
-@blp.route("/signal/<string:symbol>")
+@blp.route("/signal/<symbol:symbol>")
 @blp.response(200, SignalSchema)
 def signal(symbol: str) -> dict[str, Any]:
     symbol = known_symbol(symbol)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from flask_jwt_extended import get_jwt_identity
-from flask_smorest import Blueprint
 
+from app.api.blueprint import Blueprint
 from app.api.schemas import OptimizeSchema, TaskStartedSchema, TrainingSchema
 from app.api.tasks import started
 from app.container import services

@@ -19,6 +19,7 @@ from app.config import Settings
 from app.domain import Account, Order, Position, RiskDecision, Side, TradingState
 from app.store.database import Database
 from app.store.orm import RiskEvent, RiskStateRecord
+from app.store.text import storable
 
 log = logging.getLogger(__name__)
 
@@ -366,12 +367,15 @@ class RiskStateStore:
         return state
 
     def record_event(self, kind: str, detail: str, symbol: str | None = None) -> None:
+        detail = storable(detail)
         log.warning("risk event %s: %s", kind, detail)
         with self._db.session() as session:
             session.add(RiskEvent(kind=kind, detail=detail[:2000], symbol=symbol))
 
     def halt(self, reason: str, now: datetime, hours: float | None = None) -> RiskState:
-        """The kill switch: HALTED now, until a resume (or `hours` when given)."""
+        """The kill switch: HALTED now, until a resume (or `hours` when given). Its text is
+        made storable first: no reason can keep a halt from being recorded."""
+        reason = storable(reason)
         state = replace(
             self.load(),
             state=TradingState.HALTED,
