@@ -122,8 +122,11 @@ class Settings(BaseSettings):
     admin_password: str | None = None
     #: Login attempts per client address, whatever the account.
     login_rate_limit: str = "10 per minute"
-    #: Failed logins per account, from any address; a locked account locks no other one.
-    login_account_rate_limit: str = "5 per minute"
+    #: Failed logins per account from one address before that address waits
+    #: LOGIN_BACKOFF_SECONDS, doubling with each further failure (at most 15 min); another
+    #: address, the real user's, is not slowed down.
+    login_backoff_after: int = Field(default=5, ge=1, le=1000)
+    login_backoff_seconds: float = Field(default=1.0, gt=0, le=900)
     #: When set, /metrics answers only `Authorization: Bearer <METRICS_TOKEN>`.
     metrics_token: str | None = None
     max_request_bytes: int = Field(default=1_048_576, ge=1024, le=100 * 1_048_576)
@@ -223,7 +226,7 @@ class Settings(BaseSettings):
             raise ValueError("must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
         return value
 
-    @field_validator("login_rate_limit", "login_account_rate_limit")
+    @field_validator("login_rate_limit")
     @classmethod
     def _check_rate_limit(cls, value: str) -> str:
         from limits import parse_many

@@ -89,15 +89,18 @@ def _unauthorized(message: str) -> tuple[Response, int]:
     return error_response(401, message, "unauthorized")
 
 
-#: Claims every token this API issues carries; a token without one was not made here.
-REQUIRED_CLAIMS = ("sub", "exp", "iat", "jti", "type")
+#: Claims every token this API issues carries; a token without one was not made here (or was
+#: made before logins had a family, `fam`, that logout revokes as a whole).
+REQUIRED_CLAIMS = ("sub", "exp", "iat", "jti", "type", "fam")
 
 
 def _register_jwt_callbacks() -> None:
     @jwt.token_in_blocklist_loader
     def _is_revoked(_header: dict[str, Any], payload: dict[str, Any]) -> bool:
-        jti = payload.get("jti")
-        return bool(jti) and services().blocklist.is_revoked(str(jti))
+        jti, family = payload.get("jti"), payload.get("fam")
+        return bool(jti) and services().blocklist.is_revoked(
+            str(jti), str(family) if family else None
+        )
 
     @jwt.token_verification_loader
     def _has_required_claims(_header: dict[str, Any], payload: dict[str, Any]) -> bool:

@@ -1,12 +1,17 @@
-"""Login, refresh and logout. Login is rate-limited per client address and per account."""
+"""Login, refresh and logout.
+
+Login is rate-limited per client address, and failed logins back off per (account, address)
+(app/api/login_backoff.py). Every token of one login (its access and refresh tokens and the
+access tokens refreshed from them) carries one family id, `fam`: logout revokes the family.
+"""
 
 from __future__ import annotations
 
-import hashlib
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
+from uuid import uuid4
 
-from flask import Response, request
+from flask import request
 from flask_jwt_extended import (
     create_access_token,
     create_refresh_token,
@@ -15,9 +20,10 @@ from flask_jwt_extended import (
     get_jwt_identity,
     jwt_required,
 )
-from flask_smorest import Blueprint
 from jwt.exceptions import PyJWTError
 
+from app.api.blueprint import Blueprint
+from app.api.login_backoff import LoginBackoff
 from app.api.schemas import (
     AccessTokenSchema,
     LoginSchema,
@@ -37,46 +43,41 @@ class InvalidCredentials(AppError):
     code = "invalid_credentials"
 
 
+#: The claim naming the login a token descends from.
+FAMILY_CLAIM = "fam"
+
+
 def _login_limit() -> str:
     return services().settings.login_rate_limit
 
 
-def _account_limit() -> str:
-    return services().settings.login_account_rate_limit
-
-
-def _login_account() -> str:
-    """The account a login attempt names, hashed so a key stays short whatever is sent."""
-    data = request.get_json(silent=True)
-    username = data.get("username") if isinstance(data, dict) else None
-    if not isinstance(username, str):
-        return "login-account:-"
-    return "login-account:" + hashlib.sha256(username.encode()).hexdigest()[:32]
-
-
-def _failed(response: Response) -> bool:
-    return response.status_code == 401
+def _backoff() -> LoginBackoff:
+    settings = services().settings
+    return LoginBackoff(
+        free=settings.login_backoff_after, first_wait=settings.login_backoff_seconds
+    )
 
 
 @blp.route("/login", methods=["POST"])
 @limiter.limit(_login_limit, methods=["POST"])  # per address: all attempts
-@limiter.limit(
-    _account_limit,
-    key_func=_login_account,
-    methods=["POST"],
-    deduct_when=_failed,  # per account: only wrong passwords count
-    scope="login-account",
-)
 @blp.arguments(LoginSchema)
 @blp.response(200, TokenPairSchema)
 def login(body: dict[str, str]) -> dict[str, Any]:
     svc = services()
-    user = svc.users.authenticate(body["username"], body["password"])
+    username, address = body["username"], request.remote_addr or "-"
+    backoff = _backoff()
+    backoff.check(username, address)
+    user = svc.users.authenticate(username, body["password"])
     if user is None:
+        backoff.failed(username, address)
         raise InvalidCredentials("wrong username or password")
+    backoff.succeeded(username, address)
+    family = {FAMILY_CLAIM: uuid4().hex}
     return {
-        "access_token": create_access_token(identity=user.username, fresh=True),
-        "refresh_token": create_refresh_token(identity=user.username),
+        "access_token": create_access_token(
+            identity=user.username, fresh=True, additional_claims=family
+        ),
+        "refresh_token": create_refresh_token(identity=user.username, additional_claims=family),
         "token_type": "Bearer",
         "expires_in": svc.settings.jwt_access_token_minutes * 60,
     }
@@ -86,8 +87,11 @@ def login(body: dict[str, str]) -> dict[str, Any]:
 @jwt_required(refresh=True)
 @blp.response(200, AccessTokenSchema)
 def refresh() -> dict[str, Any]:
+    family = {FAMILY_CLAIM: get_jwt()[FAMILY_CLAIM]}
     return {
-        "access_token": create_access_token(identity=get_jwt_identity(), fresh=False),
+        "access_token": create_access_token(
+            identity=get_jwt_identity(), fresh=False, additional_claims=family
+        ),
         "token_type": "Bearer",
         "expires_in": services().settings.jwt_access_token_minutes * 60,
     }
@@ -97,16 +101,23 @@ def refresh() -> dict[str, Any]:
 @blp.arguments(LogoutSchema, required=False)
 @blp.response(200, MessageSchema)
 def logout(body: dict[str, str]) -> dict[str, str]:
-    """Revoke the access token used, and the refresh token when one is sent: all or nothing,
-    so a bad refresh_token revokes neither and the client can try again."""
-    blocklist = services().blocklist
+    """Revoke every token of the login the access token used comes from (refreshed ones too),
+    and the refresh token when one is sent (with its own login): all or nothing, so a bad
+    refresh_token revokes nothing and the client can try again."""
+    svc = services()
     claims = get_jwt()
-    revoke = [(claims["jti"], claims["exp"])]
+    tokens = [claims]
     if "refresh_token" in body:
-        refresh_claims = _refresh_claims(body["refresh_token"], claims)
-        revoke.append((refresh_claims["jti"], refresh_claims["exp"]))
-    for jti, exp in revoke:
-        blocklist.revoke(str(jti), datetime.fromtimestamp(int(exp), UTC))
+        tokens.append(_refresh_claims(body["refresh_token"], claims))
+    # A family outlives its refresh token by at most one access token refreshed at its end.
+    settings = svc.settings
+    family_expires = datetime.now(UTC) + timedelta(
+        days=settings.jwt_refresh_token_days, minutes=settings.jwt_access_token_minutes
+    )
+    for token in tokens:
+        svc.blocklist.revoke(str(token["jti"]), datetime.fromtimestamp(int(token["exp"]), UTC))
+        if token.get(FAMILY_CLAIM):
+            svc.blocklist.revoke_family(str(token[FAMILY_CLAIM]), family_expires)
     return {"message": "logged out"}
 
 

@@ -81,7 +81,13 @@ class UserService:
 
 
 class TokenBlocklist:
-    """Revoked JWT ids, shared by every process of the service."""
+    """Revoked JWT ids and login families, shared by every process of the service.
+
+    A family (every token of one login, refreshed ones included) is stored as one more id,
+    `family:<id>`, so both backends keep a single list.
+    """
+
+    FAMILY_PREFIX = "family:"
 
     def __init__(self, db: Database, redis: Redis | None, prefix: str = "alpha:revoked:") -> None:
         self._db = db
@@ -97,8 +103,14 @@ class TokenBlocklist:
             session.merge(RevokedToken(jti=jti, expires_at=expires_at))
             session.execute(delete(RevokedToken).where(RevokedToken.expires_at < datetime.now(UTC)))
 
-    def is_revoked(self, jti: str) -> bool:
+    def revoke_family(self, family: str, expires_at: datetime) -> None:
+        """Revoke every token of one login until the last of them has expired."""
+        self.revoke(self.FAMILY_PREFIX + family, expires_at)
+
+    def is_revoked(self, jti: str, family: str | None = None) -> bool:
+        ids = [jti] if family is None else [jti, self.FAMILY_PREFIX + family]
         if self._redis is not None:
-            return bool(self._redis.exists(self._prefix + jti))
+            return bool(self._redis.exists(*(self._prefix + i for i in ids)))
         with self._db.session() as session:
-            return session.get(RevokedToken, jti) is not None
+            found = session.scalar(select(RevokedToken.jti).where(RevokedToken.jti.in_(ids)))
+            return found is not None

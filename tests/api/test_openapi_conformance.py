@@ -97,6 +97,7 @@ def access_token(secret: str) -> str:
         "type": "access",
         "fresh": True,
         "jti": str(uuid.uuid4()),
+        "fam": str(uuid.uuid4()),
         "iat": now,
         "nbf": now,
         "exp": now + 600,

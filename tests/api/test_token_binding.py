@@ -26,6 +26,7 @@ def forge(app: Flask, **claims: object) -> str:
     """A token signed with the app's own key: only the claims can be wrong."""
     now = int(time.time())
     payload = {"sub": "admin", "type": "access", "fresh": True, "jti": "j1", "iat": now}
+    payload |= {"fam": "f1"}
     payload |= {"exp": now + 600} | claims
     payload = {k: v for k, v in payload.items() if v is not None}
     return pyjwt.encode(payload, app.config["JWT_SECRET_KEY"], algorithm="HS256")
@@ -53,7 +54,7 @@ def test_token_of_a_deactivated_user_stops_working_at_once(
     assert response.get_json()["error"]["code"] == "unauthorized"
 
 
-@pytest.mark.parametrize("claim", ["exp", "jti", "iat"])
+@pytest.mark.parametrize("claim", ["exp", "jti", "iat", "fam"])
 def test_token_without_a_required_claim_is_refused(
     app: Flask, client: FlaskClient, claim: str
 ) -> None:
@@ -110,14 +111,16 @@ def login(client: FlaskClient, username: str, password: str) -> int:
     return client.post("/api/auth/login", json=body).status_code
 
 
-def test_login_limit_per_account_locks_that_account_only(
+def test_login_backoff_slows_that_account_from_that_address_only(
     make_app: Callable[..., Flask],
 ) -> None:
-    app = make_app(LOGIN_RATE_LIMIT="100 per minute", LOGIN_ACCOUNT_RATE_LIMIT="3 per minute")
+    app = make_app(
+        LOGIN_RATE_LIMIT="100 per minute", LOGIN_BACKOFF_AFTER=3, LOGIN_BACKOFF_SECONDS=60
+    )
     app.test_cli_runner().invoke(args=["create-user", "alice", "--password", "alice-pass-1"])
     client = app.test_client()
     assert [login(client, "admin", "wrong") for _ in range(4)] == [401, 401, 401, 429]
-    assert login(client, "admin", "password") == 429  # the attacked account waits
+    assert login(client, "admin", "password") == 429  # this address waits for this account
     assert login(client, "alice", "alice-pass-1") == 200  # others, same address, do not
     # successful logins do not use up the account's allowance
     assert {login(client, "alice", "alice-pass-1") for _ in range(5)} == {200}
@@ -125,9 +128,7 @@ def test_login_limit_per_account_locks_that_account_only(
 
 def test_login_limit_per_address_covers_every_account(make_app: Callable[..., Flask]) -> None:
     """One address cannot try a few passwords on every account."""
-    client = make_app(
-        LOGIN_RATE_LIMIT="5 per minute", LOGIN_ACCOUNT_RATE_LIMIT="3 per minute"
-    ).test_client()
+    client = make_app(LOGIN_RATE_LIMIT="5 per minute", LOGIN_BACKOFF_AFTER=3).test_client()
     codes = [login(client, f"user{i}", "guess") for i in range(7)]
     assert codes == [401] * 5 + [429] * 2
 
