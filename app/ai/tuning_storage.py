@@ -21,6 +21,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from app.ai.params import _fail
+from app.store.database import private_sqlite_file
 
 #: PostgreSQL schema holding Optuna's tables (its own alembic_version included).
 OPTUNA_SCHEMA = "optuna"
@@ -89,7 +90,7 @@ def make_storage(url: str) -> optuna.storages.RDBStorage:
         if not parsed.database or parsed.database == ":memory:":
             raise _fail("storage_url", "an in-memory SQLite database cannot be shared")
         path = Path(parsed.database)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_sqlite_file(url)
         kwargs: dict[str, Any] = {"connect_args": {"timeout": SQLITE_TIMEOUT_SECONDS}}
         with _file_lock(path.with_name(f".{path.name}.lock")):
             _prepare_sqlite(path)

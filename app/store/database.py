@@ -6,15 +6,22 @@ same sessions as the API without an app context.
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+log = logging.getLogger(__name__)
+
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+#: Owner only, like DATABASE_DIR/secret_key: the files hold users, password hashes and orders.
+SQLITE_FILE_MODE = 0o600
 
 
 class Database:
@@ -70,10 +77,7 @@ def make_engine(url: str) -> Engine:
     kwargs: dict[str, Any] = {"pool_pre_ping": True}
     if parsed.get_backend_name() == "sqlite":
         kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
-        if parsed.database:
-            from pathlib import Path
-
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        private_sqlite_file(url)
     engine = create_engine(url, **kwargs)
     if parsed.get_backend_name() == "sqlite":
 
@@ -87,3 +91,23 @@ def make_engine(url: str) -> Engine:
             cursor.close()
 
     return engine
+
+
+def private_sqlite_file(url: str) -> None:
+    """Make the file of a SQLite URL (`sqlite:///...`, also Celery's `db+sqlite:///...`)
+    readable by its owner only before anything opens it: created empty with mode 0600 (SQLite
+    gives its -wal and -shm files the database's mode), an existing one and its companions
+    tightened. Other URLs are left alone."""
+    parsed = make_url(url.removeprefix("db+"))
+    name = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not name or name == ":memory:":
+        return
+    path = Path(name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, SQLITE_FILE_MODE))
+        for file in (path, *(path.with_name(path.name + s) for s in ("-wal", "-shm", "-journal"))):
+            with suppress(FileNotFoundError):
+                file.chmod(SQLITE_FILE_MODE)
+    except PermissionError as exc:  # another user's file: theirs to protect
+        log.warning("cannot make %s private: %s", path, exc)

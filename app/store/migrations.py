@@ -8,6 +8,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine
 
 from app.config import BASE_DIR
+from app.store.database import private_sqlite_file
 
 
 def alembic_config(database_url: str) -> Config:
@@ -18,6 +19,7 @@ def alembic_config(database_url: str) -> Config:
 
 
 def upgrade(database_url: str, revision: str = "head") -> None:
+    private_sqlite_file(database_url)  # a first migration creates the database file
     command.upgrade(alembic_config(database_url), revision)
 
 

@@ -37,6 +37,7 @@ from app import metrics, metrics_export
 from app.config import Settings, TradingMode, load_settings
 from app.extensions import db
 from app.logging_setup import app_handler, configure_logging
+from app.store.database import private_sqlite_file
 from app.tasks.celery_config import TRAINING_QUEUE, celery_settings
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,8 @@ def celery_init_app(app: Flask, settings: Settings) -> Celery:
 
     celery = Celery(app.name, task_cls=FlaskTask)
     celery.config_from_object(celery_settings(settings))
+    for url in (settings.broker_url, settings.result_backend):  # the embedded broker's files
+        private_sqlite_file(url)
     celery.set_default()
     app.extensions["celery"] = celery
     celery.loader.import_default_modules()  # register the tasks in the API process too
