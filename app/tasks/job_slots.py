@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from celery import Celery, states
-from celery.exceptions import Ignore
+from celery.exceptions import Ignore, TaskRevokedError
 from celery.signals import task_received, worker_ready
 from celery.worker import state as worker_state
 from kombu.transport import redis as kombu_redis
@@ -276,6 +276,21 @@ def claim(
                 field="task_id",
             )
         yield
+
+
+class _QuietLostChord(logging.Filter):
+    """Celery's chord poller logs a part released as lost with a traceback, as if a bug had
+    struck; it is the expected end of a job killed with its worker: one warning line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, TaskRevokedError) and LOST in str(exc):
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+logging.getLogger("celery.app.builtins").addFilter(_QuietLostChord())
 
 
 # -- the worker side: beat for the jobs this worker holds ----------------------------------------

@@ -4,6 +4,7 @@ age limit; one that a live worker holds keeps it."""
 
 from __future__ import annotations
 
+import logging
 import signal
 import time
 from collections.abc import Iterator
@@ -135,3 +136,18 @@ def test_a_live_worker_holds_the_slot_and_its_kill_frees_it(
     support.wait_until(lambda: slot() is None, 4 * stale, "the slot freed")
     assert svc.celery.AsyncResult(fit_id).state == "REVOKED"
     assert svc.celery.AsyncResult(part_id).state == "REVOKED"
+
+
+def test_a_chord_whose_lost_part_was_released_ends_with_one_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Celery's chord poller logs the released part with a traceback; `make run` shows none."""
+    from celery.exceptions import TaskRevokedError
+
+    try:
+        raise TaskRevokedError(job_slots.LOST)
+    except TaskRevokedError:
+        logging.getLogger("celery.app.builtins").exception("Chord %r raised", "g1")
+    (record,) = [r for r in caplog.records if r.name == "celery.app.builtins"]
+    assert record.levelname == "WARNING"
+    assert record.exc_info is None
