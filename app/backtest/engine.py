@@ -305,7 +305,9 @@ def run_backtest(
                 last_close = ix.last_close(i)
                 if last_close is not None:
                     prices[symbol] = last_close
-            prices.update({p.symbol: p.current_price for p in positions if p.current_price > 0})
+            for p in positions:  # a holding without a bar: its last mark, as live does
+                if p.current_price > 0:
+                    prices.setdefault(p.symbol, p.current_price)
             held_symbols = {p.symbol for p in positions}
             working = broker.get_open_orders()
             inputs = DecisionInputs(

@@ -138,8 +138,12 @@ class DecisionCycle:
             self._notifier.notify("No trading signals", problem, "warning")
         result.signals = len(signals)
         metrics.record_signals(signals.values())
+        # The last closes, the backtest's prices: not the broker's mark of a holding (Alpaca's
+        # latest trade may be a pre-market print), which only stands in for a missing bar.
         prices = {s: float(f["close"].iloc[-1]) for s, f in bars.items() if len(f)}
-        prices.update({p.symbol: p.current_price for p in positions if p.current_price > 0})
+        for p in positions:
+            if p.current_price > 0:
+                prices.setdefault(p.symbol, p.current_price)
 
         loaded = self._risk.load()
         held = {p.symbol for p in positions}

@@ -6,13 +6,17 @@ signals) → entries ranked by expected return x confidence (with STRATEGY_ENTRY
 day's k best-ranked names may be bought) → rebalancing (replace the weakest
 holding when a candidate beats it by a margin and it has been held long enough) → volatility
 sizing capped per position → the risk gate, order by order, on the running portfolio.
+
+Sizing is a pure function of what live and the backtest provably share: the cash and share
+counts the broker reports (fills are equal, so these are) and the decision's closing prices
+from the same bars. Nothing the broker marks itself enters it (see `closing_account`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 
 import numpy as np
@@ -99,14 +103,19 @@ class Decision:
 
 def decide(inputs: DecisionInputs, limits: RiskLimits, config: StrategyConfig) -> Decision:
     manager = RiskManager(limits)
+    # The daily-loss rule watches the broker's own figures, as the guard cycles do.
     state, events = manager.update_state(
         inputs.risk_state, inputs.account, inputs.session, inputs.now
     )
     busy = {o.symbol for o in inputs.open_orders if o.status.is_open}
-    held = {p.symbol: p for p in inputs.positions if p.qty > 0}
+    marked = marked_at(inputs.positions, inputs.market.prices)
+    account = closing_account(
+        inputs.account, marked, inputs.open_orders, inputs.market.prices, limits.entry_gap_margin
+    )
+    held = {p.symbol: p for p in marked if p.qty > 0}
     positions = {s: p for s, p in held.items() if s not in inputs.unmanaged}
     view = PortfolioView.of(
-        inputs.account,
+        account,
         held.values(),
         inputs.open_orders,
         inputs.market.prices,
@@ -126,7 +135,7 @@ def decide(inputs: DecisionInputs, limits: RiskLimits, config: StrategyConfig) -
         return verdict
 
     exits = _exits(positions, inputs, limits, busy)
-    exits += _trims(positions, inputs, limits, busy | {o.symbol for o in exits})
+    exits += _trims(positions, inputs, account.equity, limits, busy | {o.symbol for o in exits})
     for order in exits:
         gate(order)
     leaving = {o.symbol for o in exits}
@@ -136,7 +145,7 @@ def decide(inputs: DecisionInputs, limits: RiskLimits, config: StrategyConfig) -
     )
     remaining = [s for s in positions if s not in leaving]
     slots = limits.max_positions - view.count
-    equity = inputs.account.equity
+    equity = account.equity
     for symbol in candidates[: max(0, slots)]:
         if (buy := _entry(symbol, inputs, equity, limits, config)) is not None:
             gate(buy)
@@ -147,7 +156,7 @@ def decide(inputs: DecisionInputs, limits: RiskLimits, config: StrategyConfig) -
         entry = _entry(candidate, inputs, equity, limits, config)
         if entry is None:
             continue  # nothing to buy: keep the holding
-        sell = _close(positions[swap], inputs, f"rebalance: replaced by {candidate}")
+        sell = _close(positions[swap], inputs, rebalance_reason(candidate))
         # The SELL goes out only with an approved BUY: try the pair on a copy of the view.
         trial = view.copy()
         sell_verdict = manager.check(sell, trial, state, inputs.now)
@@ -169,6 +178,49 @@ def decide(inputs: DecisionInputs, limits: RiskLimits, config: StrategyConfig) -
         approved.extend((sell, entry))
         remaining.remove(swap)
     return Decision(approved, denied, state, events)
+
+
+def marked_at(positions: Iterable[Position], prices: Mapping[str, float]) -> list[Position]:
+    """Holdings valued at the decision's prices (the last closes), not at the broker's mark."""
+    return [
+        replace(p, current_price=price) if (price := prices.get(p.symbol, 0.0)) > 0 else p
+        for p in positions
+    ]
+
+
+def closing_account(
+    account: Account,
+    positions: Iterable[Position],
+    open_orders: Iterable[Order],
+    prices: Mapping[str, float],
+    margin: float,
+) -> Account:
+    """The account as sizing and the caps see it: equity = cash + holdings at the closing
+    prices, buying power = cash less open buys at their worst price, both down to the cent.
+
+    Why not the broker's figures: real Alpaca marks equity and positions at the latest trade
+    (a pre-market or after-hours print when the decision runs outside the session), and its
+    `buying_power` is a margin account's (2x or 4x equity); the backtest's SimBroker marks at
+    the close and has no margin. Cash and share counts are the same on both sides whenever the
+    fills were, so this is the same number live and in the backtest; cents (rounded down, so
+    no cap is overstated) absorb the float noise of two ledgers summing the same fills. Buying
+    power is never more than the broker's own: the gate never approves what it would refuse.
+    """
+    equity = account.cash + sum(p.market_value for p in positions)
+    reserved = 0.0
+    for order in open_orders:
+        price = prices.get(order.symbol, 0.0)
+        if order.side is Side.BUY and order.status.is_open and order.qty is not None:
+            reserved += (order.qty - order.filled_qty) * price * (1.0 + margin)
+        elif order.side is Side.BUY and order.status.is_open and order.notional is not None:
+            reserved += order.notional - order.filled_qty * (order.filled_avg_price or price)
+    buying_power = max(0.0, _cents(min(account.buying_power, account.cash - reserved)))
+    return replace(account, equity=_cents(equity), buying_power=buying_power)
+
+
+def _cents(amount: float) -> float:
+    """Down to the cent; an amount a float hair under a whole cent counts as that cent."""
+    return math.floor(amount * 100 + 1e-6) / 100
 
 
 def score(signal: Signal) -> float:
@@ -202,6 +254,7 @@ def _exits(
 def _trims(
     positions: Mapping[str, Position],
     inputs: DecisionInputs,
+    equity: float,
     limits: RiskLimits,
     skip: set[str],
 ) -> list[ProposedOrder]:
@@ -209,7 +262,7 @@ def _trims(
     margin) are cut back to it: the caps hold after the fill, not only at the decision price.
     Older holdings that grew through price moves are left alone."""
     orders = []
-    cap = limits.max_position_size * inputs.account.equity
+    cap = limits.max_position_size * equity
     for symbol, position in sorted(positions.items()):
         since = inputs.held_since.get(symbol)
         if symbol in skip or since is None or weekdays_between(since, inputs.session) > 1:
@@ -223,11 +276,16 @@ def _trims(
             continue
         price = inputs.market.prices.get(symbol, position.current_price)
         reason = (
-            f"trim: filled at {position.cost_basis / inputs.account.equity:.2%} of equity, "
+            f"trim: filled at {position.cost_basis / equity:.2%} of equity, "
             f"the limit is {limits.max_position_size:.0%}"
         )
         orders.append(ProposedOrder(symbol, Side.SELL, excess, price, reason))
     return orders
+
+
+def rebalance_reason(candidate: str) -> str:
+    """The reason of a rebalancing SELL: names the BUY it makes room for (its pair)."""
+    return f"rebalance: replaced by {candidate}"
 
 
 def _close(position: Position, inputs: DecisionInputs, reason: str) -> ProposedOrder:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -58,6 +59,18 @@ def test_each_kind_of_difference_is_named() -> None:
         ("backtest_only", D3, "take_profit"),
     }
     assert worst == pytest.approx(50.0)
+
+
+def test_one_share_more_or_less_is_a_quantity_difference() -> None:
+    """Issue 23: 763 shares live against 734 modelled went unexplained; one share must show."""
+    live = [order(D1, qty=735), order(D2, "stop_loss", qty=159), order(D3, qty=20)]
+    modelled = [order(D1, qty=734), order(D2, "stop_loss", qty=160), order(D3, qty=20)]
+    differences, _ = compare(live, modelled, fill_tolerance_bps=10.0)
+    assert [(d.kind, d.session, d.live, d.modelled) for d in differences] == [
+        ("qty", D1, 735, 734),
+        ("qty", D2, 159, 160),
+    ]
+    assert differences[0].detail == "735 vs 734"
 
 
 def test_a_fill_within_the_tolerance_is_not_a_difference() -> None:
@@ -222,6 +235,27 @@ def test_the_report_is_stored_exported_served_and_alerted(
     assert body["status"] == "diverged"
     assert body["counts"]["live_only"] == 1
     assert {d["kind"] for d in body["differences"]} == {"live_only", "fill_price"}
+
+
+def test_the_report_flags_live_buying_one_share_more_than_modelled(sim_app: Flask) -> None:
+    """The whole report, on a constructed live period: live did what the replay modelled,
+    except one entry that bought one share more."""
+    through = SESSIONS[-1]
+    with sim_app.app_context():
+        service = _service(sim_app)
+        modelled = service.run(through).modelled
+        entry = next(o for o in modelled if o.purpose == "entry" and o.qty >= 2)
+        _record_as_live([replace(o, qty=o.qty + 1) if o is entry else o for o in modelled])
+        report = service.run(through)
+    assert report.status == "diverged"
+    assert report.counts() == {"live_only": 0, "backtest_only": 0, "qty": 1, "fill_price": 0}
+    (difference,) = report.differences
+    assert (difference.session, difference.symbol, difference.purpose) == (
+        entry.session,
+        entry.symbol,
+        "entry",
+    )
+    assert (difference.live, difference.modelled) == (entry.qty + 1, entry.qty)
 
 
 def test_before_any_report_the_api_says_so(sim_app: Flask) -> None:

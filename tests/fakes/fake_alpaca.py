@@ -271,6 +271,8 @@ class FakeAlpaca:
         quote_spread: float = 0.001,
         commission_bps: float = 0.0,
         slippage_bps: float = 0.0,
+        margin_multiplier: float = 1.0,
+        premarket_marks: bool = False,
     ) -> None:
         self.data_dir = Path(data_dir) if data_dir is not None else DEFAULT_DATA_DIR
         if not self.data_dir.is_dir():
@@ -291,6 +293,14 @@ class FakeAlpaca:
         #: Charged on session-stepped and immediate fills, like the backtest's cost models.
         self.commission_bps = commission_bps
         self.slippage_bps = slippage_bps
+        #: Like a real Alpaca margin account (2: Reg-T): `buying_power` and `regt_buying_power`
+        #: are that multiple of the equity not already used by positions and open buys; only
+        #: `non_marginable_buying_power` is cash. 1: a cash account (the default).
+        self.margin_multiplier = margin_multiplier
+        #: Like real Alpaca before the open: `pre_open` marks holdings at a pre-market trade
+        #: (the day's open), so the account's equity and a position's current_price are not
+        #: the last close. False: marked at the last close (the backtest's own assumption).
+        self.premarket_marks = premarket_marks
         #: Session stepping (pre_open/open_session/close_session): the last session whose bar
         #: is served (never an unfinished one) and the prices positions are marked at.
         self.horizon: date | None = None
@@ -637,14 +647,15 @@ class FakeAlpaca:
             )
             equity = self.cash + long_value + short_value
             bp = self._buying_power()
+            margin_bp = self._margin_buying_power()
             return {
                 "id": self.account_id,
                 "account_number": "PA0000FAKE",
                 "status": "ACTIVE",
                 "crypto_status": "ACTIVE",
                 "currency": "USD",
-                "buying_power": _num(bp),
-                "regt_buying_power": _num(bp),
+                "buying_power": _num(margin_bp),
+                "regt_buying_power": _num(margin_bp),
                 "non_marginable_buying_power": _num(bp),
                 "cash": _num(self.cash),
                 "accrued_fees": "0",
@@ -655,7 +666,7 @@ class FakeAlpaca:
                 "short_market_value": _num(short_value),
                 "initial_margin": "0",
                 "maintenance_margin": "0",
-                "multiplier": "1",
+                "multiplier": _num(self.margin_multiplier),
                 "trading_blocked": False,
                 "transfers_blocked": False,
                 "account_blocked": False,
@@ -665,7 +676,10 @@ class FakeAlpaca:
             }
 
     def _buying_power(self) -> float:
-        """Cash minus what open buy orders still need (no margin in the fake)."""
+        """Cash minus what open buy orders still need (Alpaca's non-marginable buying power)."""
+        return max(self.cash - self._reserved_for_buys(), 0.0)
+
+    def _reserved_for_buys(self) -> float:
         reserved = 0.0
         for o in self.orders.values():
             if o.is_open and o.side == "buy":
@@ -674,7 +688,19 @@ class FakeAlpaca:
                     reserved += o.notional - o.filled_qty * (o.filled_avg_price or px)
                 else:
                     reserved += ((o.qty or 0.0) - o.filled_qty) * px
-        return max(self.cash - reserved, 0.0)
+        return reserved
+
+    def _margin_buying_power(self) -> float:
+        """What Alpaca's `buying_power` says: cash less open buys on a cash account; on
+        margin, `margin_multiplier` x the equity that positions do not already use as initial
+        margin (1/multiplier of their value), less open buys."""
+        if self.margin_multiplier <= 1.0:
+            return self._buying_power()
+        values = [
+            p.qty * (self.price(p.symbol) or p.avg_entry_price) for p in self.positions.values()
+        ]
+        excess = self.cash + sum(values) - sum(v for v in values if v > 0) / self.margin_multiplier
+        return max(self.margin_multiplier * excess - self._reserved_for_buys(), 0.0)
 
     def _position_json(self, p: FakePosition) -> dict[str, Any]:
         px = self.price(p.symbol) or p.avg_entry_price
@@ -799,7 +825,7 @@ class FakeAlpaca:
             amount = qty if qty is not None else (notional or 0.0) / px
             if side == "buy":
                 cost = notional if notional is not None else amount * px
-                if cost > self._buying_power() + 1e-9:
+                if cost > self._margin_buying_power() + 1e-9:
                     raise _HttpError(403, 40310000, "insufficient buying power")
             else:
                 pos = self.positions.get(symbol)
@@ -976,16 +1002,22 @@ class FakeAlpaca:
             previous = self._sessions[bisect.bisect_left(self._sessions, day) - 1]
             self.set_clock(datetime.combine(day, dtime(8, 0), NY), is_open=False)
             self.horizon = previous
+            self.marks = {}
+            if self.premarket_marks:
+                for symbol in self.positions:
+                    bar = self.session_bar(symbol, day)
+                    if bar is not None:
+                        self.marks[symbol] = bar[0]
 
     def open_session(self, day: date) -> list[FakeOrder]:
         """09:30 on `day`: last_equity becomes the equity at the last close; every queued
         market order (OPG or DAY) fills at the day's open moved by `slippage_bps` against the
         trader, sells first, then buys; positions are marked at the open while it trades."""
         with self.lock:
-            self.last_equity = self.equity()
             self.set_clock(datetime.combine(day, dtime(9, 31), NY), is_open=True)
             self.horizon = self._sessions[bisect.bisect_left(self._sessions, day) - 1]
-            self.marks = {}
+            self.marks = {}  # not the pre-market marks: last_equity is the last close's
+            self.last_equity = self.equity()
             for symbol in {*self.positions, *(o.symbol for o in self.orders.values())}:
                 bar = self.session_bar(symbol, day)
                 if bar is not None:
