@@ -266,7 +266,9 @@ def test_make_run_stops_when_the_trader_is_killed(tmp_path: Path) -> None:
         stack._file.close()
     output = stack.output()
     assert stack.popen.returncode != 0
-    assert "trader.1 stopped (rc=-9)" in output, output[-3000:]
+    # 137 = 128 + SIGKILL, from the `sh -c` honcho runs the command through
+    assert "trader.1 stopped (rc=137)" in output, output[-3000:]
+    assert "sending SIGTERM to beat.1" in output  # beat goes with the service
     support.wait_until(lambda: not _alive(tree), 10, "every process of the service to end")
     with pytest.raises(requests.ConnectionError):  # /health no longer answers
         requests.get(f"{base}/health", timeout=5)
