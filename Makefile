@@ -39,11 +39,11 @@ run: migrate
 	rm -rf "$(METRICS_DIR)" && mkdir -p "$(METRICS_DIR)"
 	PROMETHEUS_MULTIPROC_DIR="$(METRICS_DIR)" $(BIN)/honcho --procfile Procfile start
 
-# The suite on TEST_WORKERS processes (pytest-xdist), a file to a worker, end-to-end files first
-# (tests/conftest.py); the slowest 15 tests are listed at the end.
+# The suite on TEST_WORKERS processes (pytest-xdist): a file to a worker unless marked `spread`,
+# end-to-end tests first (tests/conftest.py); the slowest 15 tests are listed at the end.
 TEST_WORKERS ?= 3
 test: install-dev
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=15
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder --durations=15
 
 lint: install-dev
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy app

@@ -122,8 +122,14 @@ def auth(client: FlaskClient) -> Auth:
     return Auth(client)
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """End-to-end tests first: under pytest-xdist (`make test`) the long ones start at once on
-    every worker and the many short ones fill the gaps, so the run ends soon after its longest
-    test instead of starting it last. The sort is stable: each group keeps its file order."""
+    """Schedule for pytest-xdist (`make test`): end-to-end tests first, so the long ones start at
+    once and the many short ones fill the gaps (the run ends soon after its longest test instead
+    of starting it last); a file's tests stay on one worker, sharing its module fixtures (trained
+    models, loaded bars), unless the file is marked `spread` (long, independent tests). Stable:
+    each group keeps its file order."""
     items.sort(key=lambda item: item.get_closest_marker("integration") is None)
+    for item in items:
+        if item.get_closest_marker("spread") is None:
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))

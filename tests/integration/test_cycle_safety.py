@@ -30,7 +30,7 @@ from tests import support
 from tests.api.test_market_api import PAPER
 from tests.fakes.fake_alpaca import FakeAlpaca
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.spread]
 
 WATCH = ["AAPL", "MSFT", "KO", "PEP", "XOM", "JPM", "WMT", "INTC", "CSCO", "PFE", "SPY"]
 START = datetime(2021, 11, 29, 15, 0, tzinfo=UTC)

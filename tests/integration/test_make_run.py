@@ -17,7 +17,7 @@ import requests
 
 from tests import support
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.spread]
 
 
 def readme_command(name: str) -> list[str]:

@@ -59,7 +59,7 @@ from tests.api.test_market_api import PAPER
 from tests.fakes.fake_alpaca import FakeAlpaca
 from tests.integration.test_cycle_safety import start_worker, wait_ready
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.spread]
 
 SYMBOLS = ["AAPL", "KO", "XOM", "JPM", "SPY"]
 START, END = date(2020, 2, 14), date(2020, 4, 20)

@@ -8,7 +8,7 @@ import pytest
 
 from tests import support
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.spread]
 
 UNSAFE = {
     "paper without keys": ({"TRADING_MODE": "paper"}, "ALPACA_API_KEY"),
