@@ -67,6 +67,9 @@ def stack(postgres_database_url: str, redis_test_url: str, tmp_path: Path) -> It
         "SIM_AUTO_TRAIN": "false",
         "TRAIN_YEARS": "2",
         "LOG_LEVEL": "INFO",
+        # caps raised so the flood's ten backtests all queue, as heavy a load as without caps
+        "BACKTEST_MAX_PER_USER": "10",
+        "BACKTEST_MAX_QUEUED": "10",
     }
     env = support.service_env(**settings)
     trader = celery_worker(env, "trader", "trading", tmp_path / "trader.log", beat=True)
@@ -115,7 +118,7 @@ def test_a_flood_of_training_never_delays_a_cycle(stack: Any) -> None:
         ):
             response = api.post(path, headers=headers, json=body)
             codes.setdefault(path, []).append(response.status_code)
-    # one training and one tuning at a time; backtests queue without limit
+    # one training and one tuning at a time; backtests up to the (raised) caps
     assert codes["/api/training/start/batch"] == [202] + [409] * 9
     assert codes["/api/hyperparameter/optimize/"] == [202] + [409] * 9
     assert codes["/api/backtest/run"] == [202] * 10
