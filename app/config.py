@@ -76,6 +76,9 @@ class Settings(BaseSettings):
 
     #: Longest a read may spend waiting to retry (429s, 5xx, dropped connections).
     alpaca_retry_seconds: float = Field(default=15.0, ge=0, le=300)
+    #: Alpaca cancels asynchronously (the shares stay held while an order is pending_cancel):
+    #: how long a cancel waits for the broker's confirmation before it is reported as pending.
+    cancel_confirm_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
     #: The daily bars' feed: SIP, the consolidated tape the models are trained on (free for a
     #: closed session's bars once 15 minutes old); IEX is a small share of the volume and its
     #: open and close are not the official auction prints.

@@ -66,6 +66,13 @@ class OrderRejected(BrokerError):
     code = "order_rejected"
 
 
+class CancelPending(BrokerUnavailable):
+    """The broker took a cancel but did not confirm it in time: the order may still fill and
+    its shares stay held, so nothing that needs them may be sent yet."""
+
+    code = "cancel_pending"
+
+
 class ConfigError(SystemExit):
     """A bad setting. Subclassing SystemExit makes an uncaught one print its single line and
     exit with status 1, with no traceback, from gunicorn, celery and the flask CLI alike."""

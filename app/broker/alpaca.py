@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 import warnings
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -188,7 +189,8 @@ class AlpacaBroker(_AlpacaBase):
     seconds. Pass the same `limiter` to every client of the account (default: the process-wide
     in-memory limiter; use a Redis-backed SlidingWindowLimiter to share the budget between
     processes). Orders are market orders, time in force DAY (what fractional and notional
-    orders require).
+    orders require). `cancel_confirm_timeout`: how long `cancel_order` waits for Alpaca to
+    confirm a cancel (seconds).
     """
 
     def __init__(
@@ -201,9 +203,13 @@ class AlpacaBroker(_AlpacaBase):
         timeout: float = 10.0,
         limiter: Limiter | None = None,
         retry: RetryPolicy | None = None,
+        cancel_confirm_timeout: float = 10.0,
     ) -> None:
         _check_keys(api_key, api_secret)
         super().__init__(timeout=timeout, limiter=limiter, retry=retry)
+        if cancel_confirm_timeout <= 0:
+            raise errors.ConfigError("the cancel confirmation timeout must be positive")
+        self.cancel_confirm_timeout = float(cancel_confirm_timeout)
         url = _normalise_url(base_url) or (PAPER_URL if paper else LIVE_URL)
         host = urlsplit(url).hostname or ""
         if paper and host == urlsplit(LIVE_URL).hostname:
@@ -436,25 +442,53 @@ class AlpacaBroker(_AlpacaBase):
             log.warning("order %s: not on the books; sending again with the same id", cid)
 
     def cancel_order(self, client_order_id: str) -> None:
-        """Cancel an open order; a no-op when it already ended. NotFoundError if unknown."""
+        """Cancel an open order and return once Alpaca confirms it ended (cancelled, or filled
+        meanwhile); a no-op when it already ended. NotFoundError if unknown.
+
+        Alpaca cancels asynchronously: the order stays `pending_cancel`, its shares held, and a
+        sell needing them is refused ("insufficient qty available"). So the order's status is
+        polled by id until it ends; CancelPending after `cancel_confirm_timeout` seconds. A
+        cancel already pending is waited for, not sent again.
+        """
         raw = self._lookup(client_order_id)
         if raw is None:
             raise errors.NotFoundError(f"no order with client_order_id {client_order_id}")
         if not _to_order(raw).status.is_open:
             return
-        try:
-            self._read(
-                "cancel_order_by_id",
-                functools.partial(self._client.cancel_order_by_id, raw.id),
-                passthrough=frozenset({422}),
+        if _enum_value(raw.status) != "pending_cancel":
+            try:
+                self._read(
+                    "cancel_order_by_id",
+                    functools.partial(self._client.cancel_order_by_id, raw.id),
+                    passthrough=frozenset({422}),
+                )
+            except APIError as exc:  # 422: not cancelable any more, e.g. filled meanwhile
+                now = self.get_order_by_client_id(client_order_id)
+                if now is not None and not now.status.is_open:
+                    return
+                raise errors.OrderRejected(
+                    f"cancel {client_order_id}: {_api_error(exc).message}"
+                ) from exc
+        self._await_end(raw.id, client_order_id)
+
+    def _await_end(self, order_id: Any, client_order_id: str) -> None:
+        """Poll the order by id until it is no longer open, within the confirmation bound."""
+        deadline = time.monotonic() + self.cancel_confirm_timeout
+        delay = 0.05
+        while True:
+            raw = self._read(
+                "get_order_by_id", functools.partial(self._client.get_order_by_id, order_id)
             )
-        except APIError as exc:  # 422: not cancelable any more, e.g. filled meanwhile
-            now = self.get_order_by_client_id(client_order_id)
-            if now is not None and not now.status.is_open:
+            if not _to_order(raw).status.is_open:
                 return
-            raise errors.OrderRejected(
-                f"cancel {client_order_id}: {_api_error(exc).message}"
-            ) from exc
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise errors.CancelPending(
+                    f"cancel {client_order_id}: still {_enum_value(raw.status)} after "
+                    f"{self.cancel_confirm_timeout:g}s"
+                )
+            self._sleep(min(delay, left))
+            delay = min(delay * 2, 1.0)
 
     def close_position(self, symbol: str, client_order_id: str) -> domain.Order:
         """Flatten `symbol` with a market order carrying `client_order_id`.

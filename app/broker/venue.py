@@ -112,6 +112,7 @@ def _alpaca_venue(settings: Settings, db: Database) -> Venue:
         timeout=settings.alpaca_timeout_seconds,
         limiter=limiter,
         retry=RetryPolicy(max_total_wait=settings.alpaca_retry_seconds),
+        cancel_confirm_timeout=settings.cancel_confirm_timeout_seconds,
     )
     calendar = NyseCalendar()
     sessions = BrokerSessions(broker.get_clock, calendar)

@@ -22,6 +22,7 @@ overlap, a redelivered task or a restart after a crash send no second order.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -37,6 +38,7 @@ from app.broker.sim_exchange import SimExchange
 from app.broker.venue import Venue
 from app.config import Settings, TradingMode
 from app.domain import MarketClock
+from app.errors import AppError
 from app.logging_setup import cycle_context
 from app.market.sessions import NEW_YORK, session_today
 from app.store.database import Database
@@ -45,6 +47,7 @@ from app.store.orm import OrderRecord, RiskEvent
 from app.trading.cycle_lock import CycleLock
 from app.trading.decision import (
     LOOKBACK_CALENDAR_DAYS,
+    Cutoff,
     CycleResult,
     DecisionCycle,
     SignalSource,
@@ -64,6 +67,12 @@ OPG_FROM = dtime(19, 0)
 OPG_CUTOFF = timedelta(minutes=2)
 
 
+def _advancing(start: datetime) -> Callable[[], datetime]:
+    """A clock that reads `start` (the broker's time) plus the time elapsed since."""
+    began = time.monotonic()
+    return lambda: start + timedelta(seconds=time.monotonic() - began)
+
+
 def cycle_key_for(now: datetime, interval_minutes: int) -> str:
     """The guard schedule slot (UTC, like the beat schedule) that `now` falls in."""
     now = now.astimezone(UTC)
@@ -81,9 +90,13 @@ class TradingService:
         signal_source: SignalSource,
         notifier: Notifier,
         lock: CycleLock,
+        clock: Callable[[], datetime] | None = None,
     ) -> None:
+        """`clock`: what time it is while a live decision sends (default: the broker's clock
+        at the decision's start, advanced by the elapsed time)."""
         self._settings = settings
         self._db = db
+        self._clock = clock
         self._venue = venue
         self._notifier = notifier
         self._lock = lock
@@ -156,7 +169,12 @@ class TradingService:
             return CycleResult(status="before_opg_window", session=session.isoformat())
         result = CycleResult(status="done", session=session.isoformat(), cycle_key=key)
         result.reconciled = self.reconcile()
-        self._decision.run(session, now, result)
+        cutoff = Cutoff(clock.next_open - OPG_CUTOFF, self._clock or _advancing(now))
+        self._decision.run(session, now, result, cutoff)
+        if result.unprotected and self._settings.protective_orders:
+            # An exit that did not go out after its protective order was cancelled: put the
+            # protection back now rather than at the first guard after the open.
+            result.protective = self.protect(session, key)
         if result.problem is None or result.signals:
             self._ledger.mark_decided(session, len(result.orders))
         return result
@@ -253,15 +271,35 @@ class TradingService:
             leave_alone=leave_alone,
         )
         changed = []
+        stuck: set[str] = set()
         for stale in plan.cancel:
-            self._broker.cancel_order(stale.client_order_id)
-            self._orders.sync(stale.client_order_id)
+            try:
+                self._broker.cancel_order(stale.client_order_id)
+            except AppError as exc:
+                # One holding's failure never leaves the others unprotected: record, alert,
+                # go on. Its replacement waits (the old order still holds the shares).
+                stuck.add(stale.symbol)
+                why = f"cancel of {stale.client_order_id} failed: {exc.message}"
+                log.warning("protective order of %s: %s", stale.symbol, why)
+                self._risk.record_event("protective_cancel_failed", why, stale.symbol)
+                self._notifier.notify(f"Protective order for {stale.symbol} stuck", why, "error")
+                changed.append(f"cancel failed {stale.client_order_id}")
+                continue
+            finally:
+                with contextlib.suppress(AppError):
+                    self._orders.sync(stale.client_order_id)
             changed.append(f"cancel {stale.client_order_id}")
         for request in plan.place:
-            placed = self._orders.place_protective(request, session_date=session, cycle_id=key)
-            if placed.error:
+            if request.symbol in stuck:
+                continue
+            try:
+                placed = self._orders.place_protective(request, session_date=session, cycle_id=key)
+                error = placed.error
+            except AppError as exc:
+                error = exc.message
+            if error:
                 self._notifier.notify(
-                    f"Protective order for {request.symbol} not placed", placed.error, "error"
+                    f"Protective order for {request.symbol} not placed", error, "error"
                 )
             changed.append(f"place {request.client_order_id}")
         return changed

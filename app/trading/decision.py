@@ -8,9 +8,10 @@ refused for shares the OCO holds. The backtest (backtest/engine.py) does the sam
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from typing import Any, Protocol
@@ -30,15 +31,28 @@ from app.domain import (
     SignalAction,
     TimeInForce,
 )
+from app.errors import AppError
 from app.market.universe import feature_universe
 from app.store.database import Database
 from app.trading.ledger import Ledger
 from app.trading.missing_signals import report_missing_signals
 from app.trading.notifier import Notifier
-from app.trading.orders import OrderService, client_order_id, purpose_of
+from app.trading.orders import OrderService, Placement, client_order_id, purpose_of
 from app.trading.protection import exits_to_unblock
-from app.trading.risk import ProposedOrder, RiskLimits, RiskStateStore
-from app.trading.strategy import DecisionInputs, MarketSnapshot, StrategyConfig, decide
+from app.trading.risk import (
+    PortfolioView,
+    ProposedOrder,
+    RiskLimits,
+    RiskStateStore,
+    rule_max_positions,
+)
+from app.trading.strategy import (
+    DecisionInputs,
+    MarketSnapshot,
+    StrategyConfig,
+    decide,
+    rebalance_reason,
+)
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +80,63 @@ class CycleResult:
     protective: list[str] = field(default_factory=list)
     problem: str | None = None
     seconds: float = 0.0
+    #: Symbols whose order was not sent because the decision cutoff came first.
+    late: list[str] = field(default_factory=list)
+    #: Holdings whose protective order was cancelled for an exit that did not go out.
+    unprotected: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class Cutoff:
+    """The last instant the decision's orders can go out (Alpaca refuses market-on-open orders
+    from 09:28) and the clock that tells the time: checked before every cancel and send."""
+
+    at: datetime
+    clock: Callable[[], datetime]
+
+    def seconds_left(self) -> float:
+        return (self.at - self.clock()).total_seconds()
+
+    def passed(self) -> bool:
+        return self.seconds_left() <= 0
+
+
+def dependent_buy(
+    buy: ProposedOrder,
+    inputs: DecisionInputs,
+    limits: RiskLimits,
+    accepted: Sequence[ProposedOrder],
+    missed: Sequence[ProposedOrder],
+) -> RiskDecision:
+    """A BUY decided with SELLs that did not go out, checked again without them.
+
+    The gate credits an exit's position slot to the entries decided with it, and a rebalancing
+    BUY replaces its SELL. Sells are credited nothing else (exposure and cash count them only
+    once filled), so only the swap and the slot can depend on them: a swap's BUY never goes
+    without its SELL, and the position cap is counted on what the broker actually took.
+    """
+    for sell in missed:
+        if sell.reason == rebalance_reason(buy.symbol):
+            why = f"its rebalancing sell of {sell.symbol} did not go out"
+            return RiskDecision.deny(why, "sell_not_accepted")
+    held = {p.symbol for p in inputs.positions if p.qty > 0}
+    view = PortfolioView.of(
+        inputs.account,
+        inputs.positions,
+        inputs.open_orders,
+        inputs.market.prices,
+        unmanaged=inputs.unmanaged & held,
+    )
+    for order in accepted:
+        view.apply(order)
+    verdict = rule_max_positions(buy, view, inputs.risk_state, limits, inputs.now)
+    if verdict.allowed:
+        return verdict
+    sells = ", ".join(sorted(o.symbol for o in missed))
+    return RiskDecision.deny(f"{verdict.reason}: the sell of {sells} did not go out", verdict.rule)
 
 
 def split_for_the_open(
@@ -120,8 +188,11 @@ class DecisionCycle:
         self._limits = limits
         self._config = config
 
-    def run(self, session: date, now: datetime, result: CycleResult) -> None:
-        """Decide on the bars of the closed `session` and send what the gate approves."""
+    def run(
+        self, session: date, now: datetime, result: CycleResult, cutoff: Cutoff | None = None
+    ) -> None:
+        """Decide on the bars of the closed `session` and send what the gate approves; with a
+        `cutoff`, nothing is sent (or cancelled for a send) once it cannot go out in time."""
         broker = self._broker
         protective = self._settings.protective_orders
         account = broker.get_account()
@@ -181,18 +252,40 @@ class DecisionCycle:
         metrics.record_risk_events(decision.events)
         for order, verdict in decision.denied:
             _deny(result, order, verdict)
-        sells = [o.symbol for o in decision.orders if o.side is Side.SELL]
-        for guard in exits_to_unblock(sells, working):
-            broker.cancel_order(guard.client_order_id)
-            self._orders.sync(guard.client_order_id)
         tif = TimeInForce.OPG if protective else TimeInForce.DAY
+        accepted: list[ProposedOrder] = []
+        missed: list[ProposedOrder] = []  # sells not accepted: the BUYs they freed room for wait
         for order in decision.orders:
+            if cutoff is not None and cutoff.passed():
+                why = f"the decision cutoff {cutoff.at:%H:%M} UTC passed before it was sent"
+                _deny(result, order, RiskDecision.deny(why, "decision_cutoff"))
+                result.late.append(order.symbol)
+                if order.side is Side.SELL:
+                    missed.append(order)
+                continue
+            if order.side is Side.SELL:
+                sent = self._exit(order, working, session, tif, result, cutoff)
+                (accepted if sent else missed).append(order)
+                continue
+            if missed:  # a BUY goes only once the SELLs it counts on were accepted
+                verdict = dependent_buy(order, inputs, self._limits, accepted, missed)
+                if not verdict.allowed:
+                    _deny(result, order, verdict)
+                    continue
             # Re-read before each send: a halt written while this cycle ran stops its entries.
-            if order.side is Side.BUY and not (now_state := self._risk.load()).allows_entries(now):
+            if not (now_state := self._risk.load()).allows_entries(now):
                 why = f"trading is {now_state.state} since the decision: {now_state.halt_reason}"
                 _deny(result, order, RiskDecision.deny(why, "trading_state"))
                 continue
-            self._send(order, session, tif, result)
+            if self._send(order, session, tif, result).accepted:
+                accepted.append(order)
+        if result.late:
+            why = (
+                f"{len(result.late)} order(s) not sent: the decision cutoff passed "
+                f"({', '.join(sorted(set(result.late)))})"
+            )
+            self._risk.record_event("decision_cutoff", why)
+            self._notifier.notify("Decision cut off", why, "error")
         self._ledger.record(
             signals, session, broker.get_account(), broker.get_positions(), state, self._venue.name
         )
@@ -204,20 +297,117 @@ class DecisionCycle:
             len(result.denied),
         )
 
+    def _exit(
+        self,
+        order: ProposedOrder,
+        working: list[Order],
+        session: date,
+        tif: TimeInForce,
+        result: CycleResult,
+        cutoff: Cutoff | None,
+    ) -> bool:
+        """Free the holding's shares, then send its exit; True when the broker took it.
+
+        The protective OCO holds the shares: it is cancelled first and the exit goes only once
+        the broker confirmed the cancel (Alpaca cancels asynchronously), never when there is no
+        time left to confirm and send before the cutoff. An exit the broker refuses is sent
+        once more after every cancel of its symbol is confirmed, then alerted. A holding whose
+        protective order was cancelled but whose exit did not go out is listed in
+        `result.unprotected`: the caller puts its protection back.
+        """
+        guards = exits_to_unblock([order.symbol], working)
+        budget = self._settings.cancel_confirm_timeout_seconds
+        if guards and cutoff is not None and cutoff.seconds_left() <= budget:
+            why = (
+                f"{cutoff.seconds_left():.0f}s to the decision cutoff, too little to confirm the "
+                "protective order's cancel and send the exit: the protective order stays"
+            )
+            _deny(result, order, RiskDecision.deny(why, "decision_cutoff"))
+            result.late.append(order.symbol)
+            return False
+        if not self._unblock(guards, order, result):
+            return False
+        sent = self._send_before(cutoff, order, session, tif, result)
+        if sent is not None and sent.refused:
+            # Retried once, after every cancel of the symbol is confirmed (a cancel an earlier
+            # cycle sent may still be pending), under its own client_order_id.
+            fresh = exits_to_unblock([order.symbol], self._broker.get_open_orders())
+            if not self._unblock(fresh, order, result):
+                return False
+            sent = self._send_before(cutoff, order, session, tif, result, retry=True)
+        if sent is not None and sent.accepted:
+            return True
+        if sent is not None and not sent.refused:  # unknown outcome: reconciled, never re-sent
+            return False
+        if guards:
+            result.unprotected.append(order.symbol)
+        if sent is not None:
+            why = f"the exit of {order.symbol} was refused twice: {sent.error}"
+            self._risk.record_event("exit_refused", why, order.symbol)
+            self._notifier.notify(f"Exit {order.symbol} refused", why, "error")
+            result.events.append("exit_refused")
+        return False
+
+    def _send_before(
+        self,
+        cutoff: Cutoff | None,
+        order: ProposedOrder,
+        session: date,
+        tif: TimeInForce,
+        result: CycleResult,
+        *,
+        retry: bool = False,
+    ) -> Placement | None:
+        """Send unless the cutoff passed (None: denied, listed in `result.late`)."""
+        if cutoff is not None and cutoff.passed():
+            why = f"the decision cutoff {cutoff.at:%H:%M} UTC passed before it was sent"
+            _deny(result, order, RiskDecision.deny(why, "decision_cutoff"))
+            result.late.append(order.symbol)
+            return None
+        return self._send(order, session, tif, result, retry=retry)
+
+    def _unblock(self, guards: list[Order], order: ProposedOrder, result: CycleResult) -> bool:
+        """Cancel the protective orders holding `order`'s shares and wait for the broker to
+        confirm; False (recorded, alerted, the exit denied) when a cancel fails or stays
+        pending."""
+        for guard in guards:
+            try:
+                self._broker.cancel_order(guard.client_order_id)
+            except AppError as exc:
+                why = f"cancel of {guard.client_order_id} not confirmed: {exc.message}"
+                log.warning("exit %s held back: %s", order.symbol, why)
+                self._risk.record_event("cancel_not_confirmed", why, order.symbol)
+                self._notifier.notify(f"Exit {order.symbol} not sent", why, "error")
+                _deny(result, order, RiskDecision.deny(why, "cancel_pending"))
+                result.events.append("cancel_not_confirmed")
+                return False
+            finally:
+                with contextlib.suppress(AppError):
+                    self._orders.sync(guard.client_order_id)
+        return True
+
     def _send(
-        self, order: ProposedOrder, session: date, tif: TimeInForce, result: CycleResult
-    ) -> None:
+        self,
+        order: ProposedOrder,
+        session: date,
+        tif: TimeInForce,
+        result: CycleResult,
+        *,
+        retry: bool = False,
+    ) -> Placement:
         whole, fraction = split_for_the_open(order, tif)
         if fraction is not None:
-            self._send(fraction, session, TimeInForce.DAY, result)
+            placed = self._send(fraction, session, TimeInForce.DAY, result, retry=retry)
             if whole is None:
-                return
+                return placed
             order = whole
         purpose = purpose_of(order.reason)
         request = OrderRequest(
             symbol=order.symbol,
             side=order.side,
-            client_order_id=client_order_id(session, purpose, order.symbol, order.side),
+            client_order_id=client_order_id(
+                session, purpose + ("_retry" if retry else ""), order.symbol, order.side
+            ),
             qty=order.qty,
             time_in_force=tif,
         )
@@ -240,6 +430,7 @@ class DecisionCycle:
         if purpose in {"stop_loss", "take_profit"} and placed.order is not None:
             self._risk.record_event(purpose, order.reason, order.symbol)
             metrics.record_risk_events([purpose])
+        return placed
 
     def _tell(
         self, reason: str, order: Order | None, error: str | None, request: OrderRequest

@@ -46,6 +46,13 @@ class Placement:
     order: Order | None
     sent: bool
     error: str | None = None
+    #: The broker refused it (not an unknown outcome): it will never fill.
+    refused: bool = False
+
+    @property
+    def accepted(self) -> bool:
+        """The broker booked it (whatever happened to it since)."""
+        return self.order is not None and self.order.status is not OrderStatus.REJECTED
 
 
 class OrderService:
@@ -107,7 +114,7 @@ class OrderService:
         except OrderRejected as exc:
             metrics.record_order_rejected("broker", "rejected")
             self._update(cid, None, rejected=exc.message)
-            return Placement(cid, None, sent=True, error=exc.message)
+            return Placement(cid, None, sent=True, error=exc.message, refused=True)
         except BrokerUnavailable as exc:
             # Unknown outcome: the row stays PENDING and reconciliation will ask the broker.
             log.warning("order %s: outcome unknown (%s); left PENDING for reconciliation", cid, exc)
@@ -117,7 +124,7 @@ class OrderService:
         if order.status is OrderStatus.REJECTED:
             metrics.record_order_rejected("broker", "rejected")
         self._update(cid, order)
-        return Placement(cid, order, sent=True)
+        return Placement(cid, order, sent=True, refused=order.status is OrderStatus.REJECTED)
 
     def sync(self, client_order_id: str) -> Order | None:
         """Bring one row in line with what the broker says about its client_order_id."""

@@ -20,6 +20,10 @@ Market orders fill at once at `price(symbol)` while the clock says the market is
 settable price, else the last close on or before `today`), or wait as "new" for
 `fill_open_orders()` when it is closed. Bars, prices and the calendar come from the CSV
 directory (default: ../shared/data/daily beside the repository); nothing after `today` is served.
+
+As at Alpaca, a sell needing shares that open sells hold is refused (403 "insufficient qty
+available"), OPG orders are refused from 09:28 to the open, and with `pending_cancel_reads` set
+a cancel stays `pending_cancel` (open, its shares held) for that many reads of the order.
 """
 
 from __future__ import annotations
@@ -104,10 +108,19 @@ class FakeOrder:
     #: An OCO's stop leg (the parent is the take-profit limit), as Alpaca nests it.
     legs: list[FakeOrder] = field(default_factory=list)
     parent_id: str | None = None
+    #: Reads of this order still to come before a pending cancel is confirmed.
+    reads_until_canceled: int = 0
 
     @property
     def is_open(self) -> bool:
-        return self.status in ("new", "accepted", "partially_filled", "pending_new")
+        # pending_cancel is still open at Alpaca: it can fill and its shares stay held.
+        return self.status in (
+            "new",
+            "accepted",
+            "partially_filled",
+            "pending_new",
+            "pending_cancel",
+        )
 
     def to_json(self, *, nested: bool = True) -> dict[str, Any]:
         """The order as Alpaca answers it; its legs only in a `nested` read (else null)."""
@@ -327,6 +340,16 @@ class FakeAlpaca:
         #: ("METHOD /path", query parameters) of every request, in arrival order.
         self.request_queries: list[tuple[str, dict[str, str]]] = []
         self.rate_limited = 0
+        #: Pending-cancel mode, as real Alpaca: a cancel leaves the order (and its legs)
+        #: `pending_cancel`, still open and holding its shares, until the order has been read
+        #: this many times (by id, by client id or in a list); 0 cancels at once. A huge
+        #: number never confirms.
+        self.pending_cancel_reads = 0
+        #: Symbols whose orders refuse to be cancelled (422 "order is not cancelable").
+        self.refuse_cancel: set[str] = set()
+        #: Called with "METHOD /path" after each request was handled (e.g. to move the clock
+        #: at a chosen point of a cycle).
+        self.on_request: Callable[[str], None] | None = None
 
         self._faults: list[tuple[str, _Fault]] = []
         self._sessions = _load_sessions(self.data_dir)
@@ -531,6 +554,8 @@ class FakeAlpaca:
             status, payload = err.status, err.body
         except Exception as exc:  # a bug in the fake must still answer JSON
             status, payload = 500, {"code": 50000000, "message": f"fake error: {exc!r}"}
+        if self.on_request is not None:  # before answering: the client sees its effect
+            self.on_request(route)
         if fault == "504_after_accept":
             self._send(h, 504, {"code": 50400000, "message": "gateway timeout"})
         elif fault in ("hang_after_accept", "drop_after_accept"):
@@ -616,7 +641,8 @@ class FakeAlpaca:
             if path in simple:
                 return 200, simple[path](query)
             if m := self._ORDER_ID.match(path):
-                return 200, self._find_order(m.group(1)).to_json(nested=_nested(query))
+                order = self._read_order(self._find_order(m.group(1)))
+                return 200, order.to_json(nested=_nested(query))
             if m := self._POSITION.match(path):
                 return 200, self._position_json(self._find_position(m.group(1)))
             if m := self._ASSET.match(path):
@@ -750,14 +776,14 @@ class FakeAlpaca:
         order = self.order_by_client_id(query.get("client_order_id", ""))
         if order is None:
             raise _HttpError(404, 40410000, "order not found")
-        return order.to_json(nested=_nested(query))
+        return self._read_order(order).to_json(nested=_nested(query))
 
     def _get_orders(self, query: dict[str, str]) -> list[Any]:
         status = query.get("status", "open")
         limit = min(int(query.get("limit") or 50), 500)
         symbols = {s for s in query.get("symbols", "").upper().split(",") if s}
         with self.lock:
-            orders = [o for o in self.orders.values() if o.parent_id is None]
+            orders = [self._read_order(o) for o in self.orders.values() if o.parent_id is None]
         nested = _nested(query)
         if not nested:  # legs listed on their own, like Alpaca
             orders = [x for o in orders for x in (o, *o.legs)]
@@ -793,6 +819,8 @@ class FakeAlpaca:
             raise _HttpError(422, 40010001, "the fake only supports market and OCO orders")
         if tif == "opg" and self.is_open():
             raise _HttpError(422, 40010001, "opg orders are not accepted while the market is open")
+        if tif == "opg" and dtime(9, 28) <= self.now().astimezone(NY).time() < dtime(9, 30):
+            raise _HttpError(422, 40010001, "opg orders are not accepted from 09:28 to the open")
         if (qty is None) == (notional is None):
             raise _HttpError(422, 40010001, "qty or notional is required, not both")
         if (qty if qty is not None else notional or 0.0) <= 0:
@@ -901,11 +929,34 @@ class FakeAlpaca:
             order = self._find_order(order_id)
             if order.parent_id is not None:  # cancelling one OCO leg cancels the other
                 order = self._find_order(order.parent_id)
-            if not order.is_open:
+            if not order.is_open or order.symbol in self.refuse_cancel:
                 raise _HttpError(422, 42210000, "order is not cancelable")
+            if order.status == "pending_cancel":
+                return
+            if self.pending_cancel_reads > 0:  # the held leg goes with its parent, later
+                order.status = "pending_cancel"
+                order.updated_at = self.now()
+                order.reads_until_canceled = self.pending_cancel_reads
+                return
             for o in (order, *order.legs):
                 o.status = "canceled"
                 o.canceled_at = o.updated_at = self.now()
+
+    def _read_order(self, order: FakeOrder) -> FakeOrder:
+        """One read of `order`: a pending cancel is confirmed at its last awaited read."""
+        with self.lock:
+            if order.parent_id is not None:
+                self._read_order(self._find_order(order.parent_id))
+                return order
+            if order.status != "pending_cancel":
+                return order
+            order.reads_until_canceled -= 1
+            if order.reads_until_canceled <= 0:
+                for o in (order, *order.legs):
+                    if o.is_open or o.status in ("held", "pending_cancel"):
+                        o.status = "canceled"
+                        o.canceled_at = o.updated_at = self.now()
+            return order
 
     def _post_oco(
         self,
