@@ -73,6 +73,9 @@ class Settings(BaseSettings):
     alpaca_base_url: str | None = None
     alpaca_data_url: str | None = None
     alpaca_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    #: The account's request budget, shared by every process: 200 a minute on Alpaca's free
+    #: plan, 1 000 with Algo Trader Plus.
+    alpaca_requests_per_minute: int = Field(default=200, ge=1, le=10_000)
 
     #: Longest a read may spend waiting to retry (429s, 5xx, dropped connections).
     alpaca_retry_seconds: float = Field(default=15.0, ge=0, le=300)

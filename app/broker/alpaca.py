@@ -51,6 +51,7 @@ from app.broker.alpaca_client import (
     _is_duplicate,
     _normalise_url,
 )
+from app.broker.alpaca_orders import MULTI_LEG, to_order
 
 with warnings.catch_warnings():
     # alpaca.trading and alpaca.data import their websocket streams, which import the
@@ -74,33 +75,6 @@ with warnings.catch_warnings():
 
 log = logging.getLogger(__name__)
 
-# Alpaca order states -> ours. Anything still working at the venue counts as NEW (upgraded to
-# PARTIALLY_FILLED when it has fills); done_for_day ends a day order, like expiry.
-_STATUS = {
-    "new": domain.OrderStatus.NEW,
-    "accepted": domain.OrderStatus.NEW,
-    "pending_new": domain.OrderStatus.NEW,
-    "accepted_for_bidding": domain.OrderStatus.NEW,
-    "pending_review": domain.OrderStatus.NEW,
-    "held": domain.OrderStatus.NEW,
-    "calculated": domain.OrderStatus.NEW,
-    "stopped": domain.OrderStatus.NEW,
-    "suspended": domain.OrderStatus.NEW,
-    "pending_cancel": domain.OrderStatus.NEW,
-    "pending_replace": domain.OrderStatus.NEW,
-    "partially_filled": domain.OrderStatus.PARTIALLY_FILLED,
-    "filled": domain.OrderStatus.FILLED,
-    "canceled": domain.OrderStatus.CANCELED,
-    "replaced": domain.OrderStatus.CANCELED,
-    "expired": domain.OrderStatus.EXPIRED,
-    "done_for_day": domain.OrderStatus.EXPIRED,
-    "rejected": domain.OrderStatus.REJECTED,
-}
-
-
-#: Order classes whose other orders Alpaca shows only in a nested read's `legs`.
-_MULTI_LEG = frozenset({"bracket", "oco", "oto"})
-
 
 @dataclass(frozen=True)
 class AssetInfo:
@@ -112,60 +86,6 @@ class AssetInfo:
     shortable: bool
     status: str
     exchange: str
-
-
-def _exit_leg(o: Any, default: str) -> str:
-    """stop_loss for a stop leg, take_profit for a limit leg; `default` (the leg's place in
-    the OCO) when Alpaca leaves the type out."""
-    kind = o.type if o.type is not None else o.order_type
-    if kind is None:
-        return default
-    return "take_profit" if _enum_value(kind) == "limit" else "stop_loss"
-
-
-def _to_order(o: Any) -> domain.Order:
-    """An alpaca-py Order as a domain.Order. An OCO (a protective exit) is one order: its
-    take-profit limit is the parent, its stop the leg (present only in a nested read, see
-    `AlpacaBroker._lookup`); whichever leg filled is the fill, and `filled_leg` says which."""
-    raw_status = _enum_value(o.status)
-    status = _STATUS.get(raw_status, domain.OrderStatus.NEW)
-    filled = _f(o.filled_qty) or 0.0
-    avg_raw = o.filled_avg_price
-    order_class = _enum_value(o.order_class) if o.order_class is not None else "simple"
-    stop = _f(o.stop_price)
-    filled_at = o.filled_at
-    filled_leg = None
-    if order_class == domain.OCO:
-        filled_leg = _exit_leg(o, "take_profit") if filled > 0 else None
-        for leg in o.legs or []:
-            stop = _f(leg.stop_price) if leg.stop_price is not None else stop
-            leg_filled = _f(leg.filled_qty) or 0.0
-            if leg_filled > filled:
-                filled, avg_raw, filled_at = leg_filled, leg.filled_avg_price, leg.filled_at
-                status = _STATUS.get(_enum_value(leg.status), status)
-                filled_leg = _exit_leg(leg, "stop_loss")
-    if status is domain.OrderStatus.NEW and filled > 0:
-        status = domain.OrderStatus.PARTIALLY_FILLED
-    # Alpaca may report filled_avg_price 0 before the first fill: that is "no price yet".
-    avg = _f(avg_raw) if filled > 0 else None
-    return domain.Order(
-        client_order_id=o.client_order_id,
-        symbol=o.symbol or "",
-        side=domain.Side(_enum_value(o.side)),
-        status=status,
-        qty=_f(o.qty),
-        notional=_f(o.notional),
-        filled_qty=filled,
-        filled_avg_price=avg,
-        broker_order_id=str(o.id),
-        submitted_at=o.submitted_at,
-        reject_reason=raw_status if status is domain.OrderStatus.REJECTED else None,
-        order_class=order_class,
-        limit_price=_f(o.limit_price),
-        stop_price=stop,
-        filled_at=filled_at if filled > 0 else None,
-        filled_leg=filled_leg,
-    )
 
 
 def _matching(order: domain.Order, cid: str, symbol: str, side: domain.Side) -> domain.Order:
@@ -266,14 +186,14 @@ class AlpacaBroker(_AlpacaBase):
             page = self._read("get_orders", functools.partial(self._client.get_orders, req))
             fresh = [o for o in page if str(o.id) not in seen]
             for o in fresh:
-                seen[str(o.id)] = _to_order(o)
+                seen[str(o.id)] = to_order(o)
             if len(page) < ORDERS_PAGE or not fresh:
                 return list(seen.values())
             until = min(o.submitted_at for o in page)
 
     def get_order_by_client_id(self, client_order_id: str) -> domain.Order | None:
         raw = self._lookup(client_order_id)
-        return _to_order(raw) if raw is not None else None
+        return to_order(raw) if raw is not None else None
 
     def _lookup(self, client_order_id: str) -> Any | None:
         """The order under `client_order_id`. Alpaca lists an OCO's legs (where a stop fill
@@ -286,7 +206,7 @@ class AlpacaBroker(_AlpacaBase):
             )
         except errors.NotFoundError:
             return None
-        if _enum_value(raw.order_class) in _MULTI_LEG and not raw.legs:
+        if _enum_value(raw.order_class) in MULTI_LEG and not raw.legs:
             raw = self._read(
                 "get_order_by_id",
                 functools.partial(
@@ -402,7 +322,7 @@ class AlpacaBroker(_AlpacaBase):
                 raw = self._attempt(
                     "submit_order", functools.partial(self._client.submit_order, sdk_request)
                 )
-                return _to_order(raw)
+                return to_order(raw)
             except APIError as exc:
                 info = _api_error(exc)
                 if info.status == 429:
@@ -416,7 +336,7 @@ class AlpacaBroker(_AlpacaBase):
                     found = self._lookup(cid)
                     if found is not None:
                         log.info("order %s already at the broker; returning its record", cid)
-                        return _matching(_to_order(found), cid, symbol, side)
+                        return _matching(to_order(found), cid, symbol, side)
                     raise errors.BrokerUnavailable(
                         f"order {cid}: broker says the id is taken but cannot find it"
                     ) from exc
@@ -433,7 +353,7 @@ class AlpacaBroker(_AlpacaBase):
             log.warning("order %s: outcome unknown (%s); looking it up", cid, cause)
             found = self._lookup(cid)  # raises BrokerUnavailable if the lookup fails too
             if found is not None:
-                return _matching(_to_order(found), cid, symbol, side)
+                return _matching(to_order(found), cid, symbol, side)
             if resent:
                 raise errors.BrokerUnavailable(
                     f"order {cid}: no answer and not on the books after two sends: {cause}"
@@ -453,7 +373,7 @@ class AlpacaBroker(_AlpacaBase):
         raw = self._lookup(client_order_id)
         if raw is None:
             raise errors.NotFoundError(f"no order with client_order_id {client_order_id}")
-        if not _to_order(raw).status.is_open:
+        if not to_order(raw).status.is_open:
             return
         if _enum_value(raw.status) != "pending_cancel":
             try:
@@ -479,7 +399,7 @@ class AlpacaBroker(_AlpacaBase):
             raw = self._read(
                 "get_order_by_id", functools.partial(self._client.get_order_by_id, order_id)
             )
-            if not _to_order(raw).status.is_open:
+            if not to_order(raw).status.is_open:
                 return
             left = deadline - time.monotonic()
             if left <= 0:

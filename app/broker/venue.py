@@ -94,13 +94,20 @@ def alpaca_market_data(
         feed=settings.alpaca_data_feed,
         latest_feed=settings.alpaca_latest_feed,
         timeout=settings.alpaca_timeout_seconds,
-        limiter=limiter or SlidingWindowLimiter(redis_client=settings.redis_url),
+        limiter=limiter or account_limiter(settings),
         retry=RetryPolicy(max_total_wait=settings.alpaca_retry_seconds),
     )
 
 
+def account_limiter(settings: Settings) -> SlidingWindowLimiter:
+    """The account's request budget, shared through Redis by every process that has it."""
+    return SlidingWindowLimiter(
+        settings.alpaca_requests_per_minute, redis_client=settings.redis_url
+    )
+
+
 def _alpaca_venue(settings: Settings, db: Database) -> Venue:
-    limiter = SlidingWindowLimiter(redis_client=settings.redis_url)
+    limiter = account_limiter(settings)
     data = alpaca_market_data(settings, limiter)
     assert settings.alpaca_api_key
     assert settings.alpaca_api_secret
