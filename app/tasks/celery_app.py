@@ -17,6 +17,7 @@ from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from celery import Celery, Task
+from celery.app import backends as celery_backends
 from celery.apps.worker import Worker as CommandLineWorker
 from celery.signals import (
     setup_logging,
@@ -56,6 +57,11 @@ def celery_init_app(app: Flask, settings: Settings) -> Celery:
     celery.set_default()
     app.extensions["celery"] = celery
     celery.loader.import_default_modules()  # register the tasks in the API process too
+    # The result backend's module imported now, in the main thread, before any daemon thread
+    # starts: beat once died at start-up on a half-initialised celery.backends.database
+    # ("partially initialized module ... has no attribute 'DatabaseBackend'"), a thread having
+    # been importing it at the same moment.
+    celery_backends.by_url(celery.conf.result_backend, celery.loader)
 
     @worker_ready.connect(weak=False)
     def _train_when_sim_has_no_model(sender: Any = None, **_kwargs: Any) -> None:
