@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import cast
 
 from celery import Celery
@@ -37,9 +39,13 @@ class Services:
     models: ModelStore
     cycle_lock: CycleLock
 
-    def trading(self, signal_source: SignalSource | None = None) -> TradingService:
+    def trading(
+        self,
+        signal_source: SignalSource | None = None,
+        clock: Callable[[], datetime] | None = None,
+    ) -> TradingService:
         """A trading service over this app's venue and alerts; signals from the current model
-        unless another source is given."""
+        unless another source is given, time from the wall clock unless a clock is given."""
         source = signal_source or ModelSignalSource(
             self.models,
             self.settings,
@@ -53,6 +59,7 @@ class Services:
             signal_source=source,
             notifier=self.notifier,
             lock=self.cycle_lock,
+            clock=clock,
         )
 
 

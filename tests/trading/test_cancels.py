@@ -44,16 +44,7 @@ def trading(
     app: Flask, source: FixedSignals, clock: Callable[[], datetime] | None = None
 ) -> TradingService:
     with app.app_context():
-        svc = services()
-        return TradingService(
-            settings=svc.settings,
-            db=svc.db,
-            venue=svc.venue,
-            signal_source=source,
-            notifier=svc.notifier,
-            lock=svc.cycle_lock,
-            clock=clock,
-        )
+        return services().trading(source, clock)
 
 
 def hold(fake: FakeAlpaca, *symbols: str, qty: float = 10) -> None:
