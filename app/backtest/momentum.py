@@ -68,7 +68,7 @@ class MomentumSignals:
     def _first_of_month(self, day: pd.Timestamp) -> bool:
         """True on the first session of a month present in the scores' dates."""
         at = self._scores.index.get_loc(day)
-        return at == 0 or self._scores.index[at - 1].month != day.month
+        return bool(at == 0 or self._scores.index[at - 1].month != day.month)
 
     def describe(self) -> dict[str, Any]:
         return {
