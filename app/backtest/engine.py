@@ -7,6 +7,11 @@ live day would, in this order:
    decision cycle sends them before the open) fill at the open of t (SimBroker
    ``process_pending``: sells first, then buys; slippage and commission in bps). The account's
    ``last_equity`` (the daily-loss base) is the equity at the close of t-1, as Alpaca reports it.
+   A holding whose symbol stopped trading (its bars end before the window does; t is the first
+   session after its last bar) is then sold at that last bar's close, as a market sell (its
+   slippage and commission apply), logged as a "delisting" order with the exit reason
+   "delisted": it never sits in the book at a stale mark. Orders for it that were due at this
+   open are rejected for want of a price, as a broker would refuse them.
 2. **Session t** - with protective exits on (``intraday_exits``), the live guard cycle's plan
    (``trading.protection.plan_protection``: one OCO per holding, stop and target from the
    shared cent rounding, whole shares) is placed at SimBroker, and the day's open, high and low
@@ -32,6 +37,7 @@ test needs. Services never import flask: the API task, the CLI and the benches c
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import logging
 import time
@@ -226,6 +232,17 @@ def run_backtest(
         fill_immediately=False,
     )
     book = _Book(sessions)
+    # Symbols whose bars end before the window does: delisted on the session after their last bar.
+    last_bars = {
+        s: (frame.index[-1].date(), float(frame["close"].iloc[-1]))
+        for s in sorted(tradable)
+        if len(frame := bars[s].sort_index())
+    }
+    delisted_on: dict[int, list[str]] = {}
+    for symbol, (last_bar, _price) in last_bars.items():
+        after = bisect.bisect_right(sessions, last_bar)
+        if after < len(sessions):
+            delisted_on.setdefault(after, []).append(symbol)
     fills_seen = 0
 
     def settle(orders: list[Order], day: date) -> None:
@@ -252,6 +269,25 @@ def run_backtest(
             if row is not None:
                 reference[symbol] = float(ix.open[row])
         settle(broker.process_pending(), day)
+        for symbol in delisted_on.get(i, ()):
+            if (position := broker.get_position(symbol)) is None:
+                continue
+            # The symbol stopped trading (no bar after its last one): the holding is sold at
+            # that bar's close instead of sitting in the book at a stale mark for ever.
+            for guard_order in broker.get_open_orders():
+                if guard_order.symbol == symbol:
+                    broker.cancel_order(guard_order.client_order_id)
+            last_bar, price = last_bars[symbol]
+            cid = client_order_id(day, "delisted", symbol, Side.SELL)
+            _submit(
+                broker,
+                book,
+                OrderRequest(symbol, Side.SELL, cid, qty=position.qty),
+                day,
+                f"delisted: no bar after {last_bar}, sold at its last close {price:.2f}",
+                "delisting",
+            )
+            settle(broker.process_pending({symbol: price}), day)
 
         # 2. The session: the guard cycles keep each holding's protective OCO in place (the
         # live plan, live rounding); the day's open, high and low fill them (SimBroker, as sim).

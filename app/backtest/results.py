@@ -78,7 +78,7 @@ class OrderLog:
     side: str
     qty: float
     reason: str
-    kind: str  # "decision" | "protective"
+    kind: str  # "decision" | "protective" | "delisting"
     status: str = OrderStatus.NEW.value
     fill_date: date | None = None
     fill_price: float | None = None
@@ -101,7 +101,7 @@ class Trade:
     entry_reason: str
     exit_date: date
     exit_price: float
-    exit_reason: str  # stop_loss | take_profit | signal_sell | rebalance | open
+    exit_reason: str  # stop_loss | take_profit | signal_sell | rebalance | trim | delisted | open
     exit_detail: str
     pnl: float  # after both commissions
     return_pct: float  # pnl / entry notional
@@ -153,7 +153,8 @@ class BacktestResult:
         )
 
     def exit_reasons(self) -> dict[str, int]:
-        """Trades by how they ended (stop_loss, take_profit, signal_sell, rebalance, open)."""
+        """Trades by how they ended (stop_loss, take_profit, signal_sell, rebalance, trim,
+        delisted, open)."""
         return dict(sorted(Counter(t.exit_reason for t in self.trades).items()))
 
     def params(self) -> dict[str, Any]:
