@@ -23,6 +23,7 @@ from datetime import UTC, date, datetime
 from typing import NamedTuple, TypeAlias
 
 import exchange_calendars as xc
+import numpy as np
 import pandas as pd
 
 from app.domain import MarketClock, TradingSession
@@ -257,10 +258,9 @@ class NyseCalendar:
         keep = positions >= 0
         inside, positions = inside[keep], positions[keep]
         out: list[tuple[date, date, list[date]]] = []
-        for i in range(1, len(positions)):
-            if positions[i] - positions[i - 1] > 1:
-                missing = [ts.date() for ts in s[positions[i - 1] + 1 : positions[i]]]
-                out.append((inside[i - 1].date(), inside[i].date(), missing))
+        for i in (np.flatnonzero(np.diff(positions) > 1) + 1).tolist():
+            missing = [ts.date() for ts in s[positions[i - 1] + 1 : positions[i]]]
+            out.append((inside[i - 1].date(), inside[i].date(), missing))
         return out
 
 

@@ -112,10 +112,10 @@ def test_a_raw_bar_after_a_split_is_rejected_until_the_history_is_adjusted(
 
     fake.set_clock(after_close(SPLIT_DAY))
     frames = cache.get_daily_bars(SYMBOLS, START, SPLIT_DAY)
-    assert frames["NVDA"].index[-1] == pd.Timestamp("2021-06-09")  # the jump is not served
+    assert frames["NVDA"].index[-1] == pd.Timestamp("2021-06-09")  # the split day is not served
     reason = recent_rejection("NVDA", SPLIT_DAY)
     assert reason is not None
-    assert reason.startswith("jump: NVDA 2021-06-10")
+    assert reason.startswith("break: NVDA 2021-06-10")  # 10:1 is beyond any real session
     with db.session() as session:
         assert session.get(BarCoverage, "NVDA").last_day == date(2021, 6, 9)  # asked again
 
