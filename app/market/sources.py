@@ -83,8 +83,14 @@ class _FrameSource:
         return float(frame["close"].iloc[-1])
 
 
+#: The broad layout (../shared/data/broad): stocks in daily/, ETFs in etf/. A directory with
+#: neither folder is flat (../shared/data/daily): its own files, all taken as stocks.
+_FOLDERS: tuple[tuple[str, str], ...] = (("daily", "stock"), ("etf", "etf"))
+
+
 class CsvMarketData(_FrameSource):
-    """Bars from a directory of SYMBOL.csv files (date,open,high,low,close,volume).
+    """Bars from SYMBOL.csv files (date,open,high,low,close,volume), in one flat directory or in
+    the broad layout's daily/ (stocks) and etf/ (ETFs) folders; `kind` says which a symbol is.
 
     Files are read lazily, validated once and cached in memory; `validation(symbol)` keeps what
     validation said so the API and metrics can show it.
@@ -97,20 +103,36 @@ class CsvMarketData(_FrameSource):
             raise NotFoundError(f"market data directory {self._dir} does not exist")
         self._calendar = calendar or NyseCalendar()
         self._results: dict[str, ValidationResult] = {}
+        self._folders = [
+            (self._dir / name, kind) for name, kind in _FOLDERS if (self._dir / name).is_dir()
+        ] or [(self._dir, "stock")]
 
     def available_symbols(self) -> list[str]:
-        return sorted(
-            p.stem.upper()
-            for p in self._dir.glob("*.csv")
-            if p.is_file() and _SYMBOL_RE.match(p.stem.upper())
-        )
+        return sorted(self._kinds())
 
-    def _path(self, symbol: str) -> Path:
-        if not _SYMBOL_RE.match(symbol):
-            raise NotFoundError(f"unknown symbol {symbol!r}", field="symbol")
-        for candidate in (self._dir / f"{symbol}.csv", self._dir / f"{symbol.lower()}.csv"):
-            if candidate.is_file():
-                return candidate
+    def symbols_of_kind(self, kind: str) -> list[str]:
+        """Sorted symbols whose files hold `kind` ("stock" or "etf")."""
+        return sorted(s for s, k in self._kinds().items() if k == kind)
+
+    def kind(self, symbol: str) -> str:
+        """The kind of its file: "etf" in the etf/ folder, else "stock" (NotFoundError: none)."""
+        return self._locate(_norm_symbol(symbol))[1]
+
+    def _kinds(self) -> dict[str, str]:
+        kinds: dict[str, str] = {}
+        for folder, kind in self._folders:
+            for path in folder.glob("*.csv"):
+                symbol = path.stem.upper()
+                if path.is_file() and _SYMBOL_RE.match(symbol):
+                    kinds.setdefault(symbol, kind)
+        return kinds
+
+    def _locate(self, symbol: str) -> tuple[Path, str]:
+        if _SYMBOL_RE.match(symbol):
+            for folder, kind in self._folders:
+                for name in (f"{symbol}.csv", f"{symbol.lower()}.csv"):
+                    if (folder / name).is_file():
+                        return folder / name, kind
         raise NotFoundError(f"unknown symbol {symbol!r}", field="symbol")
 
     def validation(self, symbol: str) -> ValidationResult:
@@ -118,16 +140,21 @@ class CsvMarketData(_FrameSource):
         with self._lock:
             cached = self._results.get(sym)
             if cached is None:
-                raw = pd.read_csv(self._path(sym))
-                if "date" not in raw.columns:
-                    raise ValidationError(f"{sym}: CSV has no date column", field="date")
-                raw["date"] = pd.to_datetime(raw["date"])
-                cached = validate_bars(sym, raw, self._calendar)
+                cached = validate_bars(sym, _read_csv(self._locate(sym)[0]), self._calendar)
                 self._results[sym] = cached
             return cached
 
     def _frame(self, symbol: str) -> BarFrame:
         return self.validation(symbol).clean_frame
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    """One SYMBOL.csv as validate_bars takes it (a date column, the bar columns as read)."""
+    raw = pd.read_csv(path)
+    if "date" not in raw.columns:
+        raise ValidationError(f"{path.stem.upper()}: CSV has no date column", field="date")
+    raw["date"] = pd.to_datetime(raw["date"])
+    return raw
 
 
 #: Sector of each watchlist symbol; sector factors are what makes same-sector names co-move.
