@@ -25,6 +25,8 @@ DEFAULT_WATCHLIST = (
     "AAPL,MSFT,GOOGL,TSLA,SPY,NVDA,AMZN,META,NFLX,AMD,JNJ,UNH,JPM,PG,CAT,XOM,V,MA,DIS,HD,KO,PEP,"
     "INTC,CSCO,CMCSA,VZ,T,MRK,PFE,ABT,NKE,WMT"
 )
+#: Universe files shipped with the project: UNIVERSE=broad reads universes/broad.txt.
+UNIVERSES_DIR = BASE_DIR / "app" / "market" / "universes"
 SIM_DEFAULT_PASSWORD = "password"  # noqa: S105 - the seed's demo password, sim mode only
 MIN_JWT_SECRET_BYTES = 32
 MIN_ADMIN_PASSWORD_LENGTH = 12
@@ -204,6 +206,9 @@ class Settings(BaseSettings):
     optuna_storage: str | None = None
 
     watchlist: Annotated[tuple[str, ...], NoDecode] = tuple(DEFAULT_WATCHLIST.split(","))
+    #: What a backtest trades: "watchlist" (WATCHLIST), the name of a universe file shipped in
+    #: app/market/universes ("broad": 646 US stocks), or the path of a file, one symbol a line.
+    universe: str = "watchlist"
 
     @field_validator("watchlist", mode="before")
     @classmethod
@@ -217,11 +222,20 @@ class Settings(BaseSettings):
     def _check_watchlist(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         if not value:
             raise ValueError("must name at least one symbol")
-        bad = [s for s in value if not s.replace(".", "").isalnum() or len(s) > 10]
+        bad = [s for s in value if not _is_symbol(s)]
         if bad:
             raise ValueError(f"malformed symbols {bad}")
         if len(set(value)) != len(value):
             raise ValueError("has duplicate symbols")
+        return value
+
+    @field_validator("universe")
+    @classmethod
+    def _check_universe(cls, value: str) -> str:
+        value = value.strip()
+        path = universe_file(value)
+        if path is not None:
+            read_universe_file(path)
         return value
 
     @field_validator("log_level")
@@ -345,6 +359,45 @@ class Settings(BaseSettings):
         if self.redis_url:
             return self.redis_url
         return f"db+sqlite:///{self.database_dir / 'celery-results.sqlite'}"
+
+
+def _is_symbol(text: str) -> bool:
+    return text.replace(".", "").isalnum() and len(text) <= 10
+
+
+def universe_file(value: str) -> Path | None:
+    """The file UNIVERSE names: None for the watchlist, the shipped file of a universe's name,
+    else the value as a path."""
+    if value == "watchlist":
+        return None
+    shipped = UNIVERSES_DIR / f"{value}.txt"
+    return shipped if value.isidentifier() and shipped.is_file() else Path(value).expanduser()
+
+
+def read_universe_file(path: Path) -> tuple[str, ...]:
+    """A universe file's symbols, upper-cased: one a line, blank lines and # comments ignored.
+    ValueError, naming the file and line, for a malformed or repeated symbol, an empty or
+    unreadable file."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        names = ", ".join(sorted(p.stem for p in UNIVERSES_DIR.glob("*.txt")))
+        raise ValueError(
+            f"{path} is not 'watchlist', a shipped universe ({names}) or a readable file"
+        ) from None
+    symbols: dict[str, int] = {}
+    for number, line in enumerate(lines, start=1):
+        text = line.split("#", 1)[0].strip().upper()
+        if not text:
+            continue
+        if not _is_symbol(text):
+            raise ValueError(f"{path} line {number}: {text!r} is not a symbol")
+        if text in symbols:
+            raise ValueError(f"{path} line {number}: {text} repeats line {symbols[text]}")
+        symbols[text] = number
+    if not symbols:
+        raise ValueError(f"{path} names no symbol")
+    return tuple(symbols)
 
 
 def sim_secret(directory: Path) -> str:

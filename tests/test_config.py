@@ -75,6 +75,8 @@ def test_env_file_is_read(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
         ({"ALPACA_PAPER": "maybe"}, "ALPACA_PAPER"),
         ({"LOGIN_RATE_LIMIT": "lots"}, "LOGIN_RATE_LIMIT"),
         ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
+        ({"UNIVERSE": "everything"}, "UNIVERSE"),
+        ({"UNIVERSE": ""}, "UNIVERSE"),
         ({**PAPER, "ALPACA_API_KEY": ""}, "ALPACA_API_KEY"),
         ({**PAPER, "ALPACA_API_SECRET": ""}, "ALPACA_API_SECRET"),
         ({**PAPER, "ADMIN_PASSWORD": ""}, "ADMIN_PASSWORD"),
@@ -110,3 +112,15 @@ def test_safe_paper_configuration_is_accepted() -> None:
 def test_default_admin_password_exists_only_in_sim() -> None:
     assert load_settings().effective_admin_password == "password"
     assert load_settings(PAPER).effective_admin_password != "password"
+
+
+@pytest.mark.parametrize("text", ["AAPL\nMS FT\n", "AAPL\nAAPL\n", "# none\n"])
+def test_a_bad_universe_file_stops_start_up_naming_the_key(tmp_path, text: str) -> None:
+    path = tmp_path / "universe.txt"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_settings({"UNIVERSE": str(path)})
+    line = str(caught.value)
+    assert "\n" not in line
+    assert line.startswith("configuration error: UNIVERSE")
+    assert str(path) in line
