@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, inspect, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -111,3 +113,15 @@ def private_sqlite_file(url: str) -> None:
                 file.chmod(SQLITE_FILE_MODE)
     except PermissionError as exc:  # another user's file: theirs to protect
         log.warning("cannot make %s private: %s", path, exc)
+
+
+def upsert(dialect: str, model: type, keys: list[str], update: list[str]) -> Any:
+    """INSERT ... ON CONFLICT for PostgreSQL and SQLite: update `update`, or do nothing. One
+    statement, so concurrent writers of the same key never race a read-then-insert."""
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    statement = insert(model)
+    if not update:
+        return statement.on_conflict_do_nothing(index_elements=keys)
+    return statement.on_conflict_do_update(
+        index_elements=keys, set_={col: statement.excluded[col] for col in update}
+    )

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from app.store.database import Database
+from app.store.database import Database, upsert
 from app.store.orm import Heartbeat
 
 TRADING_CYCLE = "trading_cycle"
@@ -18,12 +18,12 @@ class HeartbeatStore:
         self._db = db
 
     def touch(self, name: str, at: datetime, detail: str | None = None) -> None:
+        """One upsert: two cycles touching a name for the first time at once both succeed."""
         with self._db.session() as session:
-            row = session.get(Heartbeat, name, with_for_update=True)
-            if row is None:
-                session.add(Heartbeat(name=name, at=at, detail=detail))
-            else:
-                row.at, row.detail = at, detail
+            statement = upsert(
+                session.get_bind().dialect.name, Heartbeat, ["name"], ["at", "detail"]
+            )
+            session.execute(statement, [{"name": name, "at": at, "detail": detail}])
 
     def last(self, name: str) -> tuple[datetime, str | None] | None:
         """When `name` last happened (timezone-aware) and its detail, or None if never."""
