@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 import time
 import warnings
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -62,8 +64,16 @@ with warnings.catch_warnings():
     )
     from alpaca.common.exceptions import APIError
     from alpaca.trading.client import TradingClient
-    from alpaca.trading.enums import OrderClass, OrderSide, QueryOrderStatus, TimeInForce
+    from alpaca.trading.enums import (
+        AssetClass,
+        AssetStatus,
+        OrderClass,
+        OrderSide,
+        QueryOrderStatus,
+        TimeInForce,
+    )
     from alpaca.trading.requests import (
+        GetAssetsRequest,
         GetCalendarRequest,
         GetOrderByIdRequest,
         GetOrdersRequest,
@@ -88,6 +98,17 @@ class AssetInfo:
     exchange: str
 
 
+def _asset_info(a: Any) -> AssetInfo:
+    return AssetInfo(
+        symbol=a.symbol,
+        tradable=bool(a.tradable),
+        fractionable=bool(a.fractionable),
+        shortable=bool(a.shortable),
+        status=_enum_value(a.status),
+        exchange=_enum_value(a.exchange),
+    )
+
+
 def _matching(order: domain.Order, cid: str, symbol: str, side: domain.Side) -> domain.Order:
     """The order found under the request's client_order_id, if it is the same trade.
 
@@ -110,7 +131,7 @@ class AlpacaBroker(_AlpacaBase):
     in-memory limiter; use a Redis-backed SlidingWindowLimiter to share the budget between
     processes). Orders are market orders, time in force DAY (what fractional and notional
     orders require). `cancel_confirm_timeout`: how long `cancel_order` waits for Alpaca to
-    confirm a cancel (seconds).
+    confirm a cancel (seconds). `now` tells the New York day the asset listing is kept for.
     """
 
     def __init__(
@@ -124,6 +145,7 @@ class AlpacaBroker(_AlpacaBase):
         limiter: Limiter | None = None,
         retry: RetryPolicy | None = None,
         cancel_confirm_timeout: float = 10.0,
+        now: Callable[[], datetime] | None = None,
     ) -> None:
         _check_keys(api_key, api_secret)
         super().__init__(timeout=timeout, limiter=limiter, retry=retry)
@@ -142,7 +164,9 @@ class AlpacaBroker(_AlpacaBase):
         # "model | raw dict", which would need a cast on every call.
         self._client: Any = TradingClient(api_key, api_secret, paper=paper, url_override=url)
         self._harden(self._client)
-        self._fractionable: dict[str, bool] = {}
+        self._now = now or (lambda: datetime.now(UTC))
+        self._assets: tuple[date, dict[str, AssetInfo]] | None = None
+        self._assets_lock = threading.Lock()
 
     # ------------------------------------------------------------------ reads
 
@@ -235,34 +259,47 @@ class AlpacaBroker(_AlpacaBase):
             for r in rows
         ]
 
+    def get_assets(self) -> dict[str, AssetInfo]:
+        """Every active US equity Alpaca lists, by symbol: one GET /v2/assets (about 12,000
+        assets) kept for the New York day, so a 650-symbol universe costs one request, not
+        650 per-symbol asset reads."""
+        today = self._now().astimezone(NY).date()
+        with self._assets_lock:
+            if self._assets is None or self._assets[0] != today:
+                req = GetAssetsRequest(status=AssetStatus.ACTIVE, asset_class=AssetClass.US_EQUITY)
+                rows = self._read(
+                    "get_all_assets", functools.partial(self._client.get_all_assets, req)
+                )
+                self._assets = (today, {a.symbol: _asset_info(a) for a in rows})
+            return self._assets[1]
+
     def get_asset(self, symbol: str) -> AssetInfo | None:
-        """The asset's trading flags, or None when Alpaca does not know the symbol."""
+        """The asset's trading flags, or None when Alpaca does not know the symbol. From the
+        day's listing; a symbol missing there (inactive or unknown) is asked for by itself."""
+        symbol = symbol.upper()
+        listed = self.get_assets().get(symbol)
+        if listed is not None:
+            return listed
         try:
-            a = self._read("get_asset", functools.partial(self._client.get_asset, symbol.upper()))
+            a = self._read("get_asset", functools.partial(self._client.get_asset, symbol))
         except errors.NotFoundError:
             return None
-        return AssetInfo(
-            symbol=a.symbol,
-            tradable=bool(a.tradable),
-            fractionable=bool(a.fractionable),
-            shortable=bool(a.shortable),
-            status=_enum_value(a.status),
-            exchange=_enum_value(a.exchange),
-        )
+        return _asset_info(a)
 
     def is_fractionable(self, symbol: str) -> bool:
-        """Alpaca's `fractionable` flag, asked once per symbol per broker instance; an unknown
-        symbol counts as whole shares only (the safe side)."""
-        symbol = symbol.upper()
-        known = self._fractionable.get(symbol)
-        if known is None:
-            asset = self.get_asset(symbol)
-            known = self._fractionable[symbol] = asset is not None and asset.fractionable
-        return known
+        """Alpaca's `fractionable` flag from the day's listing; a symbol missing there counts
+        as whole shares only (the safe side)."""
+        asset = self.get_assets().get(symbol.upper())
+        return asset is not None and asset.fractionable
 
     def is_tradable(self, symbol: str) -> bool:
-        asset = self.get_asset(symbol)
-        return asset is not None and asset.tradable and asset.status == "active"
+        return bool(self.tradable_symbols([symbol]))
+
+    def tradable_symbols(self, symbols: Iterable[str]) -> frozenset[str]:
+        """The symbols (upper-cased) Alpaca trades today: active and tradable in the listing."""
+        listing = self.get_assets()
+        wanted = {s.upper() for s in symbols}
+        return frozenset(s for s in wanted if (a := listing.get(s)) is not None and a.tradable)
 
     # ------------------------------------------------------------------ orders
 

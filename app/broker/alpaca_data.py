@@ -5,12 +5,15 @@ latest trade/quote). alpaca-py types stop in app/broker/.
 from __future__ import annotations
 
 import functools
+import itertools
+import math
 import warnings
 from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as dtime
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from app import domain, errors
@@ -46,6 +49,12 @@ with warnings.catch_warnings():
 #: Alpaca's free plan serves SIP data only once it is 15 minutes old; a request whose end is
 #: later is refused (403), so SIP requests end this long before `now` at the latest.
 SIP_DELAY = timedelta(minutes=16)
+#: Bars per page of /v2/stocks/bars, counted across the request's symbols: Alpaca's maximum
+#: `limit`, which alpaca-py asks for (DATA_V2_MAX_LIMIT) before following next_page_token.
+PAGE_BARS = 10_000
+#: Symbols per bars request at most: Alpaca's old documented cap for multi-symbol bars; the
+#: query string stays near 1.5 kB (a comma is sent as %2C), far from any URL limit.
+MAX_SYMBOLS_PER_REQUEST = 200
 
 
 class AlpacaMarketData(_AlpacaBase):
@@ -56,8 +65,9 @@ class AlpacaMarketData(_AlpacaBase):
     and its open and close are not the official auction prints); a closed session's bars are
     free on SIP once 15 minutes old. `latest_feed` serves the latest trade and quote: IEX by
     default, the free real-time one. Daily bars are split- and dividend-adjusted
-    (Adjustment.ALL), fetched `chunk_size` symbols per request. `now` is the clock that keeps
-    SIP requests out of the last 15 minutes.
+    (Adjustment.ALL), fetched at most `chunk_size` symbols per request in chunks sized to fill
+    Alpaca's pages (`plan_chunks`): 650 symbols x 138 sessions take 10 requests. `now` is the
+    clock that keeps SIP requests out of the last 15 minutes.
     """
 
     def __init__(
@@ -71,7 +81,7 @@ class AlpacaMarketData(_AlpacaBase):
         timeout: float = 10.0,
         limiter: Limiter | None = None,
         retry: RetryPolicy | None = None,
-        chunk_size: int = 50,
+        chunk_size: int = MAX_SYMBOLS_PER_REQUEST,
         now: Callable[[], datetime] | None = None,
     ) -> None:
         _check_keys(api_key, api_secret)
@@ -106,7 +116,8 @@ class AlpacaMarketData(_AlpacaBase):
             end_ts = min(end_ts, self._now() - SIP_DELAY)
             if end_ts < start_ts:
                 return out
-        for chunk in _chunks(wanted, self.chunk_size):
+        sessions = _weekdays(start_ts, end_ts)
+        for chunk in plan_chunks(wanted, sessions, self.chunk_size):
             req = StockBarsRequest(
                 symbol_or_symbols=chunk,
                 timeframe=TimeFrame.Day,
@@ -161,6 +172,41 @@ class AlpacaMarketData(_AlpacaBase):
             ask_size=float(q.ask_size),
             timestamp=q.timestamp,
         )
+
+
+def plan_chunks(
+    symbols: Sequence[str], sessions: int, max_symbols: int, page: int = PAGE_BARS
+) -> list[list[str]]:
+    """`symbols` split into requests of at most `max_symbols`, as few HTTP requests as can be.
+
+    A request for n symbols over `sessions` sessions takes ceil(n * sessions / page) pages
+    (Alpaca counts a page's bars across symbols); a partly filled last page is a request
+    wasted per chunk. Chunk sizes that fill whole pages (multiples of page // sessions) and
+    the largest allowed are tried, each split evenly, and the fewest requests win (then the
+    fewest chunks). `sessions` may overestimate: chunks then come out a little small.
+    """
+    n = len(symbols)
+    if n == 0:
+        return []
+    per_page = max(1, page // max(sessions, 1))
+    sizes = {min(max_symbols, n)} | set(range(per_page, min(max_symbols, n), per_page))
+
+    def cost(size: int) -> tuple[int, int]:
+        count = math.ceil(n / size)
+        small, extra = divmod(n, count)  # `extra` chunks of small + 1, the rest of small
+        pages = extra * math.ceil((small + 1) * sessions / page)
+        pages += (count - extra) * math.ceil(small * sessions / page)
+        return max(pages, count), count
+
+    count = min(cost(size) for size in sizes)[1]
+    bounds = np.linspace(0, n, count + 1).round().astype(int)
+    return [list(symbols[a:b]) for a, b in itertools.pairwise(bounds)]
+
+
+def _weekdays(start: datetime, end: datetime) -> int:
+    """Weekdays in [start, end] (New York dates): at least the sessions, holidays counted."""
+    first, last = start.astimezone(NY).date(), end.astimezone(NY).date()
+    return int(np.busday_count(first, last + timedelta(days=1)))
 
 
 def _feed(name: str) -> DataFeed:

@@ -6,7 +6,7 @@ bars with a replay clock; paper and live get Alpaca through alpaca-py with the b
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import date
 
@@ -41,6 +41,9 @@ class Venue:
     #: The last session whose daily bar is final (live: from the broker's clock, as the cache).
     last_closed_session: Callable[[], date]
     symbols: Callable[[], list[str]] | None = None
+    #: Which of the symbols the broker trades today (live: Alpaca's asset listing, one
+    #: request a day); None: every symbol with data (sim).
+    tradable: Callable[[Iterable[str]], frozenset[str]] | None = None
 
 
 def build_venue(settings: Settings, db: Database) -> Venue:
@@ -139,4 +142,5 @@ def _alpaca_venue(settings: Settings, db: Database) -> Venue:
         latest_price=data.get_latest_price,
         knows_symbol=lambda symbol: broker.get_asset(symbol) is not None,
         last_closed_session=sessions.last_closed_session,
+        tradable=broker.tradable_symbols,
     )

@@ -14,6 +14,11 @@ alpha_bars_readjusted_total, listed in `readjustments`).
 Coverage ends at the last session whose bar actually arrived (and passed validation), so
 sessions missing upstream (an outage, a feed gap, a bar rejected by validation) are asked for
 again by the next fetch instead of being covered forever.
+
+At a broad universe's size (650 symbols) nothing is done per symbol against the database or
+upstream: coverage is read in one query, spans that differ a little (a symbol whose last bar
+is older) are asked for in one upstream call when that costs fewer requests than it adds bars
+(`merge_spans`), bars and coverage are written in bulk and read back in one query.
 """
 
 from __future__ import annotations
@@ -25,8 +30,9 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
 
+import numpy as np
 import pandas as pd
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -45,6 +51,20 @@ DEFAULT_OVERLAP_SESSIONS = 5
 #: Relative difference of a close that counts as re-adjusted (float noise is ~1e-15; a
 #: quarterly dividend of 0.1 % is 1e-3).
 DEFAULT_TOLERANCE = 1e-5
+#: Bars one more upstream request is worth: Alpaca's page (10,000 bars across symbols).
+REQUEST_BARS = 10_000
+
+
+@dataclass
+class Span:
+    """Symbols fetched together over [start, end]; `bars` is what they need on their own
+    (sessions x symbols, summed over the spans merged into this one)."""
+
+    start: date
+    end: date
+    symbols: list[str]
+    bars: int
+    merged: int = 1
 
 
 @dataclass(frozen=True)
@@ -135,7 +155,7 @@ class CachedMarketData:
                 for c in session.scalars(select(BarCoverage).where(BarCoverage.symbol.in_(symbols)))
             }
         missing: dict[tuple[date, date], list[str]] = defaultdict(list)
-        for symbol in symbols:
+        for symbol in dict.fromkeys(symbols):
             have = coverage.get(symbol)
             if have is None:
                 missing[(start, end)].append(symbol)
@@ -145,13 +165,17 @@ class CachedMarketData:
                 missing[(start, first_day - timedelta(days=1))].append(symbol)
             if end > last_day:
                 missing[(min(overlap_start, end), end)].append(symbol)
-        for (span_start, span_end), group in sorted(missing.items()):
+        for span in merge_spans(missing, self._sessions_in):
+            group = span.symbols
             self.upstream_requests += 1
-            fetched = self.upstream.get_daily_bars(group, span_start, span_end)
-            readjusted = self._readjusted(group, fetched, span_start, span_end)
-            self._store([s for s in group if s not in readjusted], fetched, span_start)
+            fetched = self.upstream.get_daily_bars(group, span.start, span.end)
+            readjusted = self._readjusted(group, fetched, span.start, span.end)
+            self._store([s for s in group if s not in readjusted], fetched, span.start)
             if readjusted:
-                self._refetch(readjusted, span_end)
+                self._refetch(readjusted, span.end)
+
+    def _sessions_in(self, start: date, end: date) -> int:
+        return len(self._calendar.sessions(start, end))
 
     def _readjusted(
         self, symbols: list[str], fetched: dict[str, BarFrame], start: date, end: date
@@ -208,7 +232,8 @@ class CachedMarketData:
     def _store(self, symbols: list[str], fetched: dict[str, BarFrame], start: date) -> None:
         """Upsert clean bars; coverage grows to `start` and to the last bar that arrived.
 
-        Safe when processes fill the same span (upserts, row lock on the coverage)."""
+        A few statements whatever the number of symbols. Safe when processes fill the same
+        span: upserts, and coverage only ever widened by one atomic statement per kind."""
         rows: list[dict[str, object]] = []
         received: dict[str, date] = {}
         for symbol in symbols:
@@ -235,34 +260,53 @@ class CachedMarketData:
                     _upsert(dialect, BarRecord, ["symbol", "day"], list(BAR_COLUMNS)),
                     rows[i : i + 5000],
                 )
-            for symbol in symbols:
-                last = received.get(symbol)
-                if last is not None:
-                    session.execute(
-                        _upsert(dialect, BarCoverage, ["symbol"], []),
-                        [{"symbol": symbol, "first_day": start, "last_day": last}],
-                    )
-                cover = session.get(
-                    BarCoverage, symbol, with_for_update=True, populate_existing=True
+            least, greatest = (
+                (func.least, func.greatest) if dialect == "postgresql" else (func.min, func.max)
+            )
+            if received:
+                insert = pg_insert if dialect == "postgresql" else sqlite_insert
+                statement = insert(BarCoverage)
+                session.execute(
+                    statement.on_conflict_do_update(
+                        index_elements=["symbol"],
+                        set_={
+                            "first_day": least(BarCoverage.first_day, statement.excluded.first_day),
+                            "last_day": greatest(BarCoverage.last_day, statement.excluded.last_day),
+                            "updated_at": statement.excluded.updated_at,
+                        },
+                    ),
+                    [
+                        {"symbol": s, "first_day": start, "last_day": last}
+                        for s, last in received.items()
+                    ],
                 )
-                if cover is not None:
-                    cover.first_day = min(cover.first_day, start)
-                    if last is not None:
-                        cover.last_day = max(cover.last_day, last)
+            empty = [s for s in symbols if s not in received]
+            if empty:  # fetched, nothing arrived: the span before their bars is covered too
+                session.execute(
+                    update(BarCoverage)
+                    .where(BarCoverage.symbol.in_(empty))
+                    .values(first_day=least(BarCoverage.first_day, start))
+                )
 
     def _read(self, symbols: list[str], start: date, end: date) -> dict[str, BarFrame]:
-        frames: dict[str, BarFrame] = {}
+        """Every symbol's stored bars in [start, end] from one query."""
+        columns = [getattr(BarRecord, c) for c in BAR_COLUMNS]
         with self._db.session() as session:
             rows = session.execute(
-                select(BarRecord)
+                select(BarRecord.symbol, BarRecord.day, *columns)
                 .where(BarRecord.symbol.in_(symbols), BarRecord.day.between(start, end))
                 .order_by(BarRecord.symbol, BarRecord.day)
-            ).scalars()
-            by_symbol: dict[str, list[BarRecord]] = defaultdict(list)
-            for row in rows:
-                by_symbol[row.symbol].append(row)
+            ).all()
+        table = pd.DataFrame(rows, columns=["symbol", "date", *BAR_COLUMNS])
+        index = pd.DatetimeIndex(pd.to_datetime(table["date"]), name="date").as_unit("ns")
+        values = table[list(BAR_COLUMNS)].to_numpy(dtype=float)
+        runs = _runs(table["symbol"].to_numpy(dtype=str))
+        frames: dict[str, BarFrame] = {}
         for symbol in symbols:
-            frames[symbol] = to_frame(by_symbol.get(symbol, []))
+            lo, hi = runs.get(symbol, (0, 0))
+            frames[symbol] = pd.DataFrame(
+                values[lo:hi], index=index[lo:hi], columns=list(BAR_COLUMNS)
+            )
         return frames
 
     def _append_unclosed(
@@ -287,7 +331,39 @@ def _upsert(dialect: str, model: type, keys: list[str], update: list[str]) -> An
     )
 
 
-def to_frame(rows: Sequence[BarRecord]) -> BarFrame:
-    index = pd.DatetimeIndex([pd.Timestamp(r.day) for r in rows], name="date").as_unit("ns")
-    data = {col: [float(getattr(r, col)) for r in rows] for col in BAR_COLUMNS}
-    return pd.DataFrame(data, index=index, columns=list(BAR_COLUMNS), dtype=float)
+def _runs(grouped: Any) -> dict[str, tuple[int, int]]:
+    """[first, end) positions of each key in an array whose equal keys are contiguous (as
+    ORDER BY leaves them, whatever the database's collation)."""
+    keys, first, counts = np.unique(grouped, return_index=True, return_counts=True)
+    return {str(k): (int(i), int(i + n)) for k, i, n in zip(keys, first, counts, strict=True)}
+
+
+def merge_spans(
+    missing: dict[tuple[date, date], list[str]], sessions: Callable[[date, date], int]
+) -> list[Span]:
+    """The fetches to make: spans taken in order of start, each merged into the one before
+    when the bars the merge adds stay under a request's worth for every request it saves.
+
+    On a broad universe most symbols lack the same few sessions, but a symbol whose last bar
+    is older (a halt, a delisting, a rejected bar) lacks a span of its own; fetched apart,
+    each costs a request. Widening a span only re-reads sessions already stored, which the
+    re-adjustment check compares anyway.
+    """
+    out: list[Span] = []
+    for (start, end), symbols in sorted(missing.items()):
+        own = sessions(start, end) * len(symbols)
+        if out:
+            last = out[-1]
+            merged = Span(
+                last.start,
+                max(last.end, end),
+                list(dict.fromkeys([*last.symbols, *symbols])),
+                last.bars + own,
+                last.merged + 1,
+            )
+            wider = sessions(merged.start, merged.end) * len(merged.symbols)
+            if wider - merged.bars <= (merged.merged - 1) * REQUEST_BARS:
+                out[-1] = merged
+                continue
+        out.append(Span(start, end, list(symbols), own))
+    return out

@@ -220,7 +220,13 @@ class DecisionCycle:
         held = {p.symbol for p in positions}
         held_since = self._ledger.held_since(held)
         candidates = {s for s, sig in signals.items() if sig.action is SignalAction.BUY} - held
-        tradable = candidates | held
+        # No entry where the broker does not trade the symbol today (inactive, halted).
+        untradable = (
+            frozenset(candidates - self._venue.tradable(candidates))
+            if self._venue.tradable is not None and candidates
+            else frozenset()
+        )
+        tradable = candidates - untradable | held
         inputs = DecisionInputs(
             account=account,
             positions=positions,
@@ -240,7 +246,7 @@ class DecisionCycle:
             whole_shares=frozenset(tradable)
             if protective
             else frozenset(s for s in tradable if not broker.is_fractionable(s)),
-            no_entry=self._ledger.rejected_entries(session),
+            no_entry=self._ledger.rejected_entries(session) | untradable,
         )
         decision = decide(inputs, self._limits, self._config)
         state = self._risk.save(decision.risk_state, loaded=loaded)

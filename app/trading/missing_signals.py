@@ -8,6 +8,8 @@ import logging
 from collections.abc import Iterable, Mapping
 from datetime import date
 
+from sqlalchemy import insert
+
 from app import metrics
 from app.ai.signals import NO_MODEL, missing_signal_reasons
 from app.domain import BarFrame, Signal
@@ -37,10 +39,13 @@ def report_missing_signals(
     if not missing:
         return missing
     metrics.record_signals_missing(reason.split(":", 1)[0] for reason in missing.values())
-    with db.session() as session_:
-        session_.add_all(
-            MissingSignal(symbol=symbol, as_of=session, reason=reason[:2000])
-            for symbol, reason in missing.items()
+    with db.session() as session_:  # one executemany: a broad universe can miss hundreds
+        session_.execute(
+            insert(MissingSignal),
+            [
+                {"symbol": symbol, "as_of": session, "reason": reason[:2000]}
+                for symbol, reason in missing.items()
+            ],
         )
     lines = "\n".join(f"{symbol}: {reason}" for symbol, reason in missing.items())
     detail = f"{len(missing)} symbol(s) without a signal on {session}:\n{lines}"

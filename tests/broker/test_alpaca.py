@@ -258,8 +258,6 @@ def test_asset_and_tradable(broker: AlpacaBroker, fake: FakeAlpaca) -> None:
     assert asset.tradable
     assert asset.fractionable
     assert broker.is_tradable("AAPL")
-    fake.untradable.add("AAPL")
-    assert not broker.is_tradable("AAPL")
     assert broker.get_asset("ZZZZ") is None
     assert not broker.is_tradable("ZZZZ")
 

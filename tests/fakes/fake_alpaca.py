@@ -229,6 +229,11 @@ def _load_sessions(data_dir: Path) -> tuple[date, ...]:
     return tuple(sorted(days))
 
 
+def _midnight(day: date) -> datetime:
+    """A daily bar's timestamp: the session's date at midnight New York."""
+    return datetime.combine(day, dtime(0), NY)
+
+
 def _parse_ts(text: str) -> datetime:
     """ISO date or datetime from a query string; naive means UTC (as alpaca-py sends)."""
     text = text.strip().replace("Z", "+00:00").replace(" ", "+")
@@ -634,6 +639,7 @@ class FakeAlpaca:
                 "/v2/orders:by_client_order_id": self._get_order_by_client_id,
                 "/v2/orders": self._get_orders,
                 "/v2/calendar": self._get_calendar,
+                "/v2/assets": self._get_assets,
                 "/v2/stocks/bars": self._get_bars,
                 "/v2/stocks/trades/latest": self._get_latest_trades,
                 "/v2/stocks/quotes/latest": self._get_latest_quotes,
@@ -1157,10 +1163,23 @@ class FakeAlpaca:
             )
             return order.to_json()
 
+    def _get_assets(self, query: dict[str, str]) -> list[Any]:
+        """GET /v2/assets: every symbol with a CSV and a bar by `today`, filtered like Alpaca
+        by `status` (active, inactive) and `asset_class` (only us_equity here)."""
+        if query.get("asset_class", "us_equity") != "us_equity":
+            return []
+        status = query.get("status")
+        symbols = sorted(p.stem for p in self.data_dir.glob("*.csv"))
+        assets = [self._asset_json(s) for s in symbols if self.price(s) is not None]
+        return [a for a in assets if status in (None, a["status"])]
+
     def _get_asset(self, symbol: str) -> dict[str, Any]:
         symbol = symbol.upper()
         if self.price(symbol) is None:
             raise _HttpError(404, 40410000, "asset not found")
+        return self._asset_json(symbol)
+
+    def _asset_json(self, symbol: str) -> dict[str, Any]:
         tradable = symbol not in self.untradable
         return {
             "id": str(_asset_id(symbol)),
@@ -1275,12 +1294,13 @@ class FakeAlpaca:
                 continue
             if self.bars_hook is not None:
                 bars = self.bars_hook(symbol, bars, self.today)
-            for day, (o, hi, lo, c, v) in zip(bars.days, bars.rows, strict=True):
-                if day > (self.horizon or self.today):
-                    break
-                ts = datetime.combine(day, dtime(0), NY)
-                if (start and ts < start) or (end and ts > end):
-                    continue
+            first = bisect.bisect_left(bars.days, start, key=_midnight) if start else 0
+            last = bisect.bisect_right(bars.days, self.horizon or self.today)
+            if end is not None:
+                last = min(last, bisect.bisect_right(bars.days, end, key=_midnight))
+            for i in range(first, last):
+                day, (o, hi, lo, c, v) = bars.days[i], bars.rows[i]
+                ts = _midnight(day)
                 bar = {
                     "t": _iso(ts),
                     "o": o,

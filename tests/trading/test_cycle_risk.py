@@ -159,7 +159,9 @@ def test_non_fractionable_assets_get_whole_shares_and_a_rejection_is_not_resent(
         PROTECTIVE_ORDERS=False,  # fractional DAY orders, queued for the open
     )
     fake.non_fractionable.add("AAPL")
-    fake.untradable.add("MSFT")  # the broker rejects this one
+    with app.app_context():  # the day's asset listing says MSFT trades...
+        services().venue.broker.get_assets()
+    fake.untradable.add("MSFT")  # ...but the broker rejects its order (halted since)
     fake.pre_open(MONDAY)
     result = trading(app, FixedSignals({"AAPL": 0.02, "MSFT": 0.01})).run_decision()
     sent = {o["symbol"]: o for o in result.orders}
