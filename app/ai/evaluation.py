@@ -184,7 +184,8 @@ def evaluate(
 
     Each window: train (``app.ai.training.train``) on rows with label_end <= the session before the
     window and date >= window start - `train_years`, then predict every day of the window.
-    `shuffle_labels` permutes the training labels (a placebo: its IC must be ~0).
+    `shuffle_labels` permutes the training labels (a placebo: its IC must be ~0), each window
+    with its own generator (seed, window index), as the backtest's walk-forward windows do.
     Returns settings, per-window records (cut-offs, sizes, timings) and ``summarise`` figures.
     """
     if retrain_every < 1:
@@ -205,11 +206,10 @@ def evaluate(
     windows = [
         test_sessions[i : i + retrain_every] for i in range(0, len(test_sessions), retrain_every)
     ]
-    rng = np.random.default_rng(seed)
     records: list[dict[str, Any]] = []
     scored_parts: list[pd.DataFrame] = []
     bar = tqdm(windows, desc=f"evaluate {mode}", unit="window", disable=not progress)
-    for window in bar:
+    for index, window in enumerate(bar):
         first, last = window[0], window[-1]
         before = sessions[sessions < first]
         if len(before) == 0:
@@ -221,6 +221,8 @@ def evaluate(
             pool = pool[pool.index.get_level_values("date") >= train_start]
         if shuffle_labels:
             pool = pool.copy()
+            # The window's own generator: windows share no state (each could run anywhere).
+            rng = np.random.default_rng([seed, index])
             pool[LABEL_COLUMN] = rng.permutation(pool[LABEL_COLUMN].to_numpy())
         t_train = time.perf_counter()
         bundle = train(

@@ -88,5 +88,5 @@ def get_run(task_id: str) -> dict[str, Any]:
         result = svc.celery.AsyncResult(task_id)
         run["state"] = result.state
         if result.state == task_service.PROGRESS and isinstance(result.info, dict):
-            run["progress"] = result.info
+            run["progress"] = task_service.progress_of(svc.celery, result.info)
     return run

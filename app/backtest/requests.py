@@ -1,10 +1,11 @@
-"""A backtest request as the API, the CLI and the task take it, and the one function that runs it:
-load bars, pick the signal source (walk-forward model, saved model or SMA rule), run the engine.
+"""A backtest request as the API, the CLI and the task take it, and how it runs: plan (load bars,
+resolve Settings, cut the walk-forward windows), collect the windows' predictions (in-process or
+from Celery workers: the same work unit either way), run the engine over them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import date
 from functools import cache
@@ -18,9 +19,16 @@ from app.ai.features import MAX_LOOKBACK, label_sessions
 from app.ai.signals import Thresholds
 from app.ai.training import split_by_date
 from app.backtest.engine import run_backtest
+from app.backtest.feature_source import FeatureSource, SourceData, source_of
 from app.backtest.results import BacktestConfig, BacktestResult, ProgressFn, SignalFn
 from app.backtest.signals import ModelSignals, SmaCrossSignals
 from app.backtest.walk_forward import WalkForwardConfig, WalkForwardPredictor
+from app.backtest.walk_forward_window import (
+    WalkForwardWindow,
+    WindowResult,
+    plan_windows,
+    run_window,
+)
 from app.backtest.window import backtest_sessions, history_start, load_bars
 from app.domain import BarFrame, MarketData
 from app.errors import ValidationError
@@ -51,6 +59,8 @@ class BacktestRequest:
     confidence_threshold: float | None = None
     #: Placebo: walk-forward models trained on shuffled labels (they can know nothing).
     placebo: bool = False
+    #: Loaded for the features only, never traded: a universe's ETFs (SPY always is loaded).
+    feature_symbols: tuple[str, ...] = ()
 
     def check(self) -> None:
         """Combinations no run can honour, refused before any work (the API before queueing)."""
@@ -65,18 +75,45 @@ class BacktestRequest:
         return data
 
 
-def run_request(
+@dataclass(frozen=True)
+class PlannedRun:
+    """A request resolved against Settings and its bars: all the engine needs but the
+    walk-forward windows' predictions."""
+
+    request: BacktestRequest
+    config: BacktestConfig
+    bars: dict[str, BarFrame]
+    sessions: list[date]
+    calendar: NyseCalendar
+    thresholds: Thresholds
+    #: Walk-forward runs only: the retraining knobs, and where the windows' bars come from.
+    walk_forward: WalkForwardConfig | None = None
+    source: FeatureSource | None = None
+
+    @property
+    def windows(self) -> list[WalkForwardWindow]:
+        """The independent work units of a walk-forward run (none for the other models)."""
+        if self.walk_forward is None:
+            return []
+        return plan_windows(self.sessions, self.config.symbols, self.walk_forward)
+
+
+#: Computes a planned run's windows: in-process (collect_locally) or on Celery workers.
+WindowCollector = Callable[[PlannedRun], Sequence[WindowResult]]
+
+
+def plan_request(
     request: BacktestRequest,
     settings: Settings,
     market: MarketData,
     *,
-    bundle: ModelBundle | None = None,
-    progress: ProgressFn | None = None,
-) -> BacktestResult:
-    """Load the bars, build the strategy from Settings, run. `bundle` is the saved model for
-    ``model="current"``. Tuned parameters in BEST_PARAMS_DIR are used, as live training does,
-    but only by walk-forward windows that start after the tuning's data ended (the defaults
-    before that, and everywhere when the file does not say what data it was tuned on)."""
+    data_dir: str | None = None,
+) -> PlannedRun:
+    """Load the bars, build the strategy from Settings. Tuned parameters in BEST_PARAMS_DIR
+    are used, as live training does, but only by walk-forward windows that start after the
+    tuning's data ended (the defaults before that, and everywhere when the file does not say
+    what data it was tuned on). `data_dir`: the CSV directory `market` reads, named in the
+    windows' source so workers read the same one (None: the workers' configured market)."""
     from app.ai.params import best_params_tuned_through, load_best_params, to_train_params
 
     request.check()
@@ -95,38 +132,93 @@ def run_request(
         limits=RiskLimits.from_settings(settings),
         strategy=StrategyConfig.from_settings(settings),
     )
-    bars = _load(request, settings, market)
+    loaded, first_bar, last_bar = _bar_range(request, settings)
+    bars = load_bars(market, loaded, first_bar, last_bar)
     calendar = NyseCalendar()
     sessions = runnable_sessions(request, settings, bars, calendar)
+    thresholds = Thresholds(
+        ai_signal_buy_threshold=_pick(request.buy_threshold, settings.ai_signal_buy_threshold),
+        ai_signal_sell_threshold=_pick(request.sell_threshold, settings.ai_signal_sell_threshold),
+        ai_confidence_threshold=_pick(
+            request.confidence_threshold, settings.ai_confidence_threshold
+        ),
+    )
+    plan = PlannedRun(request, config, bars, sessions, calendar, thresholds)
+    if request.model != "walk_forward":
+        return plan
+    mode = settings.ai_mode
+    tuned = load_best_params(settings.best_params_dir, mode)
+    through = best_params_tuned_through(settings.best_params_dir, mode)
+    wf = replace(
+        _walk_forward_config(request, settings),
+        params=to_train_params(tuned) if tuned and through else None,
+        params_tuned_through=through,
+    )
+    source = source_of(bars, loaded, first_bar, last_bar, data_dir)
+    return replace(plan, walk_forward=wf, source=source)
+
+
+def collect_locally(plan: PlannedRun, progress: ProgressFn | None = None) -> list[WindowResult]:
+    """The run's windows one after another in this process, from the bars it loaded."""
+    data = SourceData(plan.bars)
+    windows = plan.windows
+    results = []
+    for done, window in enumerate(windows, start=1):
+        results.append(run_window(window, data, calendar=plan.calendar))
+        if progress is not None:
+            progress(done, len(windows))
+    return results
+
+
+def run_planned(
+    plan: PlannedRun,
+    *,
+    windows: Sequence[WindowResult] | None = None,
+    bundle: ModelBundle | None = None,
+    progress: ProgressFn | None = None,
+) -> BacktestResult:
+    """Run the engine over a planned run. `windows`: the walk-forward windows' results
+    (computed here, one by one, when not given); `bundle`: the saved model of
+    ``model="current"``."""
+    request, symbols = plan.request, plan.config.symbols
     signal_fn: SignalFn
     if request.model == "sma_cross":
-        signal_fn = SmaCrossSignals(bars, symbols)
+        signal_fn = SmaCrossSignals(plan.bars, symbols)
     else:
-        thresholds = Thresholds(
-            ai_signal_buy_threshold=_pick(request.buy_threshold, settings.ai_signal_buy_threshold),
-            ai_signal_sell_threshold=_pick(
-                request.sell_threshold, settings.ai_signal_sell_threshold
-            ),
-            ai_confidence_threshold=_pick(
-                request.confidence_threshold, settings.ai_confidence_threshold
-            ),
-        )
         if request.model == "current":
             if bundle is None:
                 raise ValidationError("there is no trained model to use", field="model")
-            predictor = WalkForwardPredictor(bars, sessions, symbols, bundle=bundle)
+            predictor = WalkForwardPredictor(plan.bars, plan.sessions, symbols, bundle=bundle)
         else:
-            mode = settings.ai_mode
-            tuned = load_best_params(settings.best_params_dir, mode)
-            through = best_params_tuned_through(settings.best_params_dir, mode)
-            wf = replace(
-                _walk_forward_config(request, settings),
-                params=to_train_params(tuned) if tuned and through else None,
-                params_tuned_through=through,
+            predictor = WalkForwardPredictor(
+                plan.bars,
+                plan.sessions,
+                symbols,
+                plan.walk_forward,
+                calendar=plan.calendar,
+                windows=windows,
             )
-            predictor = WalkForwardPredictor(bars, sessions, symbols, wf, calendar=calendar)
-        signal_fn = ModelSignals(predictor, thresholds)
-    return run_backtest(bars, config, signal_fn, progress=progress, calendar=calendar)
+        signal_fn = ModelSignals(predictor, plan.thresholds)
+    return run_backtest(
+        plan.bars, plan.config, signal_fn, progress=progress, calendar=plan.calendar
+    )
+
+
+def run_request(
+    request: BacktestRequest,
+    settings: Settings,
+    market: MarketData,
+    *,
+    bundle: ModelBundle | None = None,
+    progress: ProgressFn | None = None,
+    collect: WindowCollector = collect_locally,
+    data_dir: str | None = None,
+) -> BacktestResult:
+    """Plan, collect the walk-forward windows (`collect`: in-process by default), run the
+    engine. `bundle` is the saved model for ``model="current"``."""
+    plan = plan_request(request, settings, market, data_dir=data_dir)
+    windows = collect(plan) if plan.walk_forward is not None else None
+    return run_planned(plan, windows=windows, bundle=bundle, progress=progress)
 
 
 def check_runnable(
@@ -227,11 +319,16 @@ def _walk_forward_config(request: BacktestRequest, settings: Settings) -> WalkFo
     )
 
 
-def _load(request: BacktestRequest, settings: Settings, market: MarketData) -> dict[str, BarFrame]:
-    """The bars the run replays, and before `start` the history its first model trains on."""
-    symbols = tuple(dict.fromkeys(s.upper() for s in request.symbols))
+def _bar_range(request: BacktestRequest, settings: Settings) -> tuple[list[str], date, date]:
+    """The symbols and dates to load: the bars the run replays, and before `start` the
+    history its first model trains on."""
+    symbols = list(dict.fromkeys(s.upper() for s in (*request.symbols, *request.feature_symbols)))
     model_years = settings.train_years if request.model == "walk_forward" else 0.0
-    return load_bars(market, symbols, history_start(request.start, model_years), request.end)
+    return symbols, history_start(request.start, model_years), request.end
+
+
+def _load(request: BacktestRequest, settings: Settings, market: MarketData) -> dict[str, BarFrame]:
+    return load_bars(market, *_bar_range(request, settings))
 
 
 def _pick(value: float | None, default: float) -> float:

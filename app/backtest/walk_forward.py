@@ -1,33 +1,30 @@
 """Walk-forward prediction: the model is retrained every N sessions on labels known before each
 window, so a backtest never sees a model trained on its own future.
+
+The windows are independent work units (walk_forward_window.run_window): a run collects their
+predictions in-process or from Celery workers, then the engine reads them through this predictor.
 """
 
 from __future__ import annotations
 
-import logging
-import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from datetime import date
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import Any, Protocol
 
-import numpy as np
-import pandas as pd
-
-from app.ai.ensemble import Mode, ModelBundle, SymbolPrediction
-from app.ai.features import LABEL_COLUMN, LABEL_END_COLUMN, build_features, latest_features
-from app.ai.training import train
-from app.backtest.results import BENCHMARK_SYMBOL
-from app.domain import (
-    BarFrame,
+from app.ai.ensemble import ModelBundle, SymbolPrediction
+from app.backtest.feature_source import SourceData
+from app.backtest.walk_forward_window import (
+    WalkForwardConfig,
+    WalkForwardWindow,
+    WindowResult,
+    plan_windows,
+    predict_window,
+    run_window,
 )
-from app.errors import ValidationError
+from app.domain import BarFrame
 from app.market.calendar import NyseCalendar
 
-if TYPE_CHECKING:
-    pass
-
-log = logging.getLogger(__name__)
+__all__ = ["Predictor", "WalkForwardConfig", "WalkForwardPredictor"]
 
 
 class Predictor(Protocol):
@@ -38,46 +35,13 @@ class Predictor(Protocol):
     def describe(self) -> dict[str, Any]: ...
 
 
-@dataclass(frozen=True)
-class WalkForwardConfig:
-    """How models are retrained during a backtest (app.ai.training.train's knobs)."""
-
-    retrain_every: int = 63
-    #: Years of rows each training uses (Settings.train_years); None: all history.
-    train_years: float | None = 5.0
-    mode: Mode = "pooled"
-    params: Mapping[str, Any] | None = None
-    #: The last label date the tuning of `params` saw. A window whose training ends before it
-    #: trains with the defaults instead: a backtest never uses tuning from its future.
-    params_tuned_through: date | None = None
-    n_lgbm: int = 3
-    n_xgb: int = 3
-    seed: int = 0
-    val_fraction: float = 0.2
-    #: The label: sessions held after the next open, and its normalisation across symbols
-    #: (AI_PREDICTION_HORIZON_DAYS, AI_LABEL_NORMALISATION).
-    horizon: int = 1
-    label_normalisation: str = "raw"
-    #: Placebo: permute the training labels (a model that can know nothing; must earn ~0).
-    shuffle_labels: bool = False
-    #: "precomputed": feature rows computed once over the whole history (features are causal,
-    #: so row t is the same as from bars <= t; one pass instead of one per session).
-    #: "live": latest_features from the bars the cycle passes, exactly as ModelSignalSource
-    #: does (about 0.25 s per session for 32 symbols).
-    features: Literal["precomputed", "live"] = "precomputed"
-
-    def __post_init__(self) -> None:
-        if self.retrain_every < 1:
-            raise ValidationError("must be >= 1", field="retrain_every")
-
-
 class WalkForwardPredictor:
     """Predictions per session from models that only saw labels known before their window.
 
-    Windows of `retrain_every` sessions start at the first session; the model of a window
-    starting at session S is trained with ``train_end`` = the session before S, on rows whose
-    label ended by then (``label_end <= train_end``). Alternatively a saved bundle is used as
-    is for every session (a warning says so when its labels reach into the window).
+    `windows`: the results of the run's windows (plan_windows over the same sessions), however
+    they were computed; without them each window is computed here when first asked for.
+    Alternatively a saved bundle is used as is for every session (a warning says so when its
+    labels reach into the window).
     """
 
     def __init__(
@@ -89,157 +53,72 @@ class WalkForwardPredictor:
         *,
         bundle: ModelBundle | None = None,
         calendar: NyseCalendar | None = None,
-        on_retrain: Callable[[dict[str, Any]], None] | None = None,
+        windows: Sequence[WindowResult] | None = None,
     ) -> None:
         if not sessions:
             raise ValueError("no sessions to predict")
         self.config = config or WalkForwardConfig()
-        self._bars = bars
-        self._sessions = list(sessions)
-        self._symbols = sorted(set(symbols))
+        self._data = SourceData(bars)
         self._calendar = calendar or NyseCalendar()
         self._bundle_given = bundle
-        self._on_retrain = on_retrain
-        self._features: pd.DataFrame | None = None
-        every = len(self._sessions) if bundle is not None else self.config.retrain_every
-        self._window_of = {day: i // every for i, day in enumerate(self._sessions)}
-        self._starts = self._sessions[::every]
-        self._models: dict[int, ModelBundle] = {}
-        self._cache: dict[int, dict[date, dict[str, SymbolPrediction]]] = {}
-        self.retrains: list[dict[str, Any]] = []
         self.warnings: list[str] = []
-        self._rng = np.random.default_rng(self.config.seed)
+        plan_config = self.config
+        if bundle is not None:
+            plan_config = WalkForwardConfig(
+                retrain_every=len(sessions),
+                horizon=self.config.horizon,
+                label_normalisation=self.config.label_normalisation,
+                features=self.config.features,
+            )
+        self.plan = plan_windows(sessions, symbols, plan_config)
+        every = plan_config.retrain_every
+        self._window_of = {day: i // every for i, day in enumerate(sessions)}
+        self._results: dict[int, WindowResult] = {}
+        if windows is not None:
+            self._take(windows)
         if bundle is not None:
             last = bundle.metadata.get("last_label_end") or bundle.metadata.get("train_end")
-            if last is None or date.fromisoformat(str(last)[:10]) >= self._sessions[0]:
+            if last is None or date.fromisoformat(str(last)[:10]) >= sessions[0]:
                 self.warnings.append(
                     f"saved model {bundle.version or 'unversioned'} learned labels up to {last}, "
-                    f"not before the first session {self._sessions[0]}: possible lookahead"
+                    f"not before the first session {sessions[0]}: possible lookahead"
                 )
 
-    @property
-    def features(self) -> pd.DataFrame:
-        if self._features is None:
-            t0 = time.perf_counter()
-            spy = self._bars.get(BENCHMARK_SYMBOL)
-            self._features = build_features(
-                self._bars,
-                spy,
-                horizon=self.config.horizon,
-                normalisation=self.config.label_normalisation,
-            )
-            log.info("features for the backtest in %.1fs", time.perf_counter() - t0)
-        return self._features
+    def _take(self, windows: Sequence[WindowResult]) -> None:
+        found = sorted(w.index for w in windows)
+        if found != list(range(len(self.plan))):
+            raise ValueError(f"results of windows {found} for a plan of {len(self.plan)}")
+        for result in windows:
+            window = self.plan[result.index]
+            if result.retrain is not None and result.retrain["window_start"] != (
+                window.first.isoformat()
+            ):
+                raise ValueError(f"window {result.index} was computed for another plan")
+            self._results[result.index] = result
 
-    def model_for(self, window: int) -> ModelBundle:
+    def window(self, index: int) -> WindowResult:
+        result = self._results.get(index)
+        if result is None:
+            result = self._compute(self.plan[index])
+            self._results[index] = result
+        return result
+
+    def _compute(self, window: WalkForwardWindow) -> WindowResult:
         if self._bundle_given is not None:
-            return self._bundle_given
-        model = self._models.get(window)
-        if model is None:
-            model = self._train(window)
-            self._models = {window: model}  # one live model at a time, like production
-        return model
+            return predict_window(self._bundle_given, window, self._data)
+        return run_window(window, self._data, calendar=self._calendar)
 
-    def _train(self, window: int) -> ModelBundle:
-        first = self._starts[window]
-        cutoff = pd.Timestamp(self._calendar.previous_session(first))
-        cfg = self.config
-        feats = self.features
-        pool = feats[feats[LABEL_COLUMN].notna() & (feats[LABEL_END_COLUMN] <= cutoff)]
-        if cfg.train_years:
-            since = cutoff - pd.DateOffset(days=int(cfg.train_years * 365.25))
-            pool = pool[pool.index.get_level_values("date") > since]
-        if cfg.shuffle_labels:
-            pool = pool.copy()
-            pool[LABEL_COLUMN] = self._rng.permutation(pool[LABEL_COLUMN].to_numpy())
-        tuned = cfg.params is not None and (
-            cfg.params_tuned_through is None or cfg.params_tuned_through <= cutoff.date()
-        )
-        t0 = time.perf_counter()
-        bundle = train(
-            None,
-            None,
-            cfg.mode,
-            cutoff,
-            cfg.params if tuned else None,
-            features=pool,
-            n_lgbm=cfg.n_lgbm,
-            n_xgb=cfg.n_xgb,
-            seed=cfg.seed,
-            val_fraction=cfg.val_fraction,
-            horizon=cfg.horizon,
-            normalisation=cfg.label_normalisation,
-        )
-        seconds = time.perf_counter() - t0
-        meta = bundle.metadata
-        last_label = meta.get("last_label_end")
-        if last_label is None or date.fromisoformat(last_label) >= first:
-            raise RuntimeError(f"lookahead: labels up to {last_label} for a window from {first}")
-        bundle.version = f"wf-{cutoff.date().isoformat()}"
-        record = {
-            "window_start": first.isoformat(),
-            "train_end": cutoff.date().isoformat(),
-            "train_start": meta.get("train_start"),
-            "last_label_end": last_label,
-            "n_train_rows": meta.get("n_train_rows"),
-            "n_val_rows": meta.get("n_val_rows"),
-            "params": "tuned" if tuned else "defaults",
-            "validation": meta.get("validation"),
-            "seconds": round(seconds, 2),
-        }
-        self.retrains.append(record)
-        log.info("walk-forward model %s trained in %.1fs", bundle.version, seconds)
-        if self._on_retrain is not None:
-            self._on_retrain(record)
-        return bundle
+    @property
+    def retrains(self) -> list[dict[str, Any]]:
+        """The retrain records of the windows computed so far, in window order."""
+        return [r.retrain for _, r in sorted(self._results.items()) if r.retrain is not None]
 
     def predictions(
         self, session: date, bars: Mapping[str, BarFrame]
     ) -> tuple[dict[str, SymbolPrediction], str]:
         """Predictions for `session` (a session of the backtest) and the model's version."""
-        window = self._window_of[session]
-        model = self.model_for(window)
-        version = model.version or "saved"
-        if self.config.features == "live":
-            rows = latest_features(bars, bars.get(BENCHMARK_SYMBOL), session)
-            wanted = set(self._symbols)
-            found = model.predict(rows)
-            return {s: p for s, p in found.items() if s in wanted}, version
-        cached = self._cache.get(window)
-        if cached is None:
-            cached = self._predict_window(window, model)
-            self._cache = {window: cached}
-        return cached.get(session, {}), version
-
-    def _predict_window(
-        self, window: int, model: ModelBundle
-    ) -> dict[date, dict[str, SymbolPrediction]]:
-        """Every session of the window at once (rows are independent): far fewer calls."""
-        days = [d for d, w in self._window_of.items() if w == window]
-        feats = self.features
-        dates = feats.index.get_level_values("date")
-        symbols = feats.index.get_level_values("symbol")
-        mask = (
-            (dates >= pd.Timestamp(days[0]))
-            & (dates <= pd.Timestamp(days[-1]))
-            & symbols.isin(self._symbols)
-        )
-        rows = feats[mask]
-        out: dict[date, dict[str, SymbolPrediction]] = {}
-        if rows.empty:
-            return out
-        scored = model.predict_frame(rows[model.feature_columns]).dropna(subset=["mean"])
-        for (day, symbol), mean, disp, conf in zip(
-            scored.index,
-            scored["mean"].to_numpy(),
-            scored["dispersion"].to_numpy(),
-            scored["confidence"].to_numpy(),
-            strict=True,
-        ):
-            out.setdefault(pd.Timestamp(day).date(), {})[str(symbol)] = SymbolPrediction(
-                float(mean), float(disp), float(conf)
-            )
-        return out
+        result = self.window(self._window_of[session])
+        return result.at(session), result.version
 
     def describe(self) -> dict[str, Any]:
         if self._bundle_given is not None:
@@ -253,6 +132,7 @@ class WalkForwardPredictor:
                 "warnings": list(self.warnings),
             }
         cfg = self.config
+        retrains = self.retrains
         return {
             "kind": "walk_forward",
             "mode": cfg.mode,
@@ -265,7 +145,7 @@ class WalkForwardPredictor:
             "label_normalisation": cfg.label_normalisation,
             "features": cfg.features,
             "params": dict(cfg.params or {}),
-            "retrains": list(self.retrains),
-            "train_seconds": round(sum(r["seconds"] for r in self.retrains), 2),
+            "retrains": retrains,
+            "train_seconds": round(sum(r["seconds"] for r in retrains), 2),
             "warnings": list(self.warnings),
         }

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import click
 from flask.cli import with_appcontext
@@ -16,11 +17,15 @@ from tqdm import tqdm
 
 from app.backtest.report import SEED_KEYS, to_report, write_png
 from app.backtest.report_html import render_html
-from app.backtest.requests import BacktestRequest, run_request
+from app.backtest.requests import BacktestRequest, collect_locally, run_request
+from app.backtest.results import ProgressFn
+from app.config import Settings
 from app.container import services
 from app.domain import MarketData
 from app.errors import AppError
 from app.market.sources import CsvMarketData
+from app.market.universe import resolve_universe
+from app.tasks.walk_forward import collect_on_workers
 
 _DATE = click.DateTime(["%Y-%m-%d"])
 
@@ -30,9 +35,15 @@ _DATE = click.DateTime(["%Y-%m-%d"])
 @click.option(
     "--data-dir",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="Directory of SYMBOL.csv bars (default: the service's market data).",
+    help="Directory of SYMBOL.csv bars, flat or the broad layout's daily/ and etf/ folders "
+    "(default: the service's market data).",
 )
-@click.option("--symbols", help="Comma-separated symbols (default: the watchlist).")
+@click.option("--symbols", help="Comma-separated symbols to trade (instead of the universe).")
+@click.option(
+    "--universe",
+    help="watchlist, a shipped universe (broad) or a file of symbols, one a line: what the "
+    "run trades; its ETFs only feed the features (default: UNIVERSE).",
+)
 @click.option("--start", type=_DATE, required=True)
 @click.option("--end", type=_DATE, required=True)
 @click.option("--initial-capital", type=click.FloatRange(min=0, min_open=True), default=100_000.0)
@@ -54,12 +65,21 @@ _DATE = click.DateTime(["%Y-%m-%d"])
     is_flag=True,
     help="Train the walk-forward models on shuffled labels: what no skill earns.",
 )
+@click.option(
+    "--workers",
+    type=click.Choice(["local", "celery"]),
+    default="local",
+    show_default=True,
+    help="Where walk-forward windows train: in this process, or as tasks on the training "
+    "queue for every Celery worker that serves it (on any host, with the same market data).",
+)
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
 @click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--png", "png_path", type=click.Path(dir_okay=False, path_type=Path))
 def backtest_command(
     data_dir: Path | None,
     symbols: str | None,
+    universe: str | None,
     start: datetime,
     end: datetime,
     initial_capital: float,
@@ -71,19 +91,17 @@ def backtest_command(
     sell_threshold: float | None,
     confidence_threshold: float | None,
     placebo: bool,
+    workers: str,
     output: Path,
     html_path: Path | None,
     png_path: Path | None,
 ) -> None:
     svc = services()
     market: MarketData = CsvMarketData(data_dir) if data_dir else svc.venue.market
-    wanted = (
-        [s.strip().upper() for s in symbols.split(",") if s.strip()]
-        if symbols
-        else list(svc.settings.watchlist)
-    )
+    wanted, feature_only = _symbols_to_trade(symbols, universe, svc.settings, market)
     request = BacktestRequest(
-        symbols=tuple(wanted),
+        symbols=wanted,
+        feature_symbols=feature_only,
         start=start.date(),
         end=end.date(),
         initial_capital=initial_capital,
@@ -97,14 +115,18 @@ def backtest_command(
         placebo=placebo,
     )
     bundle = svc.models.load_current() if model == "current" else None
-    with tqdm(total=1, unit="session", desc="backtest") as bar:
-
-        def progress(done: int, total: int) -> None:
-            bar.total = total
-            bar.update(done - bar.n)
-
+    collect = collect_on_workers if workers == "celery" else collect_locally
+    with _Bars() as bars:
         try:
-            result = run_request(request, svc.settings, market, bundle=bundle, progress=progress)
+            result = run_request(
+                request,
+                svc.settings,
+                market,
+                bundle=bundle,
+                progress=bars.progress("session"),
+                collect=lambda plan: collect(plan, bars.progress("window")),
+                data_dir=str(data_dir.resolve()) if data_dir else None,
+            )
         except AppError as exc:
             raise click.ClickException(exc.message) from None
     report = to_report(result)
@@ -135,3 +157,40 @@ def backtest_command(
             )
         )
     click.echo(f"report written to {output}")
+
+
+def _symbols_to_trade(
+    symbols: str | None, universe: str | None, settings: Settings, market: MarketData
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(traded, feature-only) symbols: --symbols as given, else the universe's."""
+    if symbols:
+        return tuple(s.strip().upper() for s in symbols.split(",") if s.strip()), ()
+    try:
+        chosen = resolve_universe(universe or settings.universe, settings.watchlist, market)
+    except (ValueError, AppError) as exc:
+        raise click.BadParameter(str(exc), param_hint="--universe") from None
+    return chosen.tradable, chosen.feature_only
+
+
+class _Bars:
+    """A progress bar per unit (walk-forward windows, then sessions), made when first used."""
+
+    def __init__(self) -> None:
+        self._bars: dict[str, tqdm[Any]] = {}
+
+    def progress(self, unit: str) -> ProgressFn:
+        def update(done: int, total: int) -> None:
+            bar = self._bars.get(unit)
+            if bar is None:
+                bar = self._bars[unit] = tqdm(total=total, unit=unit, desc=f"{unit}s")
+            bar.total = total
+            bar.update(done - bar.n)
+
+        return update
+
+    def __enter__(self) -> _Bars:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        for bar in self._bars.values():
+            bar.close()

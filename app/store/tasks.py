@@ -67,7 +67,7 @@ def describe(db: Database, celery: Celery, task_id: str) -> dict[str, Any]:
     }
     subtasks = (run.params or {}).get("subtasks") or []
     if state == PROGRESS and isinstance(info, dict):
-        body["progress"] = info
+        body["progress"] = progress_of(celery, info)
     elif state == "PENDING" and subtasks:
         ready = sum(celery.AsyncResult(sid).ready() for sid in subtasks)
         body["progress"] = {"stage": "data", "done": ready, "total": len(subtasks)}
@@ -77,3 +77,15 @@ def describe(db: Database, celery: Celery, task_id: str) -> dict[str, Any]:
     elif state in {"FAILURE", "REVOKED"}:
         body["error"] = f"{type(info).__name__}: {info}" if info else state.lower()
     return body
+
+
+def progress_of(celery: Celery, info: dict[str, Any]) -> dict[str, Any]:
+    """A PROGRESS state as users see it. A task whose work runs as other tasks (a walk-forward
+    backtest's windows, on any worker) names them in "subtasks": done counts those finished."""
+    parts = info.get("subtasks")
+    if not isinstance(parts, list):
+        return info
+    shown = {key: value for key, value in info.items() if key != "subtasks"}
+    shown["done"] = sum(celery.AsyncResult(part).state == "SUCCESS" for part in parts)
+    shown["total"] = len(parts)
+    return shown

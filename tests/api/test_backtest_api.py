@@ -87,7 +87,7 @@ def test_walk_forward_run_through_the_task(
     client = backtest_app.test_client()
     headers = Auth(client).headers()
     task = backtest_app.extensions["celery"].tasks[backtest_tasks.run_backtest.name]
-    updates: list[tuple[str, dict[str, int]]] = []
+    updates: list[tuple[str, dict[str, Any]]] = []
     monkeypatch.setattr(
         task, "update_state", lambda state, meta: updates.append((state, meta)), raising=False
     )
@@ -116,8 +116,13 @@ def test_walk_forward_run_through_the_task(
     assert run["finished_at"] is not None
     assert updates, "no progress reported"
     assert {state for state, _meta in updates} == {"PROGRESS"}
-    assert updates[-1][1] == {"done": 30, "total": 30}
-    assert [meta["done"] for _s, meta in updates] == sorted(meta["done"] for _s, meta in updates)
+    # eager: the walk-forward windows in the task (tests/tasks/test_walk_forward_fanout.py has
+    # workers), then the sessions
+    assert updates[0][1]["stage"] == "windows"
+    assert updates[0][1]["total"] == len(model["retrains"])
+    assert updates[-1][1] == {"stage": "sessions", "done": 30, "total": 30}
+    sessions = [meta["done"] for _s, meta in updates if meta["stage"] == "sessions"]
+    assert sessions == sorted(sessions)
     task = client.get(f"/api/tasks/{body['task_id']}", headers=headers).get_json()
     assert task["name"] == "app.tasks.run_backtest"
     assert stored_runs() == 1
