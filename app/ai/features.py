@@ -18,11 +18,15 @@ Why these rules:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from datetime import date, datetime
+from typing import TypeAlias
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
+from pandas.api.typing import Rolling
 
 from app.domain import BarFrame
 
@@ -59,6 +63,7 @@ _MACD_FAST, _MACD_SLOW, _MACD_SIGNAL = 12, 26, 9
 _MACD_WINDOW, _MACD_SIGNAL_WINDOW = 96, 25
 #: Features also ranked across symbols per date (pooled models learn relative strength).
 _RANKED = ("ret_1", "ret_5", "ret_20", "vol_20", "volume_z_20", "rsi_14")
+_BAR_COLUMNS = ("open", "high", "low", "close", "volume")
 
 _BASE_COLUMNS = [
     *(f"ret_{h}" for h in _RETURN_HORIZONS),
@@ -84,14 +89,16 @@ FEATURE_COLUMNS: list[str] = [*_BASE_COLUMNS, *(f"cs_rank_{name}" for name in _R
 
 
 def _truncated_ema(values: np.ndarray, span: int, window: int) -> np.ndarray:
-    """EMA with its kernel cut at `window` bars and renormalised: finite, start-independent."""
+    """EMA of each column with its kernel cut at `window` bars and renormalised: finite,
+    start-independent."""
     alpha = 2.0 / (span + 1.0)
     weights = (1.0 - alpha) ** np.arange(window)
     weights /= weights.sum()
-    out = np.full(len(values), np.nan)
+    out = np.full(values.shape, np.nan)
     if len(values) >= window:
-        # convolve flips the kernel, so weights[0] lands on the newest bar of each window.
-        out[window - 1 :] = np.convolve(values, weights, mode="valid")
+        for j in range(values.shape[1]):
+            # convolve flips the kernel, so weights[0] lands on the newest bar of each window.
+            out[window - 1 :, j] = np.convolve(values[:, j], weights, mode="valid")
     return out
 
 
@@ -112,85 +119,155 @@ def label_sessions(horizon: int) -> int:
     return horizon + 1
 
 
-def _symbol_features(bars: BarFrame, spy: BarFrame | None, horizon: int = 1) -> pd.DataFrame:
-    """One symbol's feature rows (all bars, warm-up rows included) plus label columns."""
-    o = bars["open"].astype(float)
-    h = bars["high"].astype(float)
-    low = bars["low"].astype(float)
-    c = bars["close"].astype(float)
-    v = bars["volume"].astype(float)
-    out = pd.DataFrame(index=bars.index)
+Array: TypeAlias = npt.NDArray[np.float64]
 
-    for n in _RETURN_HORIZONS:
-        out[f"ret_{n}"] = c / c.shift(n) - 1.0
-    log_ret = np.log(c / c.shift(1))
-    for w in _VOL_WINDOWS:
-        out[f"vol_{w}"] = log_ret.rolling(w, min_periods=w).std()
 
-    diff = c.diff()
-    gain = diff.clip(lower=0.0).rolling(14, min_periods=14).mean()
-    loss = (-diff).clip(lower=0.0).rolling(14, min_periods=14).mean()
-    total = gain + loss
-    out["rsi_14"] = (gain / total.where(total > 0)).fillna(0.5).where(total.notna())
+@dataclass(frozen=True)
+class _Panel:
+    """Every symbol's bars side by side, as (bar position, symbol) arrays: each column starts at
+    its symbol's own first bar and is padded with NaN after its last. A column is that symbol's
+    series alone, so all symbols are computed at once and exactly as each would be alone (same
+    start, same arithmetic; the padding only trails)."""
 
-    close_np = c.to_numpy()
-    fast = _truncated_ema(close_np, _MACD_FAST, _MACD_WINDOW)
-    slow = _truncated_ema(close_np, _MACD_SLOW, _MACD_WINDOW)
-    macd = (fast - slow) / close_np
-    signal = _truncated_ema(macd, _MACD_SIGNAL, _MACD_SIGNAL_WINDOW)
-    out["macd"] = macd
-    out["macd_signal"] = signal
-    out["macd_hist"] = macd - signal
+    symbols: list[str]
+    lengths: npt.NDArray[np.int64]
+    dates: npt.NDArray[np.datetime64]  # NaT after a symbol's last bar
+    bars: dict[str, Array]
 
-    ma20 = c.rolling(20, min_periods=20).mean()
-    sd20 = c.rolling(20, min_periods=20).std(ddof=0)
-    band = (4.0 * sd20).where(sd20 > 0)
-    out["bb_pct_b_20"] = (c - (ma20 - 2.0 * sd20)) / band
-    out["bb_width_20"] = 4.0 * sd20 / ma20
+    @classmethod
+    def of(cls, bars: Mapping[str, BarFrame]) -> _Panel:
+        symbols = [s for s in sorted(bars) if len(bars[s]) >= MAX_LOOKBACK]
+        frames = [bars[s].sort_index() for s in symbols]
+        length = max((len(f) for f in frames), default=0)
+        values = np.full((len(_BAR_COLUMNS), length, len(symbols)), np.nan)
+        dates = np.full((length, len(symbols)), np.datetime64("NaT"), dtype="datetime64[ns]")
+        for j, frame in enumerate(frames):
+            values[:, : len(frame), j] = frame[list(_BAR_COLUMNS)].to_numpy(dtype=np.float64).T
+            dates[: len(frame), j] = frame.index.to_numpy(dtype="datetime64[ns]")
+        lengths = np.array([len(f) for f in frames], dtype=np.int64)
+        return cls(symbols, lengths, dates, dict(zip(_BAR_COLUMNS, values, strict=True)))
 
-    log_vol = np.log1p(v.clip(lower=0.0))
-    vol_sd = log_vol.rolling(20, min_periods=20).std()
-    out["volume_z_20"] = (log_vol - log_vol.rolling(20, min_periods=20).mean()) / vol_sd.where(
-        vol_sd > 0
-    )
+    def aligned(self, series: pd.Series) -> Array:
+        """`series` (indexed by date) at each symbol's own dates."""
+        found = series.reindex(pd.DatetimeIndex(self.dates.ravel())).to_numpy(dtype=np.float64)
+        aligned: Array = found.reshape(self.dates.shape)
+        return aligned
 
-    out["gap"] = o / c.shift(1) - 1.0
-    out["intraday"] = c / o - 1.0
-    out["range"] = (h - low) / c
-    out["dist_high_120"] = c / h.rolling(MAX_LOOKBACK, min_periods=MAX_LOOKBACK).max() - 1.0
-    out["dist_low_120"] = c / low.rolling(MAX_LOOKBACK, min_periods=MAX_LOOKBACK).min() - 1.0
 
-    if spy is not None and not spy.empty:
-        spy_close = spy["close"].astype(float)
-        # SPY quantities are computed on SPY's own sessions, then aligned by date.
-        spy_ret20 = (spy_close / spy_close.shift(20) - 1.0).reindex(bars.index)
-        spy_log_ret = np.log(spy_close / spy_close.shift(1)).reindex(bars.index)
-        out["rel_ret_20_spy"] = out["ret_20"] - spy_ret20
-        out["corr_spy_60"] = log_ret.rolling(60, min_periods=60).corr(spy_log_ret)
-        spy_var = spy_log_ret.rolling(60, min_periods=60).var()
-        cov = log_ret.rolling(60, min_periods=60).cov(spy_log_ret)
-        out["beta_spy_60"] = cov / spy_var.where(spy_var > 0)
+def _shift(values: Array, n: int) -> Array:
+    """Each column moved `n` bars later (earlier when negative); NaN where nothing moved in."""
+    out = np.full(values.shape, np.nan)
+    if n > 0:
+        out[n:] = values[:-n]
     else:
-        out["rel_ret_20_spy"] = np.nan
-        out["corr_spy_60"] = np.nan
-        out["beta_spy_60"] = np.nan
-
-    out[LABEL_COLUMN] = o.shift(-label_sessions(horizon)) / o.shift(-1) - 1.0
-    index_dates = pd.Series(bars.index, index=bars.index)
-    out[LABEL_END_COLUMN] = index_dates.shift(-label_sessions(horizon))
-    # Warm-up rows would carry partly-defined features that live prediction never sees.
-    return out.iloc[MAX_LOOKBACK - 1 :].replace([np.inf, -np.inf], np.nan)
+        out[:n] = values[-n:]
+    return out
 
 
-def _add_cross_sectional_ranks(frame: pd.DataFrame) -> pd.DataFrame:
-    """Rank a few features across symbols per date into [0, 1] (0.5 when alone)."""
-    grouped = frame.groupby(level="date")
-    for name in _RANKED:
-        ranks = grouped[name].rank(method="average")
-        counts = grouped[name].transform("count")
-        scaled = (ranks - 1.0) / (counts - 1.0).where(counts > 1)
-        frame[f"cs_rank_{name}"] = scaled.where(counts > 1, 0.5).where(frame[name].notna())
-    return frame
+def _rolling(values: Array, window: int) -> Rolling:
+    """Each column's rolling window over its own bars, every bar of the window required."""
+    return pd.DataFrame(values, copy=False).rolling(window, min_periods=window)
+
+
+def _panel_features(panel: _Panel, spy: BarFrame | None) -> Iterator[tuple[str, Array]]:
+    """Each base feature as a (bar position, symbol) array, one at a time (memory)."""
+    o, h, low, c, v = (panel.bars[name] for name in _BAR_COLUMNS)
+    returns = {n: c / _shift(c, n) - 1.0 for n in _RETURN_HORIZONS}
+    yield from ((f"ret_{n}", ret) for n, ret in returns.items())
+    log_ret = np.log(c / _shift(c, 1))
+    for w in _VOL_WINDOWS:
+        yield f"vol_{w}", _rolling(log_ret, w).std().to_numpy()
+
+    diff = c - _shift(c, 1)
+    gain = _rolling(np.maximum(diff, 0.0), 14).mean().to_numpy()
+    loss = _rolling(np.maximum(-diff, 0.0), 14).mean().to_numpy()
+    total = gain + loss
+    yield "rsi_14", np.where(np.isnan(total), np.nan, np.where(total > 0, gain / total, 0.5))
+
+    fast = _truncated_ema(c, _MACD_FAST, _MACD_WINDOW)
+    slow = _truncated_ema(c, _MACD_SLOW, _MACD_WINDOW)
+    macd = (fast - slow) / c
+    signal = _truncated_ema(macd, _MACD_SIGNAL, _MACD_SIGNAL_WINDOW)
+    yield "macd", macd
+    yield "macd_signal", signal
+    yield "macd_hist", macd - signal
+
+    ma20 = _rolling(c, 20).mean().to_numpy()
+    sd20 = _rolling(c, 20).std(ddof=0).to_numpy()
+    yield "bb_pct_b_20", (c - (ma20 - 2.0 * sd20)) / np.where(sd20 > 0, 4.0 * sd20, np.nan)
+    yield "bb_width_20", 4.0 * sd20 / ma20
+
+    log_vol = np.log1p(np.maximum(v, 0.0))
+    vol_sd = _rolling(log_vol, 20).std().to_numpy()
+    vol_mean = _rolling(log_vol, 20).mean().to_numpy()
+    yield "volume_z_20", (log_vol - vol_mean) / np.where(vol_sd > 0, vol_sd, np.nan)
+
+    yield "gap", o / _shift(c, 1) - 1.0
+    yield "intraday", c / o - 1.0
+    yield "range", (h - low) / c
+    yield "dist_high_120", c / _rolling(h, MAX_LOOKBACK).max().to_numpy() - 1.0
+    yield "dist_low_120", c / _rolling(low, MAX_LOOKBACK).min().to_numpy() - 1.0
+
+    if spy is None or spy.empty:
+        for name in ("rel_ret_20_spy", "corr_spy_60", "beta_spy_60"):
+            yield name, np.full(c.shape, np.nan)
+        return
+    spy_close = spy["close"].astype(float)
+    # SPY quantities are computed on SPY's own sessions, then aligned by date.
+    yield "rel_ret_20_spy", returns[20] - panel.aligned(spy_close / spy_close.shift(20) - 1.0)
+    spy_log_ret = pd.DataFrame(panel.aligned(np.log(spy_close / spy_close.shift(1))), copy=False)
+    window = _rolling(log_ret, 60)
+    yield "corr_spy_60", window.corr(spy_log_ret, pairwise=False).to_numpy()
+    spy_var = spy_log_ret.rolling(60, min_periods=60).var().to_numpy()
+    cov = window.cov(spy_log_ret, pairwise=False).to_numpy()
+    yield "beta_spy_60", cov / np.where(spy_var > 0, spy_var, np.nan)
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """The output rows: each symbol's bars from its MAX_LOOKBACK-th on (warm-up rows would carry
+    partly-defined features that live prediction never sees), ordered by (date, symbol).
+    `source`: a row's cell in the panel; `cells`: its cell in a (date, symbol) grid."""
+
+    source: npt.NDArray[np.intp]
+    cells: npt.NDArray[np.intp]
+    grid_shape: tuple[int, int]
+    index: pd.MultiIndex
+
+    @classmethod
+    def of(cls, panel: _Panel) -> _Rows:
+        n = len(panel.symbols)
+        position = np.arange(len(panel.dates))[:, None]
+        keep = (position >= MAX_LOOKBACK - 1) & (position < panel.lengths[None, :])
+        source = np.flatnonzero(keep)
+        days, day_codes = np.unique(panel.dates.ravel()[source], return_inverse=True)
+        cells = day_codes * n + source % n
+        order = np.argsort(cells)
+        source, cells = source[order], cells[order]
+        index = pd.MultiIndex(
+            levels=[pd.DatetimeIndex(days, name="date"), pd.Index(panel.symbols, name="symbol")],
+            codes=[cells // n, cells % n],
+            names=["date", "symbol"],
+        )
+        return cls(source, cells, (len(days), n), index)
+
+    def take(self, values: Array) -> Array:
+        """A panel array's values at the rows; infinities become NaN."""
+        out = values.ravel()[self.source]
+        out[np.isinf(out)] = np.nan
+        return out
+
+    def rank(self, values: Array) -> Array:
+        """Each row's value ranked among its date's rows into [0, 1] (0.5 when alone); NaN
+        stays NaN. Average ranks for ties."""
+        grid = np.full(self.grid_shape, np.nan)
+        grid.ravel()[self.cells] = values
+        ranks = pd.DataFrame(grid, copy=False).rank(axis=1, method="average").to_numpy()
+        counts = np.broadcast_to(np.isfinite(grid).sum(axis=1, keepdims=True), grid.shape)
+        scaled = np.where(counts > 1, (ranks - 1.0) / np.maximum(counts - 1.0, 1.0), 0.5)
+        out = scaled.ravel()[self.cells]
+        out[np.isnan(values)] = np.nan
+        return out
 
 
 def normalise_labels(frame: pd.DataFrame, how: str) -> pd.DataFrame:
@@ -219,7 +296,8 @@ def _empty_frame() -> pd.DataFrame:
     index = pd.MultiIndex.from_arrays(
         [pd.DatetimeIndex([], name="date"), pd.Index([], dtype=object, name="symbol")]
     )
-    frame = pd.DataFrame(index=index, columns=[*FEATURE_COLUMNS, LABEL_COLUMN], dtype=float)
+    frame = pd.DataFrame(index=index, columns=FEATURE_COLUMNS, dtype=np.float32)
+    frame[LABEL_COLUMN] = pd.Series(index=index, dtype=np.float64)
     frame[LABEL_END_COLUMN] = pd.Series(pd.DatetimeIndex([]), index=index)
     return frame
 
@@ -231,31 +309,39 @@ def build_features(
     horizon: int = 1,
     normalisation: str = "raw",
 ) -> pd.DataFrame:
-    """Long-format features: MultiIndex (date, symbol), FEATURE_COLUMNS, ``label``, ``label_end``.
+    """Long-format features: MultiIndex (date, symbol), FEATURE_COLUMNS (float32), ``label``
+    (float64), ``label_end``.
 
     Rows exist from each symbol's MAX_LOOKBACK-th bar on; the last `horizon` + 1 rows per symbol
     have NaN labels (and NaT label_end). `spy` feeds the relative-strength features (NaN when
-    None). `normalisation`: see ``normalise_labels``.
+    None). `normalisation`: see ``normalise_labels``. Features are computed in float64 and
+    stored as float32, what the models read (half the memory of a broad universe).
     """
     if horizon < 1:
         raise ValueError(f"horizon must be >= 1 session, got {horizon}")
-    parts: list[pd.DataFrame] = []
-    for symbol, frame in bars.items():
-        if len(frame) < MAX_LOOKBACK:
-            continue
-        part = _symbol_features(
-            frame.sort_index(), spy.sort_index() if spy is not None else None, horizon
-        )
-        part.index = pd.MultiIndex.from_arrays(
-            [pd.DatetimeIndex(part.index, name="date"), [symbol] * len(part)],
-            names=["date", "symbol"],
-        )
-        parts.append(part)
-    if not parts:
+    panel = _Panel.of(bars)
+    if not panel.symbols:
         return _empty_frame()
-    frame = pd.concat(parts).sort_index()
-    frame = normalise_labels(_add_cross_sectional_ranks(frame), normalisation)
-    return frame[[*FEATURE_COLUMNS, LABEL_COLUMN, LABEL_END_COLUMN]]
+    rows = _Rows.of(panel)
+    # Filled one contiguous column at a time; the frame's block is this array, not a copy.
+    values = np.empty((len(FEATURE_COLUMNS), len(rows.source)), dtype=np.float32)
+    position = {name: i for i, name in enumerate(FEATURE_COLUMNS)}
+    spy = spy.sort_index() if spy is not None else None
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for name, panel_values in _panel_features(panel, spy):
+            column = rows.take(panel_values)
+            values[position[name]] = column
+            if name in _RANKED:
+                values[position[f"cs_rank_{name}"]] = rows.rank(column)
+        k = label_sessions(horizon)
+        opens = panel.bars["open"]
+        label = rows.take(_shift(opens, -k) / _shift(opens, -1) - 1.0)
+    ends = np.full(panel.dates.shape, np.datetime64("NaT"), dtype="datetime64[ns]")
+    ends[:-k] = panel.dates[k:]
+    frame = pd.DataFrame(values.T, index=rows.index, columns=FEATURE_COLUMNS, copy=False)
+    frame[LABEL_COLUMN] = label
+    frame[LABEL_END_COLUMN] = ends.ravel()[rows.source]
+    return normalise_labels(frame, normalisation)
 
 
 def latest_features(

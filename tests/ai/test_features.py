@@ -127,6 +127,32 @@ def test_shape_warm_up_and_finiteness(
     assert ranks.max().max() == 1.0
 
 
+def test_features_are_float32_and_labels_exact(full_features: pd.DataFrame) -> None:
+    """Models read float32; the label (and when it is known) keep their full precision."""
+    assert set(full_features[FEATURE_COLUMNS].dtypes) == {np.dtype(np.float32)}
+    assert full_features[LABEL_COLUMN].dtype == np.float64
+    assert full_features[LABEL_END_COLUMN].dtype == np.dtype("datetime64[ns]")
+    assert build_features({}, None)[FEATURE_COLUMNS].dtypes.eq(np.float32).all()
+
+
+def test_a_symbol_among_others_gets_the_rows_it_gets_alone(
+    real_bars: tuple[dict[str, BarFrame], BarFrame], full_features: pd.DataFrame
+) -> None:
+    """Symbols are computed side by side; histories of other lengths and gaps change nothing
+    but the cross-sectional columns."""
+    bars, spy = real_bars
+    mixed = dict(bars)
+    mixed["AMD"] = bars["AMD"].loc["2016-07-01":]  # starts later
+    mixed["JPM"] = bars["JPM"].drop(index=bars["JPM"].index[300:310])  # ten bars missing
+    own = [c for c in FEATURE_COLUMNS if not c.startswith("cs_rank_")] + [LABEL_COLUMN]
+    together = build_features(mixed, spy)
+    for symbol, frame in mixed.items():
+        alone = build_features({symbol: frame}, spy).xs(symbol, level="symbol")
+        pd.testing.assert_frame_equal(together.xs(symbol, level="symbol")[own], alone[own])
+    expected = full_features.xs("KO", level="symbol")[own]
+    pd.testing.assert_frame_equal(together.xs("KO", level="symbol")[own], expected)
+
+
 def test_without_spy_relative_features_are_nan_and_single_symbol_ranks_are_half(
     real_bars: tuple[dict[str, BarFrame], BarFrame],
 ) -> None:
