@@ -16,6 +16,16 @@ All 32 symbols of /work/shared/data/daily. Writes bench/out/backtest_2016_2021.{
 SPY and equal-weight buy-and-hold, wall seconds and peak RSS. Asserts nothing.
 
     .venv/bin/python -m bench.backtest_walkforward
+
+`--fanout`: the walk-forward windows of a medium run (all 32 symbols, 2016-2021, retrained every
+63 sessions: 24 windows, Settings' defaults otherwise) trained in-process, then on 1 and on 2 Celery
+worker processes (one slot each, as two machines would be) against Redis (BENCH_REDIS_URL,
+default db 7, flushed) and a scratch SQLite database. Workers start fresh for every run (each
+loads and featurises the bars once, as for any new run); their start-up is not timed. Prints
+the median of `--repeats` runs per path (windows and whole run) and whether each run's orders
+and equity equal the in-process run's.
+
+    .venv/bin/python -m bench.backtest_walkforward --fanout --repeats 3
 """
 
 from __future__ import annotations
@@ -36,6 +46,7 @@ from app.backtest.report import write_reports
 from app.backtest.requests import BacktestRequest, run_request
 from app.config import Settings
 from app.market.sources import CsvMarketData
+from bench.walkforward_fanout import fanout
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = ROOT.parent / "shared" / "data" / "daily"
@@ -154,7 +165,12 @@ def print_table(reports: dict[str, dict[str, Any]]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--only", choices=["defaults", "trading"], help="run one configuration")
+    parser.add_argument("--fanout", action="store_true", help="time the windows' fan-out")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per path with --fanout")
     args = parser.parse_args()
+    if args.fanout:
+        fanout(args.repeats)
+        return
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     settings = Settings(_env_file=None)  # type: ignore[call-arg]
     market = CsvMarketData(DATA_DIR)
