@@ -249,7 +249,10 @@ class NyseCalendar:
         """For sorted session dates, each (before, after, missing sessions) between neighbours."""
         if isinstance(days, pd.DatetimeIndex):
             idx = days.tz_localize(None) if days.tz is not None else days
-            idx = idx.normalize().unique().sort_values()
+            values = idx.to_numpy()
+            midnights = bool((values == values.astype("datetime64[D]")).all())
+            if not (midnights and idx.is_monotonic_increasing and idx.is_unique):
+                idx = idx.normalize().unique().sort_values()
         else:
             idx = pd.DatetimeIndex([_to_day(d) for d in days]).unique().sort_values()
         s = self._sched.sessions

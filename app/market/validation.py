@@ -43,6 +43,7 @@ _rejection_counts: Counter[str] = Counter()
 #: The latest rejection reason per (symbol, day), so a cycle can say why a session has no bar.
 _recent: OrderedDict[tuple[str, date], str] = OrderedDict()
 _RECENT_MAX = 4096
+_DAY_NS = 86_400_000_000_000
 
 
 def rejection_counts() -> dict[str, int]:
@@ -64,8 +65,8 @@ def _count(counts: Counter[str]) -> None:
 def _remember(symbol: str, rejected: list[Rejection]) -> None:
     with _counts_lock:
         for day, reason in rejected[-_RECENT_MAX:]:
+            _recent.pop((symbol, day), None)  # so it moves to the end, as the newest
             _recent[(symbol, day)] = reason
-            _recent.move_to_end((symbol, day))
         while len(_recent) > _RECENT_MAX:
             _recent.popitem(last=False)
 
@@ -113,22 +114,30 @@ class ValidationResult:
 
 
 def _normalise_frame(symbol: str, frame: pd.DataFrame) -> pd.DataFrame:
-    """Bring an input frame into BarFrame shape (index, dtypes, order) without judging rows."""
-    df = frame.copy()
-    if "date" in df.columns:
-        df = df.set_index("date")
-    missing = [c for c in BAR_COLUMNS if c not in df.columns]
+    """Bring an input frame into BarFrame shape (index, dtypes, order) without judging rows.
+    Input already in that shape (a CSV's floats and dates) takes the cheap path of each step."""
+    missing = [c for c in BAR_COLUMNS if c not in frame.columns]
     if missing:
         raise ValidationError(f"{symbol}: bar frame lacks columns {missing}", field="columns")
-    df = df.loc[:, list(BAR_COLUMNS)]
+    dates = frame["date"] if "date" in frame.columns else frame.index
     try:
-        idx = pd.DatetimeIndex(pd.to_datetime(df.index))
+        idx = pd.DatetimeIndex(dates if dates.dtype.kind == "M" else pd.to_datetime(dates))
     except (ValueError, TypeError) as exc:
         raise ValidationError(f"{symbol}: bar index is not dates: {exc}", field="date") from exc
     if idx.tz is not None:
         idx = idx.tz_convert(_NY_TZ).tz_localize(None)
-    df.index = idx.normalize().as_unit("ns").rename("date")
-    df = df.apply(pd.to_numeric, errors="coerce").astype("float64")
+    idx = idx.as_unit("ns")
+    if (idx.asi8 % _DAY_NS).any():
+        idx = idx.normalize()
+    columns = {}
+    for name in BAR_COLUMNS:
+        column = frame[name]
+        if column.dtype.kind not in "fiu":
+            column = pd.to_numeric(column, errors="coerce")
+        columns[name] = column.to_numpy(dtype="float64")
+    df = pd.DataFrame(columns, index=idx.rename("date"))
+    if idx.is_monotonic_increasing:
+        return df
     # Stable sort keeps duplicates in input order, so "keep first" means first as given.
     return df.sort_index(kind="mergesort")
 
@@ -240,10 +249,15 @@ def validate_bars(
 
     keep = np.ones(n, dtype=bool)
     keep[list(problems.rows)] = False
-    clean = df[keep].copy()
-    if len(clean):
-        clean["high"] = clean[["high", "open", "close"]].max(axis=1)
-        clean["low"] = clean[["low", "open", "close"]].min(axis=1)
+    with np.errstate(invalid="ignore"):
+        columns = {
+            "open": o[keep],
+            "high": np.maximum(h, top)[keep],
+            "low": np.minimum(lo, bottom)[keep],
+            "close": c[keep],
+            "volume": v[keep],
+        }
+    clean = pd.DataFrame(columns, index=df.index[keep])
     return ValidationResult(symbol=symbol, clean_frame=clean, rejected=rejected, gaps=gaps)
 
 
@@ -253,11 +267,10 @@ def _record(symbol: str, index: pd.DatetimeIndex, problems: _Problems) -> list[R
     rejected: list[Rejection] = []
     codes: Counter[str] = Counter()
     name = symbol.upper()
-    for row in sorted(problems.rows):
+    rows = sorted(problems.rows)
+    for row, day in zip(rows, index[rows].date, strict=True):
         found = problems.rows[row]
-        day = index[row].date()
-        reason = "; ".join(text for _, text in found)
-        rejected.append(Rejection(day, reason))
+        rejected.append(Rejection(day, "; ".join(text for _, text in found)))
         codes.update(code for code, _ in found)
     _remember(name, rejected)
     _count(codes)
