@@ -2,8 +2,9 @@
 """Return models: LightGBM/XGBoost members, the calibrated Ensemble, bundles, storage, signals.
 
 Why it is shaped this way:
-- Every member has the same ``fit`` / ``predict`` (Qlib-style), so the ensemble, tuning and the
-  walk-forward evaluation never care which library sits behind a member.
+- Every member has the same ``fit`` / ``predict`` (Qlib-style, in ``members``), so the ensemble,
+  tuning and the walk-forward evaluation never care which library sits behind a member; the
+  members of one ensemble share one ``TrainingSet``, its rows converted and binned once.
 - The ensemble's mean is the expected next-open-to-next-open return (see ``features``); the
   members' spread says how much they disagree. Disagreement alone is not a probability, so the
   confidence is *calibrated* on held-out validation rows: isotonic regression of the realised
@@ -22,17 +23,23 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, Protocol, TypeAlias
+from typing import Any, Literal, TypeAlias
 
-import lightgbm as lgb
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
-import xgboost as xgb
 
 from app.ai.calibration import ConfidenceCalibrator, FloatArray, _hits
-from app.ai.features import (
-    LABEL_COLUMN,
+from app.ai.features import LABEL_COLUMN
+from app.ai.members import (
+    DEFAULT_LGBM_PARAMS,
+    DEFAULT_XGB_PARAMS,
+    FeatureMatrix,
+    LightGBMMember,
+    Member,
+    TrainingSet,
+    XGBoostMember,
+    as_matrix,
 )
 
 __all__ = [
@@ -54,42 +61,13 @@ Mode: TypeAlias = Literal["pooled", "per_symbol"]
 MODES: tuple[Mode, ...] = ("pooled", "per_symbol")
 #: Ensemble key of the single pooled model inside a bundle.
 POOLED_KEY = "pooled"
-#: The machine has two cores; more threads only add contention.
-MAX_THREADS = 2
-
-#: Small steps, shallow trees, big leaves and L2: daily returns are mostly noise.
-DEFAULT_LGBM_PARAMS: dict[str, Any] = {
-    "objective": "regression",
-    "learning_rate": 0.03,
-    "num_leaves": 15,
-    "max_depth": 5,
-    "min_data_in_leaf": 100,
-    "feature_fraction": 0.7,
-    "bagging_fraction": 0.8,
-    "bagging_freq": 1,
-    "lambda_l2": 10.0,
-    "verbose": -1,
-    "deterministic": True,
-    "force_col_wise": True,
-    "num_threads": MAX_THREADS,
-    "num_boost_round": 300,
-    "early_stopping_rounds": 40,
-}
-DEFAULT_XGB_PARAMS: dict[str, Any] = {
-    "objective": "reg:squarederror",
-    "eta": 0.03,
-    "max_depth": 4,
-    "min_child_weight": 100.0,
+#: Ensemble-level knobs: member row subsample (bagging), the most rows one member draws (None:
+#: no cap; see app.ai.members) and the label winsorising quantile.
+DEFAULT_ENSEMBLE_PARAMS: dict[str, Any] = {
     "subsample": 0.8,
-    "colsample_bytree": 0.7,
-    "lambda": 10.0,
-    "tree_method": "hist",
-    "nthread": MAX_THREADS,
-    "num_boost_round": 300,
-    "early_stopping_rounds": 40,
+    "max_member_rows": None,
+    "label_clip_quantile": 0.01,
 }
-#: Ensemble-level knobs: member row subsample (bagging) and label winsorising quantile.
-DEFAULT_ENSEMBLE_PARAMS: dict[str, Any] = {"subsample": 0.8, "label_clip_quantile": 0.01}
 
 MIN_SYMBOL_TRAIN_ROWS = 250
 MIN_SYMBOL_VAL_ROWS = 50
@@ -104,161 +82,6 @@ def _merged_params(params: Mapping[str, Any] | None) -> dict[str, Any]:
         "lightgbm": {**DEFAULT_LGBM_PARAMS, **dict(given.get("lightgbm") or {})},
         "xgboost": {**DEFAULT_XGB_PARAMS, **dict(given.get("xgboost") or {})},
     }
-
-
-def _as_matrix(X: pd.DataFrame | FloatArray, columns: Sequence[str] | None) -> FloatArray:
-    if isinstance(X, pd.DataFrame):
-        frame = X if columns is None else X[list(columns)]
-        matrix: FloatArray = frame.to_numpy(dtype=np.float64, na_value=np.nan)
-        return matrix
-    return np.asarray(X, dtype=np.float64)
-
-
-def _subsample(
-    X: FloatArray, y: FloatArray, fraction: float, seed: int
-) -> tuple[FloatArray, FloatArray]:
-    """Rows drawn without replacement, kept in time order: the bagging of one member."""
-    if fraction >= 1.0:
-        return X, y
-    n = len(y)
-    k = max(1, round(n * fraction))
-    idx = np.sort(np.random.default_rng(seed).choice(n, size=k, replace=False))
-    return X[idx], y[idx]
-
-
-class Member(Protocol):
-    """One model of the ensemble; arrays are (rows, features) in the ensemble's column order."""
-
-    def fit(
-        self,
-        X: FloatArray,
-        y: FloatArray,
-        X_val: FloatArray | None = None,
-        y_val: FloatArray | None = None,
-    ) -> None: ...
-
-    def predict(self, X: FloatArray) -> FloatArray: ...
-
-
-class _BoostedMember:
-    """What both members share: library defaults overlaid with `params`, boosting rounds and
-    early stopping taken out of the library params, threads capped, a seeded subsample."""
-
-    defaults: ClassVar[Mapping[str, Any]]
-    threads_key: ClassVar[str]
-
-    def __init__(
-        self, params: Mapping[str, Any] | None = None, seed: int = 0, subsample: float = 0.8
-    ) -> None:
-        merged = {**self.defaults, **dict(params or {})}
-        self.num_boost_round = int(merged.pop("num_boost_round"))
-        self.early_stopping_rounds = int(merged.pop("early_stopping_rounds"))
-        key = self.threads_key
-        merged[key] = min(int(merged.get(key, MAX_THREADS)), MAX_THREADS)
-        merged["seed"] = seed
-        self.params = merged
-        self.seed = seed
-        self.subsample = subsample
-        self.best_iteration = 0
-
-
-class LightGBMMember(_BoostedMember):
-    """LightGBM booster on a seeded row subsample; early stopping on validation when given."""
-
-    kind: ClassVar[str] = "lightgbm"
-    defaults = DEFAULT_LGBM_PARAMS
-    threads_key = "num_threads"
-    booster: lgb.Booster | None = None
-
-    def fit(
-        self,
-        X: FloatArray,
-        y: FloatArray,
-        X_val: FloatArray | None = None,
-        y_val: FloatArray | None = None,
-    ) -> None:
-        Xs, ys = _subsample(X, y, self.subsample, self.seed)
-        train_set = lgb.Dataset(Xs, label=ys, params={"verbose": -1})
-        valid_sets: list[lgb.Dataset] = []
-        callbacks: list[Any] = []
-        if X_val is not None and y_val is not None and len(y_val):
-            valid_sets.append(lgb.Dataset(X_val, label=y_val, reference=train_set))
-            callbacks.append(lgb.early_stopping(self.early_stopping_rounds, verbose=False))
-        booster = lgb.train(
-            self.params,
-            train_set,
-            num_boost_round=self.num_boost_round,
-            valid_sets=valid_sets or None,
-            callbacks=callbacks or None,
-        )
-        best = booster.best_iteration or booster.current_iteration()
-        self.best_iteration = int(best)
-        # Keep only the chosen trees, exactly as they will be saved and reloaded.
-        self.booster = lgb.Booster(model_str=booster.model_to_string(num_iteration=best))
-
-    def predict(self, X: FloatArray) -> FloatArray:
-        if self.booster is None:
-            raise RuntimeError("LightGBMMember.predict before fit")
-        return np.asarray(self.booster.predict(X, num_threads=MAX_THREADS), dtype=np.float64)
-
-    def to_bytes(self) -> bytes:
-        if self.booster is None:
-            raise RuntimeError("LightGBMMember is not fitted")
-        return self.booster.model_to_string().encode()
-
-    def load_bytes(self, data: bytes) -> None:
-        self.booster = lgb.Booster(model_str=data.decode())
-        self.best_iteration = self.booster.current_iteration()
-
-
-class XGBoostMember(_BoostedMember):
-    """XGBoost booster (hist) on a seeded row subsample; early stopping on validation."""
-
-    kind: ClassVar[str] = "xgboost"
-    defaults = DEFAULT_XGB_PARAMS
-    threads_key = "nthread"
-    booster: xgb.Booster | None = None
-
-    def fit(
-        self,
-        X: FloatArray,
-        y: FloatArray,
-        X_val: FloatArray | None = None,
-        y_val: FloatArray | None = None,
-    ) -> None:
-        Xs, ys = _subsample(X, y, self.subsample, self.seed)
-        dtrain = xgb.DMatrix(Xs, label=ys, nthread=MAX_THREADS)
-        if X_val is not None and y_val is not None and len(y_val):
-            dval = xgb.DMatrix(X_val, label=y_val, nthread=MAX_THREADS)
-            booster = xgb.train(
-                self.params,
-                dtrain,
-                self.num_boost_round,
-                evals=[(dval, "val")],
-                early_stopping_rounds=self.early_stopping_rounds,
-                verbose_eval=False,
-            )
-            booster = booster[: booster.best_iteration + 1]
-        else:
-            booster = xgb.train(self.params, dtrain, self.num_boost_round, verbose_eval=False)
-        self.booster = booster
-        self.best_iteration = int(booster.num_boosted_rounds())
-
-    def predict(self, X: FloatArray) -> FloatArray:
-        if self.booster is None:
-            raise RuntimeError("XGBoostMember.predict before fit")
-        return np.asarray(self.booster.inplace_predict(X), dtype=np.float64)
-
-    def to_bytes(self) -> bytes:
-        if self.booster is None:
-            raise RuntimeError("XGBoostMember is not fitted")
-        return bytes(self.booster.save_raw(raw_format="ubj"))
-
-    def load_bytes(self, data: bytes) -> None:
-        booster = xgb.Booster(params={"nthread": MAX_THREADS})
-        booster.load_model(bytearray(data))
-        self.booster = booster
-        self.best_iteration = int(booster.num_boosted_rounds())
 
 
 _MEMBER_TYPES: dict[str, type[LightGBMMember] | type[XGBoostMember]] = {
@@ -307,12 +130,12 @@ class Ensemble:
             raise ValueError("an ensemble needs at least one member")
         self.params = _merged_params(params)
         subsample = float(self.params["subsample"])
+        cap = self.params["max_member_rows"]
+        max_rows = None if cap is None else int(cap)
+        lgbm, xgbp = self.params["lightgbm"], self.params["xgboost"]
         self.members: list[Member] = [
-            *(LightGBMMember(self.params["lightgbm"], seed + i, subsample) for i in range(n_lgbm)),
-            *(
-                XGBoostMember(self.params["xgboost"], seed + 1000 + i, subsample)
-                for i in range(n_xgb)
-            ),
+            *(LightGBMMember(lgbm, seed + i, subsample, max_rows) for i in range(n_lgbm)),
+            *(XGBoostMember(xgbp, seed + 1000 + i, subsample, max_rows) for i in range(n_xgb)),
         ]
         self.seed = seed
         self.feature_names: list[str] = []
@@ -322,35 +145,45 @@ class Ensemble:
 
     def fit(
         self,
-        X: pd.DataFrame,
+        X: pd.DataFrame | FeatureMatrix,
         y: FloatArray | pd.Series,
-        X_val: pd.DataFrame | None = None,
+        X_val: pd.DataFrame | FeatureMatrix | None = None,
         y_val: FloatArray | pd.Series | None = None,
-        X_cal: pd.DataFrame | None = None,
+        X_cal: pd.DataFrame | FeatureMatrix | None = None,
         y_cal: FloatArray | pd.Series | None = None,
+        *,
+        feature_names: Sequence[str] | None = None,
     ) -> None:
         """Members early-stop on (X_val, y_val); the calibrator and `validation` are fitted on
         (X_cal, y_cal), rows no member saw. Without them, the later half of the validation
-        rows (in the order given: pass them by date) is kept out of early stopping for it."""
-        self.feature_names = [str(c) for c in X.columns]
-        Xm = _as_matrix(X, self.feature_names)
+        rows (in the order given: pass them by date) is kept out of early stopping for it.
+        Matrices (rather than frames) need `feature_names`, their columns' names."""
+        if isinstance(X, pd.DataFrame):
+            self.feature_names = [str(c) for c in X.columns]
+        elif feature_names is not None:
+            self.feature_names = [str(c) for c in feature_names]
+        else:
+            raise ValueError("a feature matrix needs its feature_names")
+        Xm = as_matrix(X, self.feature_names)
         ym = np.asarray(y, dtype=np.float64)
         q = float(self.params["label_clip_quantile"])
         lo, hi = (float(v) for v in np.quantile(ym, [q, 1.0 - q]))
         self.label_clip = (lo, hi)
         Xv = yv = Xc = yc = None
         if X_val is not None and y_val is not None and len(X_val) > 0:
-            Xv = _as_matrix(X_val, self.feature_names)
+            Xv = as_matrix(X_val, self.feature_names)
             yv = np.asarray(y_val, dtype=np.float64)
         if X_cal is not None and y_cal is not None and len(X_cal) > 0:
-            Xc = _as_matrix(X_cal, self.feature_names)
+            Xc = as_matrix(X_cal, self.feature_names)
             yc = np.asarray(y_cal, dtype=np.float64)
         elif Xv is not None and yv is not None and len(yv) >= 2:
             half = len(yv) // 2
             Xv, Xc, yv, yc = Xv[:half], Xv[half:], yv[:half], yv[half:]
         yv_clipped = np.clip(yv, lo, hi) if yv is not None else None
+        data = TrainingSet(Xm, np.clip(ym, lo, hi), Xv, yv_clipped)
         for member in self.members:
-            member.fit(Xm, np.clip(ym, lo, hi), Xv, yv_clipped)
+            member.fit(data)
+        del data  # the binned matrices: freed before calibration predicts
         if Xc is not None and yc is not None:
             raw = self.member_predictions(Xc)
             mean, disp = raw.mean(axis=0), raw.std(axis=0)
@@ -365,12 +198,12 @@ class Ensemble:
             self.calibrator = ConfidenceCalibrator.uninformative()
             self.validation = {}
 
-    def member_predictions(self, X: pd.DataFrame | FloatArray) -> FloatArray:
+    def member_predictions(self, X: pd.DataFrame | FeatureMatrix) -> FloatArray:
         """(members, rows) raw predictions."""
-        Xm = _as_matrix(X, self.feature_names or None)
+        Xm = as_matrix(X, self.feature_names or None)
         return np.vstack([member.predict(Xm) for member in self.members])
 
-    def predict(self, X: pd.DataFrame | FloatArray) -> Prediction:
+    def predict(self, X: pd.DataFrame | FeatureMatrix) -> Prediction:
         raw = self.member_predictions(X)
         mean = raw.mean(axis=0)
         dispersion = raw.std(axis=0)

@@ -41,6 +41,7 @@ from app.ai.features import (
     build_features,
     label_sessions,
 )
+from app.ai.members import as_matrix
 from app.ai.params import load_best_params, to_train_params
 from app.ai.store import ModelStore
 from app.config import Settings
@@ -55,6 +56,7 @@ logger = logging.getLogger(__name__)
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int], None]
+BoolMask = npt.NDArray[np.bool_]
 
 
 def training_window(today: date, years: float, calendar: NyseCalendar) -> tuple[date, date]:
@@ -240,13 +242,18 @@ def train(
     val_mask, cal_mask = held_out.copy(), held_out.copy()
     val_mask[held_out] = stop_part
     cal_mask[held_out] = cal_part
-    X, y = rows[FEATURE_COLUMNS], rows[LABEL_COLUMN]
+    # One float32 matrix of every row; each ensemble copies out only its own rows.
+    X = as_matrix(rows, FEATURE_COLUMNS)
+    y = rows[LABEL_COLUMN].to_numpy(dtype=np.float64)
+
+    def fit(train: BoolMask, val: BoolMask, cal: BoolMask) -> Ensemble:
+        ens = Ensemble(n_lgbm, n_xgb, params, seed)
+        ens.fit(X[train], y[train], X[val], y[val], X[cal], y[cal], feature_names=FEATURE_COLUMNS)
+        return ens
 
     ensembles: dict[str, Ensemble] = {}
     if mode == "pooled":
-        ens = Ensemble(n_lgbm, n_xgb, params, seed)
-        ens.fit(X[train_mask], y[train_mask], X[val_mask], y[val_mask], X[cal_mask], y[cal_mask])
-        ensembles[POOLED_KEY] = ens
+        ensembles[POOLED_KEY] = fit(train_mask, val_mask, cal_mask)
     else:
         symbols = _symbols_of(rows)
         for sym in np.unique(symbols):
@@ -255,9 +262,7 @@ def train(
             if tm.sum() < MIN_SYMBOL_TRAIN_ROWS or vm.sum() + cm.sum() < MIN_SYMBOL_VAL_ROWS:
                 logger.info("per-symbol model for %s skipped: too few rows", sym)
                 continue
-            ens = Ensemble(n_lgbm, n_xgb, params, seed)
-            ens.fit(X[tm], y[tm], X[vm], y[vm], X[cm], y[cm])
-            ensembles[str(sym)] = ens
+            ensembles[str(sym)] = fit(tm, vm, cm)
     if not ensembles:
         raise ValueError("no ensemble could be trained (too few rows)")
 

@@ -24,11 +24,9 @@ from app.ai.calibration import ConfidenceCalibrator, _isotonic
 from app.ai.ensemble import (
     POOLED_KEY,
     Ensemble,
-    LightGBMMember,
     ModelBundle,
     Prediction,
     SymbolPrediction,
-    XGBoostMember,
 )
 from app.ai.evaluation import reliability_table
 from app.ai.features import FEATURE_COLUMNS, LABEL_END_COLUMN, build_features, trained_label
@@ -66,31 +64,6 @@ def fitted_ensemble() -> Ensemble:
 
 
 # --- members and ensemble ---------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("member_type", [LightGBMMember, XGBoostMember])
-def test_member_fit_predict_and_bytes_round_trip(
-    member_type: type[LightGBMMember] | type[XGBoostMember],
-) -> None:
-    X, y = synthetic(1500, 2)
-    X_val, y_val = synthetic(500, 3)
-    member = member_type(FAST[member_type.kind], seed=1, subsample=0.7)
-    member.fit(X.to_numpy(), y, X_val.to_numpy(), y_val)
-    pred = member.predict(X_val.to_numpy())
-    assert pred.shape == (500,)
-    assert np.corrcoef(pred, y_val)[0, 1] > 0.3
-    assert 1 <= member.best_iteration <= 60
-    clone = member_type(FAST[member_type.kind], seed=1, subsample=0.7)
-    clone.load_bytes(member.to_bytes())
-    np.testing.assert_array_equal(clone.predict(X_val.to_numpy()), pred)
-
-
-def test_members_differ_by_seed_and_subsample() -> None:
-    X, y = synthetic(1500, 4)
-    a, b = LightGBMMember(FAST["lightgbm"], seed=1), LightGBMMember(FAST["lightgbm"], seed=2)
-    a.fit(X.to_numpy(), y)
-    b.fit(X.to_numpy(), y)
-    assert not np.array_equal(a.predict(X.to_numpy()), b.predict(X.to_numpy()))
 
 
 def test_ensemble_prediction_shape_and_ranges(fitted_ensemble: Ensemble) -> None:
