@@ -25,6 +25,7 @@ tests/backtest/test_bench_rule.py runs this rule through both engines on a few s
 from __future__ import annotations
 
 import argparse
+import gc
 import math
 import statistics
 import sys
@@ -168,7 +169,19 @@ class SmaCross(bt.Strategy):  # type: ignore[misc]
             self.rejected += 1
 
 
-def theirs(bars: Mapping[str, BarFrame], symbols: Sequence[str]) -> tuple[SmaCross, float]:
+@dataclass(frozen=True)
+class TheirRun:
+    """What backtrader's run leaves (its engine's objects are let go, so they weigh on no
+    later run's garbage collection)."""
+
+    fills: list[Fill]
+    #: (close, symbol) of each entry the cash rule refused.
+    skipped: list[tuple[date, str]]
+    rejected: int
+    final_equity: float
+
+
+def theirs(bars: Mapping[str, BarFrame], symbols: Sequence[str]) -> TheirRun:
     """The rule through backtrader: its strategy, its broker, the same costs."""
     cerebro = bt.Cerebro(stdstats=False)
     for symbol in symbols:
@@ -180,7 +193,9 @@ def theirs(bars: Mapping[str, BarFrame], symbols: Sequence[str]) -> tuple[SmaCro
     # slip_out: the whole 5 bps even when the open is the bar's high/low, as SimBroker does.
     cerebro.broker.set_slippage_perc(SLIPPAGE_BPS / 1e4, slip_open=True, slip_out=True)
     strategy = cerebro.run()[0]
-    return strategy, float(cerebro.broker.getvalue())
+    return TheirRun(
+        strategy.fills, strategy.skipped, strategy.rejected, float(cerebro.broker.getvalue())
+    )
 
 
 def round_trips(fills: Sequence[Fill]) -> list[RoundTrip]:
@@ -243,15 +258,15 @@ class Comparison:
         )
 
 
-def compare(result: BacktestResult, strategy: SmaCross, final_theirs: float) -> Comparison:
-    mine, theirs_ = our_fills(result), sorted(strategy.fills)
+def compare(result: BacktestResult, run: TheirRun) -> Comparison:
+    mine, theirs_ = our_fills(result), sorted(run.fills)
     comparison = Comparison(
         trips_ours=our_round_trips(result),
-        trips_theirs=round_trips(strategy.fills),
+        trips_theirs=round_trips(run.fills),
         fills_ours=mine,
         fills_theirs=theirs_,
         final_ours=result.days[-1].equity,
-        final_theirs=final_theirs,
+        final_theirs=run.final_equity,
         gaps={"qty": 0.0, "price": 0.0, "commission": 0.0},
     )
     keyed = {f[:3]: f for f in theirs_}
@@ -280,20 +295,24 @@ def main() -> None:
 
     our_times, their_times = [], []
     result: BacktestResult | None = None
-    strategy: SmaCross | None = None
-    final_theirs = 0.0
-    for run in range(args.runs):
+    run: TheirRun | None = None
+    for n in range(args.runs):
+        # Each engine starts from a clean heap: the other's last run is let go first.
+        result = None
+        gc.collect()
         t0 = time.perf_counter()
         result = ours(bars, symbols)
         our_times.append(time.perf_counter() - t0)
+        run = None
+        gc.collect()
         t0 = time.perf_counter()
-        strategy, final_theirs = theirs(bars, symbols)
+        run = theirs(bars, symbols)
         their_times.append(time.perf_counter() - t0)
-        print(f"run {run + 1}: ours {our_times[-1]:.2f}s, backtrader {their_times[-1]:.2f}s")
+        print(f"run {n + 1}: ours {our_times[-1]:.2f}s, backtrader {their_times[-1]:.2f}s")
     assert result is not None
-    assert strategy is not None
+    assert run is not None
 
-    c = compare(result, strategy, final_theirs)
+    c = compare(result, run)
     same = set(c.trips_ours) & set(c.trips_theirs)
     only_ours = sorted(set(c.trips_ours) - set(c.trips_theirs), key=str)
     only_theirs = sorted(set(c.trips_theirs) - set(c.trips_ours), key=str)
@@ -313,7 +332,7 @@ def main() -> None:
     print(
         f"orders refused: ours {len(result.denied)} by the risk gate + "
         f"{sum(o.status == 'rejected' for o in result.orders)} at the fill; backtrader "
-        f"{len(strategy.skipped)} skipped for cash + {strategy.rejected} rejected"
+        f"{len(run.skipped)} skipped for cash + {run.rejected} rejected"
     )
     print(
         f"final equity: ours {c.final_ours:,.2f}, backtrader {c.final_theirs:,.2f} "

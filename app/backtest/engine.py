@@ -45,6 +45,7 @@ from collections.abc import Mapping
 from datetime import date
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 
 from app.backtest.results import (
@@ -57,6 +58,7 @@ from app.backtest.results import (
     SignalFn,
     Trade,
 )
+from app.backtest.tape import SessionTape
 from app.backtest.window import (
     _BarWindow,
     _SteppedClock,
@@ -217,13 +219,14 @@ def run_backtest(
             f"no bars for {list(universe)} between {config.start} and {config.end}",
             field="start",
         )
-    session_index = pd.DatetimeIndex([pd.Timestamp(d) for d in sessions])
+    session_index = pd.DatetimeIndex(np.array(sessions, dtype="datetime64[D]").astype("M8[s]"))
     index = {s: _SymbolIndex(bars[s], session_index) for s in sorted(visible)}
 
-    clock = _SteppedClock(cal.session_open(sessions[0]))
-    reference: dict[str, float] = {}
+    tape = SessionTape(index, len(sessions))
+    instants = {t.day: (t.open, t.close) for t in cal.trading_sessions(sessions[0], sessions[-1])}
+    clock = _SteppedClock(instants[sessions[0]][0])
     broker = SimBroker(
-        reference.__getitem__,
+        tape.open,
         starting_cash=config.initial_capital,
         clock=clock,
         calendar=cal,
@@ -234,9 +237,7 @@ def run_backtest(
     book = _Book(sessions)
     # Symbols whose bars end before the window does: delisted on the session after their last bar.
     last_bars = {
-        s: (frame.index[-1].date(), float(frame["close"].iloc[-1]))
-        for s in sorted(tradable)
-        if len(frame := bars[s].sort_index())
+        s: (index[s].frame.index[-1].date(), float(index[s].close[-1])) for s in sorted(tradable)
     }
     delisted_on: dict[int, list[str]] = {}
     for symbol, (last_bar, _price) in last_bars.items():
@@ -244,15 +245,23 @@ def run_backtest(
         if after < len(sessions):
             delisted_on.setdefault(after, []).append(symbol)
     fills_seen = 0
+    #: Symbols held at the last close or bought since: a superset of the holdings, marked at
+    #: each close (a mark of a symbol sold since is never read: SimBroker values holdings only,
+    #: and no buy is pending at the close). Spares a position listing per session.
+    may_hold: set[str] = set()
 
     def settle(orders: list[Order], day: date) -> None:
         nonlocal fills_seen
+        if not orders:
+            return
         fills = broker.fills
         for fill in fills[fills_seen:]:
             book.fees[fill.client_order_id] = fill.commission
         fills_seen = len(fills)
         for order in orders:
             book.settled(order, day)
+            if order.side is Side.BUY and order.status is OrderStatus.FILLED:
+                may_hold.add(order.symbol)
 
     risk_state = RiskState()
     days: list[DayRecord] = []
@@ -261,13 +270,9 @@ def run_backtest(
     last = len(sessions) - 1
     for i, day in enumerate(sessions):
         # 1. The open: the market-on-open orders decided after the last close fill.
-        clock.at = cal.session_open(day)
+        clock.at, close_at = instants[day]
+        tape.at(i)
         broker.start_day()
-        reference.clear()
-        for symbol, ix in index.items():
-            row = ix.bar(i)
-            if row is not None:
-                reference[symbol] = float(ix.open[row])
         settle(broker.process_pending(), day)
         for symbol in delisted_on.get(i, ()):
             if (position := broker.get_position(symbol)) is None:
@@ -304,23 +309,20 @@ def run_backtest(
             for guard in plan.place:
                 with contextlib.suppress(OrderRejected):
                     broker.submit_protective_order(guard)
-            ranges = {
-                s: (float(ix.open[r]), float(ix.high[r]), float(ix.low[r]))
-                for s, ix in index.items()
-                if (r := ix.bar(i)) is not None
-            }
+            guarded = {o.symbol for o in broker.get_open_orders() if o.is_protective}
+            ranges = {s: r for s in sorted(guarded) if (r := tape.range(s)) is not None}
             filled = broker.process_protective(ranges)
             for exit_order in filled:
                 book.submitted(_protective_log(exit_order, day))
             settle(filled, day)
 
         # 3. The close: mark and record.
-        clock.at = cal.session_close(day)
-        closes = {s: float(ix.close[r]) for s, ix in index.items() if (r := ix.bar(i)) is not None}
-        held = broker.get_positions()
-        broker.mark({p.symbol: closes[p.symbol] for p in held if p.symbol in closes})
+        clock.at = close_at
+        broker.mark(tape.closes(sorted(may_hold)))
         account = broker.get_account()
         positions = broker.get_positions()
+        may_hold.clear()
+        may_hold.update(p.symbol for p in positions)
         gross = sum(abs(p.market_value) for p in positions)
         record = DayRecord(
             date=day,
@@ -336,11 +338,7 @@ def run_backtest(
         if i < last:
             window = _BarWindow(index, i)
             signals = {s: sig for s, sig in signal_fn(window, day).items() if s in tradable}
-            prices: dict[str, float] = {}
-            for symbol, ix in index.items():
-                last_close = ix.last_close(i)
-                if last_close is not None:
-                    prices[symbol] = last_close
+            prices = tape.prices()
             for p in positions:  # a holding without a bar: its last mark, as live does
                 if p.current_price > 0:
                     prices.setdefault(p.symbol, p.current_price)
@@ -377,13 +375,11 @@ def run_backtest(
                         "reason": verdict.reason,
                     }
                 )
-            view = PortfolioView.of(account, positions)
             sells = [o.symbol for o in decision.orders if o.side is Side.SELL]
             for guard_order in exits_to_unblock(sells, working):
                 broker.cancel_order(guard_order.client_order_id)
             tif = TimeInForce.OPG if config.intraday_exits else TimeInForce.DAY
             for order in decision.orders:
-                view.apply(order)
                 cid = client_order_id(day, purpose_of(order.reason), order.symbol, order.side)
                 _submit(
                     broker,
@@ -393,8 +389,14 @@ def run_backtest(
                     order.reason,
                     "decision",
                 )
-            record.planned_exposure = view.exposure / account.equity if account.equity else 0.0
-            record.planned_positions = len(view.qtys)
+            if decision.orders:
+                view = PortfolioView.of(account, positions)
+                for order in decision.orders:
+                    view.apply(order)
+                planned, record.planned_positions = view.exposure, len(view.qtys)
+            else:  # what the view would say: the holdings as they are
+                planned, record.planned_positions = gross, len(positions)
+            record.planned_exposure = planned / account.equity if account.equity else 0.0
             record.buy_signals = sum(1 for s in signals.values() if s.action is SignalAction.BUY)
             record.orders = len(decision.orders)
             record.denied = len(decision.denied)

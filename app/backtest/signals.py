@@ -108,8 +108,10 @@ class SmaCrossSignals:
 def _crossings(
     index: pd.Index, up: np.ndarray, down: np.ndarray
 ) -> Iterator[tuple[date, SignalAction]]:
-    for i in np.flatnonzero(up | down):
-        yield pd.Timestamp(index[i]).date(), (SignalAction.BUY if up[i] else SignalAction.SELL)
+    at = np.flatnonzero(up | down)
+    days = pd.DatetimeIndex(index[at]).date  # converted at once, not one Timestamp at a time
+    for i, day in zip(at.tolist(), days, strict=True):
+        yield day, (SignalAction.BUY if up[i] else SignalAction.SELL)
 
 
 def from_signal_source(source: SignalSource) -> SignalFn:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 
 import numpy as np
 
@@ -183,7 +183,9 @@ def decide(inputs: DecisionInputs, limits: RiskLimits, config: StrategyConfig) -
 def marked_at(positions: Iterable[Position], prices: Mapping[str, float]) -> list[Position]:
     """Holdings valued at the decision's prices (the last closes), not at the broker's mark."""
     return [
-        replace(p, current_price=price) if (price := prices.get(p.symbol, 0.0)) > 0 else p
+        replace(p, current_price=price)
+        if (price := prices.get(p.symbol, 0.0)) > 0 and price != p.current_price
+        else p
         for p in positions
     ]
 
@@ -265,9 +267,11 @@ def _trims(
     cap = limits.max_position_size * equity
     for symbol, position in sorted(positions.items()):
         since = inputs.held_since.get(symbol)
-        if symbol in skip or since is None or weekdays_between(since, inputs.session) > 1:
+        if symbol in skip or since is None:
             continue
         if position.cost_basis <= cap + EPS or position.avg_entry_price <= 0:
+            continue
+        if weekdays_between(since, inputs.session) > 1:  # the dearer test last
             continue
         decimals = 0 if symbol in inputs.whole_shares else QTY_DECIMALS
         keep = math.floor(cap / position.avg_entry_price * 10**decimals) / 10**decimals
@@ -375,14 +379,27 @@ def _entry(
 
 def weekdays_between(start: date, end: date) -> int:
     """Trading days from `start` to `end`, counted as weekdays (holidays are rare enough that
-    the minimum holding period does not need the exchange calendar)."""
-    return int(np.busday_count(start, end))
+    the minimum holding period does not need the exchange calendar). numpy's busday_count
+    in plain arithmetic: the decision asks it for every holding of every backtest session."""
+    if end < start:  # busday_count counts (end, start] then, negated
+        return -weekdays_between(end + timedelta(days=1), start + timedelta(days=1))
+    weeks, rest = divmod((end - start).days, 7)
+    first = start.weekday()  # the `rest` days run from `first` up to first + rest <= 12
+    return weeks * 5 + max(0, min(5, first + rest) - first) + max(0, first + rest - 7)
 
 
 def daily_volatility(bars: BarFrame | None, lookback: int) -> float | None:
-    """Standard deviation of the last `lookback` daily close-to-close returns."""
+    """Standard deviation (ddof 1) of the last `lookback` daily close-to-close returns.
+
+    In numpy (the same figure as pandas' pct_change().dropna().std(), bit for bit): it runs
+    for every entry of every backtest session, where pandas' overhead was the largest cost."""
     if bars is None or len(bars) < lookback + 1:
         return None
-    returns = bars["close"].iloc[-(lookback + 1) :].pct_change().dropna()
-    vol = float(returns.std())
+    close = bars["close"].to_numpy(dtype=float)[-(lookback + 1) :]
+    with np.errstate(all="ignore"):
+        returns = close[1:] / close[:-1] - 1.0
+        returns = returns[~np.isnan(returns)]
+        if len(returns) < 2:
+            return None
+        vol = float(np.std(returns, ddof=1))
     return vol if math.isfinite(vol) and vol > 0 else None

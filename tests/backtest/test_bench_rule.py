@@ -30,19 +30,19 @@ def bars() -> dict[str, BarFrame]:
 
 def test_both_engines_make_the_same_fills(bars: dict[str, BarFrame]) -> None:
     result = bench.ours(bars, SYMBOLS, START, END)
-    strategy, final_theirs = bench.theirs(bars, SYMBOLS)
-    c = bench.compare(result, strategy, final_theirs)
+    run = bench.theirs(bars, SYMBOLS)
+    c = bench.compare(result, run)
 
     # Not a vacuous agreement: entries, exits and entries refused for cash on both sides.
     assert len(c.fills_theirs) > 40
     assert {f[1] for f in c.fills_theirs} == {"buy", "sell"}
-    assert len(strategy.skipped) > 10
+    assert len(run.skipped) > 10
     assert {r["rule"] for r in result.denied} == {"buying_power"}
     # The same entries refused (ours takes no decision after the last session).
     assert [(r["date"], r["symbol"]) for r in result.denied] == [
-        s for s in strategy.skipped if s[0] < result.sessions[-1]
+        s for s in run.skipped if s[0] < result.sessions[-1]
     ]
-    assert strategy.rejected == 0
+    assert run.rejected == 0
 
     assert [f[:3] for f in c.fills_ours] == [f[:3] for f in c.fills_theirs]
     for ours, theirs in zip(c.fills_ours, c.fills_theirs, strict=True):
