@@ -61,7 +61,7 @@ def buy_and_hold(
         return None
     if len(sessions) == 1:
         return [capital]
-    index = pd.DatetimeIndex([pd.Timestamp(d) for d in sessions])
+    index = pd.DatetimeIndex(np.array(sessions, dtype="datetime64[D]").astype("M8[s]"))
     entry = index[1]
     per_symbol: list[np.ndarray] = []
     for symbol in symbols:
@@ -77,7 +77,7 @@ def buy_and_hold(
     growth = np.vstack(per_symbol).mean(axis=0)
     curve = capital * growth
     curve[0] = capital
-    return [float(v) for v in curve]
+    return list(curve.tolist())
 
 
 def drawdown_series(equity: pd.Series) -> pd.Series:
