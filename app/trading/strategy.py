@@ -401,5 +401,6 @@ def daily_volatility(bars: BarFrame | None, lookback: int) -> float | None:
         returns = returns[~np.isnan(returns)]
         if len(returns) < 2:
             return None
-        vol = float(np.std(returns, ddof=1))
+        deviations = returns - returns.sum() / len(returns)  # np.std's own steps, unwrapped
+        vol = math.sqrt(float((deviations * deviations).sum()) / (len(returns) - 1))
     return vol if math.isfinite(vol) and vol > 0 else None
