@@ -28,16 +28,18 @@ PURPOSE = "protect"
 _GENERATION = re.compile(rf"^{STRATEGY}-\d{{8}}-{PURPOSE}(\d+)-")
 
 
-def to_cent(price: float) -> float:
-    """Half-up to the cent: Alpaca refuses sub-penny prices above $1."""
-    return float(Decimal(repr(price)).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP))
+def to_tick(price: float) -> float:
+    """Half-up to Alpaca's price increment: the cent from $1, $0.0001 below (Alpaca refuses
+    sub-penny prices above $1; below $1 a cent would round a penny stock's stop to zero)."""
+    tick = Decimal("0.01") if price >= 1.0 else Decimal("0.0001")
+    return float(Decimal(repr(price)).quantize(tick, rounding=ROUND_HALF_UP))
 
 
 def protective_levels(entry: float, limits: RiskLimits) -> tuple[float, float]:
-    """(stop, target) of a holding bought at the average price `entry`, to the cent."""
+    """(stop, target) of a holding bought at the average price `entry`, to the tick."""
     return (
-        to_cent(entry * (1.0 + limits.stop_loss_pct)),
-        to_cent(entry * (1.0 + limits.take_profit_pct)),
+        to_tick(entry * (1.0 + limits.stop_loss_pct)),
+        to_tick(entry * (1.0 + limits.take_profit_pct)),
     )
 
 
