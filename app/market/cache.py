@@ -33,15 +33,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from sqlalchemy import delete, func, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from app import metrics
 from app.domain import BAR_COLUMNS, BarFrame, MarketData
 from app.market.calendar import NyseCalendar
 from app.market.sessions import CalendarSessions, SessionClock
 from app.market.validation import DEFAULT_MAX_JUMP, validate_bars
-from app.store.database import Database
+from app.store.database import Database, dialect_insert, upsert
 from app.store.orm import BarCoverage, BarRecord
 
 log = logging.getLogger(__name__)
@@ -257,15 +255,14 @@ class CachedMarketData:
             dialect = session.get_bind().dialect.name
             for i in range(0, len(rows), 5000):
                 session.execute(
-                    _upsert(dialect, BarRecord, ["symbol", "day"], list(BAR_COLUMNS)),
+                    upsert(dialect, BarRecord, ["symbol", "day"], list(BAR_COLUMNS)),
                     rows[i : i + 5000],
                 )
             least, greatest = (
                 (func.least, func.greatest) if dialect == "postgresql" else (func.min, func.max)
             )
             if received:
-                insert = pg_insert if dialect == "postgresql" else sqlite_insert
-                statement = insert(BarCoverage)
+                statement = dialect_insert(dialect)(BarCoverage)
                 session.execute(
                     statement.on_conflict_do_update(
                         index_elements=["symbol"],
@@ -318,17 +315,6 @@ class CachedMarketData:
             extra = live.get(symbol)
             if extra is not None and not extra.empty:
                 frames[symbol] = pd.concat([frames[symbol], extra[list(BAR_COLUMNS)]])
-
-
-def _upsert(dialect: str, model: type, keys: list[str], update: list[str]) -> Any:
-    """INSERT ... ON CONFLICT for PostgreSQL and SQLite: update `update`, or do nothing."""
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    statement = insert(model)
-    if not update:
-        return statement.on_conflict_do_nothing(index_elements=keys)
-    return statement.on_conflict_do_update(
-        index_elements=keys, set_={col: statement.excluded[col] for col in update}
-    )
 
 
 def _runs(grouped: Any) -> dict[str, tuple[int, int]]:

@@ -115,11 +115,15 @@ def private_sqlite_file(url: str) -> None:
         log.warning("cannot make %s private: %s", path, exc)
 
 
+def dialect_insert(dialect: str) -> Any:
+    """The INSERT construct with ON CONFLICT support for this dialect (PostgreSQL or SQLite)."""
+    return pg_insert if dialect == "postgresql" else sqlite_insert
+
+
 def upsert(dialect: str, model: type, keys: list[str], update: list[str]) -> Any:
     """INSERT ... ON CONFLICT for PostgreSQL and SQLite: update `update`, or do nothing. One
     statement, so concurrent writers of the same key never race a read-then-insert."""
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    statement = insert(model)
+    statement = dialect_insert(dialect)(model)
     if not update:
         return statement.on_conflict_do_nothing(index_elements=keys)
     return statement.on_conflict_do_update(
