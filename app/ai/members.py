@@ -10,9 +10,10 @@ Why it is shaped this way:
   member's rows are binned on them: a LightGBM ``subset`` of the set binned once, or an XGBoost
   matrix on cuts sketched once from a seeded sample of 200 000 rows (``ref``), as LightGBM
   takes its edges from 200 000 sampled rows.
-- Each member trains on its own seeded draw of rows (without replacement, time order kept); on a
-  big pool the draw is capped at ``max_rows``: the members still see different rows, together
-  most of them, and each tree costs what it costs on a watchlist-sized pool.
+- Each member trains on its own seeded draw of rows (without replacement, time order kept).
+  ``max_rows`` (the ensemble's ``max_member_rows``) can cap the draw on a big pool; it is off by
+  default: at 300 000 rows a broad 5-year window trained ~25 % faster but its walk-forward rank
+  IC fell from 0.0168 to 0.0143 (2018-2021, not significant, t = -1.0).
 - Same data, params and seed give the same trees: LightGBM runs ``deterministic`` col-wise,
   XGBoost ``hist``, both on a fixed thread count.
 """
