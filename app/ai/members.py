@@ -117,7 +117,7 @@ class TrainingSet:
         has_val = X_val is not None and y_val is not None and len(y_val) > 0
         self.X_val = as_matrix(X_val, None) if has_val and X_val is not None else None
         self.y_val = np.asarray(y_val, dtype=np.float64) if has_val else None
-        self._lgb: dict[str, lgb.Dataset] = {}
+        self._lgb: dict[str, tuple[lgb.Dataset, lgb.Dataset | None]] = {}
         self._xgb: dict[tuple[int, str], xgb.QuantileDMatrix] = {}
         self._xgb_val: xgb.DMatrix | None = None
 
@@ -139,19 +139,21 @@ class TrainingSet:
     def lightgbm(
         self, params: Mapping[str, Any], rows: RowIndex | None
     ) -> tuple[lgb.Dataset, lgb.Dataset | None]:
-        """(training rows, early-stopping rows) binned with the full set's bin edges."""
+        """(training rows, early-stopping rows), both binned on the set's bin edges. LightGBM
+        takes the one early-stopping Dataset for every member's subset: they share its
+        reference, the full set."""
         dataset_params = {k: v for k, v in params.items() if k != "seed"}
         key = _params_key(params)
-        full = self._lgb.get(key)
-        if full is None:
+        if key not in self._lgb:
             full = lgb.Dataset(self.X, label=self.y, params=dataset_params).construct()
-            self._lgb[key] = full
+            valid = None
+            if self.X_val is not None:
+                valid = lgb.Dataset(
+                    self.X_val, label=self.y_val, reference=full, params=dataset_params
+                ).construct()
+            self._lgb[key] = (full, valid)
+        full, valid = self._lgb[key]
         train = full if rows is None else full.subset(rows.tolist(), params=dataset_params)
-        valid = None
-        if self.X_val is not None:
-            valid = lgb.Dataset(
-                self.X_val, label=self.y_val, reference=train, params=dataset_params
-            )
         return train, valid
 
     def xgboost(
