@@ -47,13 +47,17 @@ def backtest_sessions(
 ) -> list[date]:
     """NYSE sessions in [start, end] on which at least one universe symbol has a bar."""
     cal = calendar or NyseCalendar()
-    present: set[pd.Timestamp] = set()
-    for symbol in symbols:
-        frame = bars.get(symbol)
-        if frame is not None and len(frame):
-            present.update(frame.index[(frame.index >= pd.Timestamp(start))])
+    stamps = [
+        frame.index.to_numpy(dtype="datetime64[ns]")
+        for symbol in symbols
+        if (frame := bars.get(symbol)) is not None and len(frame)
+    ]
     sessions = cal.sessions_index(start, end)
-    return [ts.date() for ts in sessions if ts in present]
+    if not stamps:
+        return []
+    # One sorted array of every bar date, not a set of pandas Timestamps (100 ms for 32 symbols).
+    present = np.isin(sessions.to_numpy(dtype="datetime64[ns]"), np.unique(np.concatenate(stamps)))
+    return list(sessions[present].date)
 
 
 def resolve_window(
