@@ -26,6 +26,13 @@ the median of `--repeats` runs per path (windows and whole run) and whether each
 and equity equal the in-process run's.
 
     .venv/bin/python -m bench.backtest_walkforward --fanout --repeats 3
+
+`--broad`: the same on the broad universe (646 stocks of /work/shared/data/broad, its ETFs as
+features), 2008-01-01..2021-12-31, the default cadence (56 windows): the issue's "one worker"
+and "two workers" figures. `--paths` picks the paths, e.g. `--paths "1 worker,2 workers"`.
+
+    .venv/bin/python -m bench.backtest_walkforward --fanout --broad --repeats 1 \
+        --paths "1 worker,2 workers"
 """
 
 from __future__ import annotations
@@ -46,7 +53,7 @@ from app.backtest.report import write_reports
 from app.backtest.requests import BacktestRequest, run_request
 from app.config import Settings
 from app.market.sources import CsvMarketData
-from bench.walkforward_fanout import fanout
+from bench.walkforward_fanout import BROAD, MEDIUM, PATHS, fanout
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = ROOT.parent / "shared" / "data" / "daily"
@@ -167,9 +174,20 @@ def main() -> None:
     parser.add_argument("--only", choices=["defaults", "trading"], help="run one configuration")
     parser.add_argument("--fanout", action="store_true", help="time the windows' fan-out")
     parser.add_argument("--repeats", type=int, default=3, help="runs per path with --fanout")
+    parser.add_argument(
+        "--broad", action="store_true", help="--fanout on the broad universe, 2008-2021"
+    )
+    parser.add_argument(
+        "--paths",
+        default=",".join(PATHS),
+        help="--fanout paths to time, comma-separated (first one is the ratios' base)",
+    )
     args = parser.parse_args()
     if args.fanout:
-        fanout(args.repeats)
+        paths = [p.strip() for p in args.paths.split(",")]
+        if unknown := set(paths) - set(PATHS):
+            parser.error(f"--paths: unknown {sorted(unknown)}; choose from {list(PATHS)}")
+        fanout(args.repeats, BROAD if args.broad else MEDIUM, paths)
         return
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     settings = Settings(_env_file=None)  # type: ignore[call-arg]

@@ -12,6 +12,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -24,12 +25,29 @@ from app.backtest.results import BacktestResult
 from app.backtest.walk_forward_window import WindowResult
 from app.container import services
 from app.market.sources import CsvMarketData
+from app.market.universe import resolve_universe
 from app.tasks.walk_forward import collect_on_workers
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = ROOT.parent / "shared" / "data" / "daily"
+BROAD_DIR = ROOT.parent / "shared" / "data" / "broad"
 BIN = Path(sys.executable).parent
-START, END, RETRAIN_EVERY = date(2016, 1, 4), date(2021, 12, 31), 63
+RETRAIN_EVERY = 63
+PATHS: dict[str, int] = {"in-process": 0, "1 worker": 1, "2 workers": 2}
+
+
+@dataclass(frozen=True)
+class FanoutRun:
+    """What the fan-out bench replays: the medium watchlist run, or the broad one."""
+
+    data_dir: Path
+    universe: str
+    start: date
+    end: date
+
+
+MEDIUM = FanoutRun(DATA_DIR, "watchlist", date(2016, 1, 4), date(2021, 12, 31))
+BROAD = FanoutRun(BROAD_DIR, "broad", date(2008, 1, 1), date(2021, 12, 31))
 
 
 def _env(overrides: dict[str, str]) -> dict[str, str]:
@@ -85,18 +103,20 @@ def _fills(result: BacktestResult) -> list[tuple[Any, ...]]:
     return [(o.client_order_id, o.qty, o.status, o.fill_price) for o in result.orders]
 
 
-def fanout(repeats: int) -> None:
+def fanout(repeats: int, run: FanoutRun = MEDIUM, paths: Sequence[str] = tuple(PATHS)) -> None:
     redis_url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/7")
     Redis.from_url(redis_url).flushdb()
     with tempfile.TemporaryDirectory(prefix="wf-fanout-") as scratch:
-        _fanout(repeats, redis_url, Path(scratch))
+        _fanout(repeats, redis_url, Path(scratch), run, paths)
 
 
-def _fanout(repeats: int, redis_url: str, scratch: Path) -> None:
+def _fanout(
+    repeats: int, redis_url: str, scratch: Path, run: FanoutRun, paths: Sequence[str]
+) -> None:
     overrides = {
         "redis_url": redis_url,
         "database_dir": str(scratch),
-        "data_dir": str(DATA_DIR),
+        "data_dir": str(run.data_dir),
         "sim_auto_train": "false",
         "log_level": "WARNING",
     }
@@ -110,9 +130,20 @@ def _fanout(repeats: int, redis_url: str, scratch: Path) -> None:
     )
     app = create_app(overrides)
     celery = app.extensions["celery"]
-    symbols = tuple(CsvMarketData(DATA_DIR).available_symbols())
-    request = BacktestRequest(symbols=symbols, start=START, end=END, retrain_every=RETRAIN_EVERY)
-    paths: Sequence[tuple[str, int]] = (("in-process", 0), ("1 worker", 1), ("2 workers", 2))
+    market = CsvMarketData(run.data_dir)
+    feature_only: tuple[str, ...] = ()
+    if run.universe == "watchlist":
+        symbols = tuple(market.available_symbols())
+    else:
+        chosen = resolve_universe(run.universe, (), market)
+        symbols, feature_only = chosen.tradable, chosen.feature_only
+    request = BacktestRequest(
+        symbols=symbols,
+        feature_symbols=feature_only,
+        start=run.start,
+        end=run.end,
+        retrain_every=RETRAIN_EVERY,
+    )
     figures: dict[str, list[tuple[float, float]]] = {}
     reference: BacktestResult | None = None
 
@@ -121,11 +152,12 @@ def _fanout(repeats: int, redis_url: str, scratch: Path) -> None:
 
     with app.app_context():
         svc = services()
-        for label, n in paths:
+        for label in paths:
+            n = PATHS[label]
             figures[label] = []
             for _ in range(repeats):
                 with _workers(n, env, scratch, ping) if n else _none():
-                    seconds, result = _timed_run(request, svc, workers=n > 0)
+                    seconds, result = _timed_run(request, svc, run.data_dir, workers=n > 0)
                 figures[label].append(seconds)
                 reference = reference or result
                 same = _fills(result) == _fills(reference) and all(
@@ -136,14 +168,14 @@ def _fanout(repeats: int, redis_url: str, scratch: Path) -> None:
                 print(
                     f"[{label}] windows {seconds[0]:.1f}s, run {seconds[1]:.1f}s, "
                     f"{len(result.model['retrains'])} windows on {where}; "
-                    f"same orders and equity as in-process: {same}",
+                    f"same orders and equity as the first run ({paths[0]}): {same}",
                     flush=True,
                 )
     print(
-        f"\n{len(symbols)} symbols, {START}..{END}, retrain every {RETRAIN_EVERY}: "
-        f"median of {repeats} runs"
+        f"\n{len(symbols)} symbols (+{len(feature_only)} feature-only), {run.start}..{run.end}, "
+        f"retrain every {RETRAIN_EVERY}: median of {repeats} runs; ratios against {paths[0]}"
     )
-    base = statistics.median(w for w, _t in figures["in-process"])
+    base = statistics.median(w for w, _t in figures[paths[0]])
     for label, runs in figures.items():
         windows = statistics.median(w for w, _t in runs)
         total = statistics.median(t for _w, t in runs)
@@ -153,7 +185,7 @@ def _fanout(repeats: int, redis_url: str, scratch: Path) -> None:
 
 
 def _timed_run(
-    request: BacktestRequest, svc: Any, *, workers: bool
+    request: BacktestRequest, svc: Any, data_dir: Path, *, workers: bool
 ) -> tuple[tuple[float, float], BacktestResult]:
     """(seconds collecting the windows, seconds of the whole run), and the run."""
     collect = collect_on_workers if workers else collect_locally
@@ -167,7 +199,7 @@ def _timed_run(
 
     t0 = time.perf_counter()
     result = run_request(
-        request, svc.settings, svc.venue.market, collect=timed, data_dir=str(DATA_DIR)
+        request, svc.settings, svc.venue.market, collect=timed, data_dir=str(data_dir)
     )
     return (spent[0], time.perf_counter() - t0), result
 
