@@ -56,6 +56,24 @@ def _env(overrides: dict[str, str]) -> dict[str, str]:
     return env
 
 
+def training_worker_argv(name: str, loglevel: str) -> list[str]:
+    """A Celery worker with one slot on the training queue: one machine of a fan-out."""
+    return [
+        str(BIN / "celery"),
+        "--app",
+        "app.make_celery",
+        "worker",
+        "--queues",
+        "training",
+        "--concurrency",
+        "1",
+        "--loglevel",
+        loglevel,
+        "--hostname",
+        f"{name}@%h",
+    ]
+
+
 @contextmanager
 def _workers(
     n: int, env: dict[str, str], logs: Path, ping: Callable[[], list[Any]]
@@ -64,20 +82,7 @@ def _workers(
     names = [f"bench{i}-{time.monotonic_ns()}" for i in range(n)]
     procs = [
         subprocess.Popen(
-            [
-                str(BIN / "celery"),
-                "--app",
-                "app.make_celery",
-                "worker",
-                "--queues",
-                "training",
-                "--concurrency",
-                "1",
-                "--loglevel",
-                "WARNING",
-                "--hostname",
-                f"{name}@%h",
-            ],
+            training_worker_argv(name, "WARNING"),
             env=env,
             cwd=ROOT,
             stdout=(logs / f"{name}.log").open("wb"),

@@ -13,7 +13,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from redis import Redis
 from redis.exceptions import RedisError
-from sqlalchemy import delete
+from sqlalchemy import delete, event
 
 from app import create_app
 from app.config import Settings
@@ -99,6 +99,21 @@ def app(make_app: Callable[..., Flask]) -> Flask:
 @pytest.fixture
 def client(app: Flask) -> FlaskClient:
     return app.test_client()
+
+
+@contextlib.contextmanager
+def sql_statements() -> Iterator[list[str]]:
+    """Every SQL statement the app's database is sent meanwhile (an executemany once)."""
+    sent: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, sql: str, *_args: Any) -> None:
+        sent.append(sql)
+
+    event.listen(db.engine, "before_cursor_execute", record)
+    try:
+        yield sent
+    finally:
+        event.remove(db.engine, "before_cursor_execute", record)
 
 
 class Auth:

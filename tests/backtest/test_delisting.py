@@ -16,26 +16,14 @@ from app.backtest.engine import run_backtest
 from app.backtest.results import BacktestConfig, BacktestResult
 from app.domain import BarFrame, Signal, SignalAction
 from app.market.sources import CsvMarketData
-from app.trading.risk import RiskLimits
-from tests.support import SHARED_DATA
+from tests.fakes.broad import BROAD_DATA, HOLD_TILL_BARS_END
 
-BROAD = SHARED_DATA.parent / "broad" / "daily"
 START, END = date(2018, 6, 1), date(2019, 3, 29)
-#: Limits that never sell by themselves: only the delisting (or a signal) ends a holding.
-LOOSE = RiskLimits(
-    max_positions=5,
-    max_exposure=1.0,
-    max_position_size=0.4,
-    stop_loss_pct=-0.99,
-    take_profit_pct=100.0,
-    max_daily_loss=-0.99,
-    entry_gap_margin=0.5,  # no trim of an entry that gapped up
-)
 
 
 @pytest.fixture(scope="module")
 def bars() -> dict[str, BarFrame]:
-    loaded = CsvMarketData(BROAD).get_daily_bars(("AET", "UNH"), START, END)
+    loaded = CsvMarketData(BROAD_DATA / "daily").get_daily_bars(("AET", "UNH"), START, END)
     assert loaded["AET"].index[-1].date() < date(2018, 12, 31) < loaded["UNH"].index[-1].date()
     return loaded
 
@@ -64,7 +52,7 @@ def run(bars: dict[str, BarFrame], signals: Scripted, *, intraday_exits: bool) -
         end=END,
         commission_bps=1.0,
         slippage_bps=5.0,
-        limits=LOOSE,
+        limits=HOLD_TILL_BARS_END,
         intraday_exits=intraday_exits,
     )
     return run_backtest(bars, config, signals)

@@ -8,9 +8,20 @@ from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
 
+from app.trading.risk import RiskLimits
 from tests.support import SHARED_DATA
 
 BROAD_DATA = SHARED_DATA.parent / "broad"
+#: Limits that never sell by themselves: a holding lives until a signal or the end of its bars.
+HOLD_TILL_BARS_END = RiskLimits(
+    max_positions=5,
+    max_exposure=1.0,
+    max_position_size=0.4,
+    stop_loss_pct=-0.99,
+    take_profit_pct=100.0,
+    max_daily_loss=-0.99,
+    entry_gap_margin=0.5,  # no trim of an entry that gapped up
+)
 #: Stocks the decision tests trade: enough to prove the request budget at a broad size.
 DEFAULT_COUNT = 320
 

@@ -4,36 +4,19 @@ statements, not a round trip per symbol."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import date
-from typing import Any
 
 import pandas as pd
 import pytest
 from flask import Flask
-from sqlalchemy import event
 
 from app.extensions import db
 from app.market.cache import REQUEST_BARS, CachedMarketData, merge_spans
 from app.market.calendar import NyseCalendar
 from app.market.sources import CsvMarketData
+from tests.conftest import sql_statements
 from tests.market.test_cache import CountingSource, after_close
 from tests.support import SHARED_DATA
-
-
-@contextmanager
-def sql_statements() -> Iterator[list[str]]:
-    sent: list[str] = []
-
-    def record(_conn: Any, _cursor: Any, sql: str, *_args: Any) -> None:
-        sent.append(sql)
-
-    event.listen(db.engine, "before_cursor_execute", record)
-    try:
-        yield sent
-    finally:
-        event.remove(db.engine, "before_cursor_execute", record)
 
 
 @pytest.fixture

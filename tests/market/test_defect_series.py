@@ -20,27 +20,15 @@ from app.domain import BarFrame, Signal, SignalAction
 from app.market.calendar import DateLike
 from app.market.sources import CsvMarketData
 from app.market.universe import resolve_universe
-from app.trading.risk import RiskLimits
-from tests.support import SHARED_DATA
+from tests.fakes.broad import BROAD_DATA, HOLD_TILL_BARS_END
 
-BROAD = SHARED_DATA.parent / "broad"
 #: Where validation ends each series (the data's README names later dates still).
 BREAKS = {"CBE": date(2004, 1, 5), "GDW": date(2014, 10, 27), "TIE": date(2010, 2, 22)}
-#: Limits that never sell by themselves: the holding lives until its bars end.
-LOOSE = RiskLimits(
-    max_positions=5,
-    max_exposure=1.0,
-    max_position_size=0.4,
-    stop_loss_pct=-0.99,
-    take_profit_pct=100.0,
-    max_daily_loss=-0.99,
-    entry_gap_margin=0.5,
-)
 
 
 @pytest.fixture(scope="module")
 def market() -> CsvMarketData:
-    return CsvMarketData(BROAD)
+    return CsvMarketData(BROAD_DATA)
 
 
 def test_no_feature_row_or_training_label_reaches_a_break(market: CsvMarketData) -> None:
@@ -78,7 +66,10 @@ def test_a_backtest_holding_a_reused_ticker_never_prices_it_past_the_break(
     good = bars["TIE"]
     assert good.index[-1] < pd.Timestamp(BREAKS["TIE"])
     config = BacktestConfig(
-        symbols=("TIE", "AAPL"), start=date(2009, 9, 1), end=date(2010, 6, 30), limits=LOOSE
+        symbols=("TIE", "AAPL"),
+        start=date(2009, 9, 1),
+        end=date(2010, 6, 30),
+        limits=HOLD_TILL_BARS_END,
     )
     result = run_backtest(bars, config, BuyTie())
     fills = [o for o in result.orders if o.symbol == "TIE" and o.fill_price is not None]
@@ -106,7 +97,7 @@ def test_a_universe_run_trades_its_stocks_and_loads_its_etfs(
     path = tmp_path / "mine.txt"
     path.write_text("TIE\nAAPL\nMSFT\nXLK\n")
     settings = load_settings({"UNIVERSE": str(path)})
-    source = Recording(BROAD)
+    source = Recording(BROAD_DATA)
     chosen = resolve_universe(settings.universe, settings.watchlist, source)
     request = BacktestRequest(
         symbols=chosen.tradable,

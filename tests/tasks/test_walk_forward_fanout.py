@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from flask import Flask
+from flask.testing import FlaskClient
 
 from app.backtest.report import to_report
 from app.backtest.requests import run_request
@@ -22,6 +23,7 @@ from app.container import services
 from app.store import tasks as task_service
 from app.tasks.backtest import request_from_params
 from app.tasks.walk_forward import collect_on_workers
+from bench.walkforward_fanout import training_worker_argv
 from tests import support
 from tests.conftest import Auth
 from tests.support import SHARED_DATA
@@ -86,20 +88,7 @@ def workers(
     data_dirs = [SHARED_DATA, worker_data]
     started = [
         support.Process(
-            [
-                str(support.BIN / "celery"),
-                "--app",
-                "app.make_celery",
-                "worker",
-                "--queues",
-                "training",
-                "--concurrency",
-                "1",
-                "--loglevel",
-                "INFO",
-                "--hostname",
-                f"{name}@%h",
-            ],
+            training_worker_argv(name, "INFO"),
             support.service_env(**{k: str(v) for k, v in {**settings, "DATA_DIR": data}.items()}),
             tmp_path / f"{name}.log",
         )
@@ -117,6 +106,25 @@ def workers(
     finally:
         for process in started:
             process.stop()
+
+
+def _finished_task(
+    client: FlaskClient,
+    headers: dict[str, str],
+    task_id: str,
+    timeout: float,
+    progress: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """GET /api/tasks/<id> until it succeeds or fails (or `timeout` passes); every progress
+    reading on the way is appended to `progress`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        body: dict[str, Any] = client.get(f"/api/tasks/{task_id}", headers=headers).get_json()
+        if body["progress"] and body["state"] == task_service.PROGRESS:
+            progress.append(body["progress"])
+        if body["state"] in {"SUCCESS", "FAILURE"} or time.monotonic() > deadline:
+            return body
+        time.sleep(0.2)
 
 
 def _fills(report: dict[str, Any]) -> list[tuple[Any, ...]]:
@@ -219,14 +227,7 @@ def test_api_backtest_is_a_chord_of_windows_equal_to_in_process(
     assert started.status_code == 202, started.get_json()
     task_id = started.get_json()["task_id"]
     seen: list[dict[str, Any]] = []
-    deadline = time.monotonic() + 600
-    while True:
-        body = client.get(f"/api/tasks/{task_id}", headers=headers).get_json()
-        if body["progress"] and body["state"] == task_service.PROGRESS:
-            seen.append(body["progress"])
-        if body["state"] in {"SUCCESS", "FAILURE"} or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
+    body = _finished_task(client, headers, task_id, 600, seen)
     assert body["state"] == "SUCCESS", (body, _output(workers))
     assert body["result"]["task_id"] == task_id
     for progress in seen:  # windows done of all, then sessions: never ids, never past the end
@@ -275,12 +276,7 @@ def test_workers_with_other_bars_fail_the_run_instead_of_training_on_them(
     )
     assert started.status_code == 202, started.get_json()
     task_id = started.get_json()["task_id"]
-    deadline = time.monotonic() + 300
-    while True:
-        body = client.get(f"/api/tasks/{task_id}", headers=headers).get_json()
-        if body["state"] in {"SUCCESS", "FAILURE"} or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
+    body = _finished_task(client, headers, task_id, 300, [])
     assert body["state"] == "FAILURE", (body, _output(workers))
     assert "not the ones the run was planned on" in body["error"]
     run = client.get(f"/api/backtest/{task_id}", headers=headers).get_json()

@@ -8,23 +8,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 import pytest
 from flask import Flask
-from sqlalchemy import event
 
 from app.broker.alpaca_data import MAX_SYMBOLS_PER_REQUEST, PAGE_BARS
 from app.broker.rate_limit import ALPACA_REQUESTS_PER_MINUTE
 from app.container import services
 from app.domain import BarFrame, Signal
-from app.extensions import db
 from app.trading.decision import LOOKBACK_CALENDAR_DAYS
 from tests.api.test_market_api import PAPER
+from tests.conftest import sql_statements
 from tests.fakes.broad import broad_data_dir, broad_symbols
 from tests.fakes.fake_alpaca import FakeAlpaca
 from tests.trading.test_cycle import FixedSignals
@@ -63,21 +60,6 @@ def fake(data_dir: Path) -> Iterator[FakeAlpaca]:
     with FakeAlpaca(data_dir, today=MONDAY) as f:
         f.set_early_close(FRIDAY, "13:00")
         yield f
-
-
-@contextmanager
-def sql_statements() -> Iterator[list[str]]:
-    """Every SQL statement the app's database is sent meanwhile (an executemany once)."""
-    sent: list[str] = []
-
-    def record(_conn: Any, _cursor: Any, sql: str, *_args: Any) -> None:
-        sent.append(sql)
-
-    event.listen(db.engine, "before_cursor_execute", record)
-    try:
-        yield sent
-    finally:
-        event.remove(db.engine, "before_cursor_execute", record)
 
 
 def bars_served(fake: FakeAlpaca, start: date, end: date) -> int:
