@@ -59,6 +59,28 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
+def paper_settings(
+    fake: FakeAlpaca, url: str, tmp: Path, models: Path, **overrides: str
+) -> dict[str, str]:
+    """A paper app against the loopback fake, with loose floors so the sessions place orders."""
+    return {
+        "TRADING_MODE": "paper",
+        "ALPACA_API_KEY": "k",
+        "ALPACA_API_SECRET": "s",
+        "ADMIN_PASSWORD": "bench-password-long",
+        "JWT_SECRET_KEY": "j" * 40,
+        "SECRET_KEY": "s" * 40,
+        "ALPACA_BASE_URL": fake.base_url,
+        "ALPACA_DATA_URL": fake.base_url,
+        "DATABASE_URL": url,
+        "DATABASE_DIR": str(tmp),
+        "MODELS_DIR": str(models),
+        "AI_CONFIDENCE_THRESHOLD": "0.5",
+        "AI_SIGNAL_BUY_THRESHOLD": "0.0005",
+        **overrides,
+    }
+
+
 def paper_32(cycles: int, tmp: Path) -> None:
     symbols = DEFAULT_WATCHLIST.split(",")
     bars = CsvMarketData(SHARED_DATA).get_daily_bars(symbols, date(2019, 1, 1), date(2021, 11, 26))
@@ -67,24 +89,7 @@ def paper_32(cycles: int, tmp: Path) -> None:
     url = f"sqlite:///{tmp}/paper.db"
     migrations.upgrade(url)
     with FakeAlpaca(SHARED_DATA, today=date(2021, 11, 29)) as fake:
-        app = create_app(
-            {
-                "TRADING_MODE": "paper",
-                "ALPACA_API_KEY": "k",
-                "ALPACA_API_SECRET": "s",
-                "ADMIN_PASSWORD": "bench-password-long",
-                "JWT_SECRET_KEY": "j" * 40,
-                "SECRET_KEY": "s" * 40,
-                "ALPACA_BASE_URL": fake.base_url,
-                "ALPACA_DATA_URL": fake.base_url,
-                "DATABASE_URL": url,
-                "DATABASE_DIR": str(tmp),
-                "MODELS_DIR": str(tmp / "models"),
-                "LOG_LEVEL": "WARNING",
-                "AI_CONFIDENCE_THRESHOLD": "0.5",
-                "AI_SIGNAL_BUY_THRESHOLD": "0.0005",
-            }
-        )
+        app = create_app(paper_settings(fake, url, tmp, tmp / "models", LOG_LEVEL="WARNING"))
         with app.app_context():
             trading = services().trading()
             calendar = NyseCalendar()
@@ -135,28 +140,19 @@ def paper_broad(size: int, cycles: int, tmp: Path) -> None:
     migrations.upgrade(url)
     with FakeAlpaca(data, today=date(2021, 11, 29)) as fake:
         app = create_app(
-            {
-                "TRADING_MODE": "paper",
-                "ALPACA_API_KEY": "k",
-                "ALPACA_API_SECRET": "s",
-                "ADMIN_PASSWORD": "bench-password-long",
-                "JWT_SECRET_KEY": "j" * 40,
-                "SECRET_KEY": "s" * 40,
-                "ALPACA_BASE_URL": fake.base_url,
-                "ALPACA_DATA_URL": fake.base_url,
-                "ALPACA_TIMEOUT_SECONDS": "60",
+            paper_settings(
+                fake,
+                url,
+                tmp,
+                tmp / "models_broad",
+                ALPACA_TIMEOUT_SECONDS="60",
                 # Sessions replay seconds apart here, one a day live: the budget of 200 a
                 # minute is checked on each decision's own count, not made to wait between.
-                "ALPACA_REQUESTS_PER_MINUTE": "10000",
-                "DATABASE_URL": url,
-                "DATABASE_DIR": str(tmp),
-                "MODELS_DIR": str(tmp / "models_broad"),
-                "WATCHLIST": ",".join(symbols),
-                "LOG_LEVEL": "ERROR",
-                "AI_CONFIDENCE_THRESHOLD": "0.5",
-                "AI_SIGNAL_BUY_THRESHOLD": "0.0005",
-                "AI_LABEL_NORMALISATION": RAW_LABEL["normalisation"],
-            }
+                ALPACA_REQUESTS_PER_MINUTE="10000",
+                WATCHLIST=",".join(symbols),
+                LOG_LEVEL="ERROR",
+                AI_LABEL_NORMALISATION=RAW_LABEL["normalisation"],
+            )
         )
         with app.app_context():
             trading = services().trading()
