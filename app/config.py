@@ -194,6 +194,9 @@ class Settings(BaseSettings):
     ai_prediction_horizon_days: int = Field(default=5, ge=1, le=60)
     #: raw | excess (minus the watchlist's mean that date) | rank (the watchlist's rank).
     ai_label_normalisation: str = Field(default="excess", pattern="^(raw|excess|rank)$")
+    #: Model inputs: seed (the original columns) | extended (+ longer memory, sector relative
+    #: strength, market regime: app.ai.features_extended). A model trades only under its own.
+    ai_feature_set: str = Field(default="seed", pattern="^(seed|extended)$")
     model_max_age_days: int = Field(default=7, ge=1, le=365)
     #: pooled: one cross-sectional model over every symbol; per-symbol: one model each.
     model_mode: str = Field(default="pooled", pattern="^(pooled|per-symbol|per_symbol)$")
