@@ -61,6 +61,9 @@ def run(body: dict[str, Any]) -> dict[str, str]:
         sell_threshold=body.get("sell_threshold"),
         confidence_threshold=body.get("confidence_threshold"),
         placebo=body["placebo"],
+        momentum_lookback=body.get("momentum_lookback"),
+        momentum_skip=body.get("momentum_skip"),
+        momentum_top_k=body.get("momentum_top_k"),
     )
     request.check()
     if request.model == "current" and svc.models.current_version() is None:

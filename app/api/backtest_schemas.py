@@ -29,8 +29,13 @@ class BacktestRunSchema(Schema):
     retrain_every = StrictInteger(load_default=63, validate=validate.Range(min=1, max=MAX_DAYS))
     model = fields.String(
         load_default="walk_forward",
-        validate=validate.OneOf(["walk_forward", "current", "sma_cross"]),
+        validate=validate.OneOf(["walk_forward", "current", "sma_cross", "momentum"]),
     )
+    #: model momentum only: lookback and skipped sessions (default 252 / 21), names held
+    #: (default RISK_MAX_POSITIONS); skip < lookback is checked by the request.
+    momentum_lookback = StrictInteger(validate=validate.Range(min=2, max=MAX_DAYS))
+    momentum_skip = StrictInteger(validate=validate.Range(min=0, max=MAX_DAYS))
+    momentum_top_k = StrictInteger(validate=validate.Range(min=1, max=500))
     buy_threshold = StrictFloat(validate=validate.Range(min=0, min_inclusive=False, max=1))
     sell_threshold = StrictFloat(validate=validate.Range(min=-1, max=0, max_inclusive=False))
     confidence_threshold = StrictFloat(validate=validate.Range(min=0, max=1))

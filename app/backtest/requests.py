@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import date
 from functools import cache
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -20,6 +20,7 @@ from app.ai.signals import Thresholds
 from app.ai.training import split_by_date
 from app.backtest.engine import run_backtest
 from app.backtest.feature_source import FeatureSource, SourceData, source_of
+from app.backtest.momentum import LOOKBACK, SKIP, MomentumSignals
 from app.backtest.results import BacktestConfig, BacktestResult, ProgressFn, SignalFn
 from app.backtest.signals import ModelSignals, SmaCrossSignals
 from app.backtest.walk_forward import WalkForwardConfig, WalkForwardPredictor
@@ -39,6 +40,8 @@ from app.trading.strategy import StrategyConfig
 if TYPE_CHECKING:
     from app.config import Settings
 
+_N = TypeVar("_N", int, float)
+
 
 @dataclass(frozen=True)
 class BacktestRequest:
@@ -52,8 +55,8 @@ class BacktestRequest:
     slippage_bps: float | None = None  # None: SIM_SLIPPAGE_BPS
     retrain_every: int = 63
     #: walk_forward: retrain during the run; current: the saved current model as is;
-    #: sma_cross: the model-free SMA 20/50 rule.
-    model: Literal["walk_forward", "current", "sma_cross"] = "walk_forward"
+    #: sma_cross: the model-free SMA 20/50 rule; momentum: the 12-1 momentum factor rule.
+    model: Literal["walk_forward", "current", "sma_cross", "momentum"] = "walk_forward"
     buy_threshold: float | None = None
     sell_threshold: float | None = None
     confidence_threshold: float | None = None
@@ -61,11 +64,34 @@ class BacktestRequest:
     placebo: bool = False
     #: Loaded for the features only, never traded: a universe's ETFs (SPY always is loaded).
     feature_symbols: tuple[str, ...] = ()
+    #: model momentum only (None: the default): the return from `momentum_lookback` to
+    #: `momentum_skip` sessions back (252 / 21: 12-1 months), the best `momentum_top_k` names
+    #: held (default: RISK_MAX_POSITIONS, the plain factor rule filling every position).
+    momentum_lookback: int | None = None
+    momentum_skip: int | None = None
+    momentum_top_k: int | None = None
 
     def check(self) -> None:
         """Combinations no run can honour, refused before any work (the API before queueing)."""
         if self.placebo and self.model != "walk_forward":
             raise ValidationError("a placebo needs walk-forward retraining", field="placebo")
+        options = {name: getattr(self, name) for name in MOMENTUM_OPTIONS}
+        for name, value in options.items():
+            if value is not None and self.model != "momentum":
+                raise ValidationError(f"{name} needs model momentum", field=name)
+        lookback, skip, top_k = options.values()
+        if lookback is not None and lookback < 2:
+            raise ValidationError("momentum_lookback must be >= 2", field="momentum_lookback")
+        if skip is not None and skip < 0:
+            raise ValidationError("momentum_skip must be >= 0", field="momentum_skip")
+        if _pick(skip, SKIP) >= _pick(lookback, LOOKBACK):
+            raise ValidationError(
+                f"momentum_skip ({_pick(skip, SKIP)}) must be below momentum_lookback "
+                f"({_pick(lookback, LOOKBACK)})",
+                field="momentum_skip" if skip is not None else "momentum_lookback",
+            )
+        if top_k is not None and top_k < 1:
+            raise ValidationError("momentum_top_k must be >= 1", field="momentum_top_k")
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -73,6 +99,10 @@ class BacktestRequest:
             symbols=list(self.symbols), start=self.start.isoformat(), end=self.end.isoformat()
         )
         return data
+
+
+#: The request fields of model momentum, in MomentumSignals' order (lookback, skip, top k).
+MOMENTUM_OPTIONS = ("momentum_lookback", "momentum_skip", "momentum_top_k")
 
 
 @dataclass(frozen=True)
@@ -117,6 +147,17 @@ def plan_request(
     from app.ai.params import best_params_tuned_through, load_best_params, to_train_params
 
     request.check()
+    limits = RiskLimits.from_settings(settings)
+    strategy = StrategyConfig.from_settings(settings)
+    if request.model == "momentum":
+        request = replace(
+            request,
+            momentum_lookback=_pick(request.momentum_lookback, LOOKBACK),
+            momentum_skip=_pick(request.momentum_skip, SKIP),
+            momentum_top_k=_pick(request.momentum_top_k, limits.max_positions),
+        )
+        # The rule's BUY signals are its top k already; the entry rank must not cut them.
+        strategy = replace(strategy, entry_top_k=request.momentum_top_k or 0)
     symbols = tuple(dict.fromkeys(s.upper() for s in request.symbols))
     config = BacktestConfig(
         symbols=symbols,
@@ -129,8 +170,8 @@ def plan_request(
         slippage_bps=settings.sim_slippage_bps
         if request.slippage_bps is None
         else request.slippage_bps,
-        limits=RiskLimits.from_settings(settings),
-        strategy=StrategyConfig.from_settings(settings),
+        limits=limits,
+        strategy=strategy,
     )
     loaded, first_bar, last_bar = _bar_range(request, settings)
     bars = load_bars(market, loaded, first_bar, last_bar)
@@ -184,6 +225,14 @@ def run_planned(
     signal_fn: SignalFn
     if request.model == "sma_cross":
         signal_fn = SmaCrossSignals(plan.bars, symbols)
+    elif request.model == "momentum":
+        signal_fn = MomentumSignals(
+            plan.bars,
+            symbols,
+            top_k=_pick(request.momentum_top_k, plan.config.limits.max_positions),
+            lookback=_pick(request.momentum_lookback, LOOKBACK),
+            skip=_pick(request.momentum_skip, SKIP),
+        )
     else:
         if request.model == "current":
             if bundle is None:
@@ -321,9 +370,13 @@ def _walk_forward_config(request: BacktestRequest, settings: Settings) -> WalkFo
 
 def _bar_range(request: BacktestRequest, settings: Settings) -> tuple[list[str], date, date]:
     """The symbols and dates to load: the bars the run replays, and before `start` the
-    history its first model trains on."""
+    history its first model trains on (momentum: its lookback, in years of 252 sessions)."""
     symbols = list(dict.fromkeys(s.upper() for s in (*request.symbols, *request.feature_symbols)))
-    model_years = settings.train_years if request.model == "walk_forward" else 0.0
+    model_years = 0.0
+    if request.model == "walk_forward":
+        model_years = settings.train_years
+    elif request.model == "momentum":
+        model_years = _pick(request.momentum_lookback, LOOKBACK) / 252
     return symbols, history_start(request.start, model_years), request.end
 
 
@@ -331,5 +384,5 @@ def _load(request: BacktestRequest, settings: Settings, market: MarketData) -> d
     return load_bars(market, *_bar_range(request, settings))
 
 
-def _pick(value: float | None, default: float) -> float:
+def _pick(value: _N | None, default: _N) -> _N:
     return default if value is None else value

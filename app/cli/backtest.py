@@ -52,10 +52,26 @@ _DATE = click.DateTime(["%Y-%m-%d"])
 @click.option("--retrain-every", type=click.IntRange(min=1), default=63, show_default=True)
 @click.option(
     "--model",
-    type=click.Choice(["walk_forward", "current", "sma_cross"]),
+    type=click.Choice(["walk_forward", "current", "sma_cross", "momentum"]),
     default="walk_forward",
     show_default=True,
-    help="Retrain during the run, use the saved current model as is, or the SMA 20/50 rule.",
+    help="Retrain during the run, use the saved current model as is, the SMA 20/50 rule, or "
+    "the 12-1 momentum rule (top k by past return, rebalanced on each month's first session).",
+)
+@click.option(
+    "--momentum-lookback",
+    type=int,
+    help="--model momentum: sessions back the return starts (default 252, 12 months).",
+)
+@click.option(
+    "--momentum-skip",
+    type=int,
+    help="--model momentum: recent sessions left out, short-term reversal (default 21, 1 month).",
+)
+@click.option(
+    "--momentum-top-k",
+    type=int,
+    help="--model momentum: names held (default RISK_MAX_POSITIONS: every position filled).",
 )
 @click.option("--buy-threshold", type=float, help="Default: AI_SIGNAL_BUY_THRESHOLD.")
 @click.option("--sell-threshold", type=float, help="Default: AI_SIGNAL_SELL_THRESHOLD.")
@@ -87,6 +103,9 @@ def backtest_command(
     slippage_bps: float | None,
     retrain_every: int,
     model: str,
+    momentum_lookback: int | None,
+    momentum_skip: int | None,
+    momentum_top_k: int | None,
     buy_threshold: float | None,
     sell_threshold: float | None,
     confidence_threshold: float | None,
@@ -113,6 +132,9 @@ def backtest_command(
         sell_threshold=sell_threshold,
         confidence_threshold=confidence_threshold,
         placebo=placebo,
+        momentum_lookback=momentum_lookback,
+        momentum_skip=momentum_skip,
+        momentum_top_k=momentum_top_k,
     )
     bundle = svc.models.load_current() if model == "current" else None
     collect = collect_on_workers if workers == "celery" else collect_locally

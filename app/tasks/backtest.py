@@ -78,6 +78,9 @@ def request_from_params(params: dict[str, Any]) -> BacktestRequest:
         confidence_threshold=params.get("confidence_threshold"),
         placebo=bool(params.get("placebo", False)),
         feature_symbols=tuple(params.get("feature_symbols") or ()),
+        momentum_lookback=params.get("momentum_lookback"),
+        momentum_skip=params.get("momentum_skip"),
+        momentum_top_k=params.get("momentum_top_k"),
     )
 
 
