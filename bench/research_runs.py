@@ -95,6 +95,12 @@ ROUND2 = [
     for k, c in ((3, 0.52), (3, 0.55), (7, 0.55), (7, 0.52))
 ]
 ROUND2_PLACEBO_SEEDS = (0, 1, 2)
+#: Configurations tried in each round (research.md), each counted once over all rounds: round
+#: 2's r2_h5_excess_top3_conf55 was round 1's h5_excess_top3_conf55, so round 2 adds 7. A new
+#: round adds its count here before its hold-out is run.
+TRIALS_BY_ROUND = {1: len(CANDIDATES), 2: len(ROUND2) - 1}
+#: N of every hold-out's deflated Sharpe ratio: all configurations tried over every round.
+ALL_ROUNDS_TRIALS = sum(TRIALS_BY_ROUND.values())
 
 
 class CachedPredictor:
@@ -229,11 +235,12 @@ def line(cand: Candidate, real: dict[str, Any], placebo: dict[str, Any], seconds
     )
 
 
-def deflated(selection: dict[str, dict[str, Any]], name: str) -> dict[str, float]:
-    """DSR of `name`'s 2008-2015 daily returns against every configuration tried."""
+def deflated(selection: dict[str, dict[str, Any]], name: str, n_trials: int) -> dict[str, float]:
+    """DSR of `name`'s 2008-2015 daily returns, chosen among `n_trials` configurations (all
+    rounds'), with the spread of the stored round-1 selection runs."""
     sharpes = trial_sharpes(r["real"]["daily_returns"] for r in selection.values())
     returns = np.asarray(selection[name]["real"]["daily_returns"])
-    return deflated_sharpe_ratio(returns, n_trials=len(selection), trial_sharpes=sharpes)
+    return deflated_sharpe_ratio(returns, n_trials=n_trials, trial_sharpes=sharpes)
 
 
 def markdown(period_name: str) -> str:
@@ -285,7 +292,16 @@ def main() -> None:
         help="with --only/--holdout: this many more placebos (seeds 1..N), the spread of the null",
     )
     parser.add_argument("--round", type=int, choices=(1, 2), default=1)
+    parser.add_argument(
+        "--n-trials",
+        type=int,
+        default=ALL_ROUNDS_TRIALS,
+        help="N of the hold-out's deflated Sharpe ratio: all configurations tried over every "
+        f"round (default {ALL_ROUNDS_TRIALS}: {TRIALS_BY_ROUND} by round)",
+    )
     args = parser.parse_args()
+    if args.n_trials < 1:
+        parser.error("--n-trials must be >= 1")
     if args.round == 2:
         if args.table:
             print(round2_table(args.table))
@@ -338,6 +354,7 @@ def main() -> None:
                 flush=True,
             )
     if period_name == "holdout":
+        print(f"deflated Sharpe: N = {args.n_trials} configurations over every round")
         selection = {
             p.stem.removeprefix("selection_"): json.loads(p.read_text())
             for p in sorted(OUT_DIR.glob("selection_*.json"))
@@ -345,20 +362,20 @@ def main() -> None:
         }
         for cand in chosen:
             if cand.name in selection:
-                print(f"{cand.name}: 2008-2015 deflated Sharpe {deflated(selection, cand.name)}")
+                dsr = deflated(selection, cand.name, args.n_trials)
+                print(f"{cand.name}: 2008-2015 deflated Sharpe {dsr}")
             holdout = json.loads((OUT_DIR / f"holdout_{cand.name}{suffix}.json").read_text())
             returns = np.asarray(holdout["real"]["daily_returns"])
             sr = trial_sharpes(r["real"]["daily_returns"] for r in selection.values())
             print(
                 f"{cand.name}: 2016-2021 deflated Sharpe "
-                f"{deflated_sharpe_ratio(returns, n_trials=len(selection), trial_sharpes=sr)}"
+                f"{deflated_sharpe_ratio(returns, n_trials=args.n_trials, trial_sharpes=sr)}"
             )
 
 
 #: Round 1's 11 configurations that traded, annualised 2008-2015 Sharpe (research.md, table 1;
 #: their JSON is not kept): the trials' spread for round 2's deflated Sharpe ratio.
 ROUND1_SHARPES = (0.45, 0.84, 0.80, 0.49, 0.70, 0.64, 0.38, 0.83, 0.68, 1.14, 0.47)
-ROUND1_TRIALS = 12
 
 
 def _median(values: list[float | None]) -> float | None:
@@ -471,13 +488,15 @@ def run_round2(args: argparse.Namespace) -> None:
             for p in sorted(OUT_DIR.glob("r2_selection_*.json"))
         ]
         trials = [s / np.sqrt(252) for s in ROUND1_SHARPES] + trial_sharpes(selection)
-        n_trials = ROUND1_TRIALS + len(ROUND2) - 1  # h5 top 3 conf 0.55 was in round 1 too
+        print(f"deflated Sharpe: N = {args.n_trials} configurations over every round", flush=True)
         for cand in chosen:
             for name in ("selection", "holdout"):
                 path = OUT_DIR / f"r2_{name}_{cand.name}.json"
                 if path.exists():
                     returns = json.loads(path.read_text())["real"]["daily_returns"]
-                    dsr = deflated_sharpe_ratio(returns, n_trials=n_trials, trial_sharpes=trials)
+                    dsr = deflated_sharpe_ratio(
+                        returns, n_trials=args.n_trials, trial_sharpes=trials
+                    )
                     print(f"{cand.name} {name}: deflated Sharpe {dsr}", flush=True)
 
 
