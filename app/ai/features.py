@@ -14,6 +14,9 @@ Why these rules:
   labels. Optionally the label is normalised across the symbols of each date (excess over their
   mean, or their rank), as Qlib does: the model then learns who beats whom, not where the market
   goes; a normalised label's ``label_end`` is the latest of its date's.
+- Two feature sets (AI_FEATURE_SET): ``seed`` (FEATURE_COLUMNS, MAX_LOOKBACK) and ``extended``
+  (the seed's columns, then app.ai.features_extended's, from EXTENDED_LOOKBACK bars). A model
+  records the set it was trained on and is only used with that set (``trained_feature_set``).
 """
 
 from __future__ import annotations
@@ -21,27 +24,38 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import TypeAlias
+from itertools import chain
 
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
-from pandas.api.typing import Rolling
 
+from app.ai.features_extended import (
+    EXTENDED_BASE_COLUMNS,
+    EXTENDED_LOOKBACK,
+    EXTENDED_RANKED,
+    extended_features,
+)
+from app.ai.panel import BAR_COLUMNS, Array, Panel, rolling, shift
 from app.domain import BarFrame
 
 __all__ = [
     "FEATURE_COLUMNS",
+    "FEATURE_SETS",
     "LABEL_COLUMN",
     "LABEL_END_COLUMN",
     "LABEL_HORIZON",
     "LABEL_NORMALISATIONS",
     "MAX_LOOKBACK",
+    "SEED_FEATURE_SET",
     "SEED_LABEL",
     "build_features",
+    "feature_columns",
     "label_sessions",
     "latest_features",
+    "max_lookback",
     "normalise_labels",
+    "trained_feature_set",
     "trained_label",
 ]
 
@@ -63,7 +77,6 @@ _MACD_FAST, _MACD_SLOW, _MACD_SIGNAL = 12, 26, 9
 _MACD_WINDOW, _MACD_SIGNAL_WINDOW = 96, 25
 #: Features also ranked across symbols per date (pooled models learn relative strength).
 _RANKED = ("ret_1", "ret_5", "ret_20", "vol_20", "volume_z_20", "rsi_14")
-_BAR_COLUMNS = ("open", "high", "low", "close", "volume")
 
 _BASE_COLUMNS = [
     *(f"ret_{h}" for h in _RETURN_HORIZONS),
@@ -86,6 +99,39 @@ _BASE_COLUMNS = [
 ]
 #: Model inputs, in the order models see them.
 FEATURE_COLUMNS: list[str] = [*_BASE_COLUMNS, *(f"cs_rank_{name}" for name in _RANKED)]
+
+#: AI_FEATURE_SET's values; the seed's is what every model saved before it was trained on.
+FEATURE_SETS = ("seed", "extended")
+SEED_FEATURE_SET = "seed"
+_EXTENDED_COLUMNS: list[str] = [
+    *FEATURE_COLUMNS,
+    *EXTENDED_BASE_COLUMNS,
+    *(f"cs_rank_{name}" for name in EXTENDED_RANKED),
+]
+
+
+def _check_feature_set(feature_set: str) -> None:
+    if feature_set not in FEATURE_SETS:
+        raise ValueError(f"feature set must be one of {FEATURE_SETS}, got {feature_set!r}")
+
+
+def feature_columns(feature_set: str) -> list[str]:
+    """The model inputs of `feature_set`, in the order models see them."""
+    _check_feature_set(feature_set)
+    return list(FEATURE_COLUMNS if feature_set == SEED_FEATURE_SET else _EXTENDED_COLUMNS)
+
+
+def max_lookback(feature_set: str) -> int:
+    """Bars (including t) a row of `feature_set` needs: a symbol has rows from its
+    max_lookback-th bar on (point-in-time entry into the universe)."""
+    _check_feature_set(feature_set)
+    return MAX_LOOKBACK if feature_set == SEED_FEATURE_SET else EXTENDED_LOOKBACK
+
+
+def trained_feature_set(metadata: Mapping[str, object]) -> str:
+    """The feature set a model was trained on, from its metadata (before the set was
+    configurable: the seed's)."""
+    return str(metadata.get("feature_set") or SEED_FEATURE_SET)
 
 
 def _truncated_ema(values: np.ndarray, span: int, window: int) -> np.ndarray:
@@ -119,68 +165,18 @@ def label_sessions(horizon: int) -> int:
     return horizon + 1
 
 
-Array: TypeAlias = npt.NDArray[np.float64]
-
-
-@dataclass(frozen=True)
-class _Panel:
-    """Every symbol's bars side by side, as (bar position, symbol) arrays: each column starts at
-    its symbol's own first bar and is padded with NaN after its last. A column is that symbol's
-    series alone, so all symbols are computed at once and exactly as each would be alone (same
-    start, same arithmetic; the padding only trails)."""
-
-    symbols: list[str]
-    lengths: npt.NDArray[np.int64]
-    dates: npt.NDArray[np.datetime64]  # NaT after a symbol's last bar
-    bars: dict[str, Array]
-
-    @classmethod
-    def of(cls, bars: Mapping[str, BarFrame]) -> _Panel:
-        symbols = [s for s in sorted(bars) if len(bars[s]) >= MAX_LOOKBACK]
-        frames = [bars[s].sort_index() for s in symbols]
-        length = max((len(f) for f in frames), default=0)
-        values = np.full((len(_BAR_COLUMNS), length, len(symbols)), np.nan)
-        dates = np.full((length, len(symbols)), np.datetime64("NaT"), dtype="datetime64[ns]")
-        for j, frame in enumerate(frames):
-            values[:, : len(frame), j] = frame[list(_BAR_COLUMNS)].to_numpy(dtype=np.float64).T
-            dates[: len(frame), j] = frame.index.to_numpy(dtype="datetime64[ns]")
-        lengths = np.array([len(f) for f in frames], dtype=np.int64)
-        return cls(symbols, lengths, dates, dict(zip(_BAR_COLUMNS, values, strict=True)))
-
-    def aligned(self, series: pd.Series) -> Array:
-        """`series` (indexed by date) at each symbol's own dates."""
-        found = series.reindex(pd.DatetimeIndex(self.dates.ravel())).to_numpy(dtype=np.float64)
-        aligned: Array = found.reshape(self.dates.shape)
-        return aligned
-
-
-def _shift(values: Array, n: int) -> Array:
-    """Each column moved `n` bars later (earlier when negative); NaN where nothing moved in."""
-    out = np.full(values.shape, np.nan)
-    if n > 0:
-        out[n:] = values[:-n]
-    else:
-        out[:n] = values[-n:]
-    return out
-
-
-def _rolling(values: Array, window: int) -> Rolling:
-    """Each column's rolling window over its own bars, every bar of the window required."""
-    return pd.DataFrame(values, copy=False).rolling(window, min_periods=window)
-
-
-def _panel_features(panel: _Panel, spy: BarFrame | None) -> Iterator[tuple[str, Array]]:
+def _panel_features(panel: Panel, spy: BarFrame | None) -> Iterator[tuple[str, Array]]:
     """Each base feature as a (bar position, symbol) array, one at a time (memory)."""
-    o, h, low, c, v = (panel.bars[name] for name in _BAR_COLUMNS)
-    returns = {n: c / _shift(c, n) - 1.0 for n in _RETURN_HORIZONS}
+    o, h, low, c, v = (panel.bars[name] for name in BAR_COLUMNS)
+    returns = {n: c / shift(c, n) - 1.0 for n in _RETURN_HORIZONS}
     yield from ((f"ret_{n}", ret) for n, ret in returns.items())
-    log_ret = np.log(c / _shift(c, 1))
+    log_ret = np.log(c / shift(c, 1))
     for w in _VOL_WINDOWS:
-        yield f"vol_{w}", _rolling(log_ret, w).std().to_numpy()
+        yield f"vol_{w}", rolling(log_ret, w).std().to_numpy()
 
-    diff = c - _shift(c, 1)
-    gain = _rolling(np.maximum(diff, 0.0), 14).mean().to_numpy()
-    loss = _rolling(np.maximum(-diff, 0.0), 14).mean().to_numpy()
+    diff = c - shift(c, 1)
+    gain = rolling(np.maximum(diff, 0.0), 14).mean().to_numpy()
+    loss = rolling(np.maximum(-diff, 0.0), 14).mean().to_numpy()
     total = gain + loss
     yield "rsi_14", np.where(np.isnan(total), np.nan, np.where(total > 0, gain / total, 0.5))
 
@@ -192,21 +188,21 @@ def _panel_features(panel: _Panel, spy: BarFrame | None) -> Iterator[tuple[str, 
     yield "macd_signal", signal
     yield "macd_hist", macd - signal
 
-    ma20 = _rolling(c, 20).mean().to_numpy()
-    sd20 = _rolling(c, 20).std(ddof=0).to_numpy()
+    ma20 = rolling(c, 20).mean().to_numpy()
+    sd20 = rolling(c, 20).std(ddof=0).to_numpy()
     yield "bb_pct_b_20", (c - (ma20 - 2.0 * sd20)) / np.where(sd20 > 0, 4.0 * sd20, np.nan)
     yield "bb_width_20", 4.0 * sd20 / ma20
 
     log_vol = np.log1p(np.maximum(v, 0.0))
-    vol_sd = _rolling(log_vol, 20).std().to_numpy()
-    vol_mean = _rolling(log_vol, 20).mean().to_numpy()
+    vol_sd = rolling(log_vol, 20).std().to_numpy()
+    vol_mean = rolling(log_vol, 20).mean().to_numpy()
     yield "volume_z_20", (log_vol - vol_mean) / np.where(vol_sd > 0, vol_sd, np.nan)
 
-    yield "gap", o / _shift(c, 1) - 1.0
+    yield "gap", o / shift(c, 1) - 1.0
     yield "intraday", c / o - 1.0
     yield "range", (h - low) / c
-    yield "dist_high_120", c / _rolling(h, MAX_LOOKBACK).max().to_numpy() - 1.0
-    yield "dist_low_120", c / _rolling(low, MAX_LOOKBACK).min().to_numpy() - 1.0
+    yield "dist_high_120", c / rolling(h, MAX_LOOKBACK).max().to_numpy() - 1.0
+    yield "dist_low_120", c / rolling(low, MAX_LOOKBACK).min().to_numpy() - 1.0
 
     if spy is None or spy.empty:
         for name in ("rel_ret_20_spy", "corr_spy_60", "beta_spy_60"):
@@ -216,7 +212,7 @@ def _panel_features(panel: _Panel, spy: BarFrame | None) -> Iterator[tuple[str, 
     # SPY quantities are computed on SPY's own sessions, then aligned by date.
     yield "rel_ret_20_spy", returns[20] - panel.aligned(spy_close / spy_close.shift(20) - 1.0)
     spy_log_ret = pd.DataFrame(panel.aligned(np.log(spy_close / spy_close.shift(1))), copy=False)
-    window = _rolling(log_ret, 60)
+    window = rolling(log_ret, 60)
     yield "corr_spy_60", window.corr(spy_log_ret, pairwise=False).to_numpy()
     spy_var = spy_log_ret.rolling(60, min_periods=60).var().to_numpy()
     cov = window.cov(spy_log_ret, pairwise=False).to_numpy()
@@ -225,7 +221,7 @@ def _panel_features(panel: _Panel, spy: BarFrame | None) -> Iterator[tuple[str, 
 
 @dataclass(frozen=True)
 class _Rows:
-    """The output rows: each symbol's bars from its MAX_LOOKBACK-th on (warm-up rows would carry
+    """The output rows: each symbol's bars from its `lookback`-th on (warm-up rows would carry
     partly-defined features that live prediction never sees), ordered by (date, symbol).
     `source`: a row's cell in the panel; `cells`: its cell in a (date, symbol) grid."""
 
@@ -235,10 +231,10 @@ class _Rows:
     index: pd.MultiIndex
 
     @classmethod
-    def of(cls, panel: _Panel) -> _Rows:
+    def of(cls, panel: Panel, lookback: int) -> _Rows:
         n = len(panel.symbols)
         position = np.arange(len(panel.dates))[:, None]
-        keep = (position >= MAX_LOOKBACK - 1) & (position < panel.lengths[None, :])
+        keep = (position >= lookback - 1) & (position < panel.lengths[None, :])
         source = np.flatnonzero(keep)
         days, day_codes = np.unique(panel.dates.ravel()[source], return_inverse=True)
         cells = day_codes * n + source % n
@@ -292,11 +288,11 @@ def normalise_labels(frame: pd.DataFrame, how: str) -> pd.DataFrame:
     return frame
 
 
-def _empty_frame() -> pd.DataFrame:
+def _empty_frame(columns: list[str]) -> pd.DataFrame:
     index = pd.MultiIndex.from_arrays(
         [pd.DatetimeIndex([], name="date"), pd.Index([], dtype=object, name="symbol")]
     )
-    frame = pd.DataFrame(index=index, columns=FEATURE_COLUMNS, dtype=np.float32)
+    frame = pd.DataFrame(index=index, columns=columns, dtype=np.float32)
     frame[LABEL_COLUMN] = pd.Series(index=index, dtype=np.float64)
     frame[LABEL_END_COLUMN] = pd.Series(pd.DatetimeIndex([]), index=index)
     return frame
@@ -308,57 +304,70 @@ def build_features(
     *,
     horizon: int = 1,
     normalisation: str = "raw",
+    feature_set: str = SEED_FEATURE_SET,
 ) -> pd.DataFrame:
-    """Long-format features: MultiIndex (date, symbol), FEATURE_COLUMNS (float32), ``label``
-    (float64), ``label_end``.
+    """Long-format features: MultiIndex (date, symbol), ``feature_columns(feature_set)``
+    (float32), ``label`` (float64), ``label_end``.
 
-    Rows exist from each symbol's MAX_LOOKBACK-th bar on; the last `horizon` + 1 rows per symbol
-    have NaN labels (and NaT label_end). `spy` feeds the relative-strength features (NaN when
-    None). `normalisation`: see ``normalise_labels``. Features are computed in float64 and
-    stored as float32, what the models read (half the memory of a broad universe).
+    Rows exist from each symbol's ``max_lookback(feature_set)``-th bar on; the last `horizon` + 1
+    rows per symbol have NaN labels (and NaT label_end). `spy` feeds the relative-strength
+    features (NaN when None); the extended set also looks up the sector ETFs and TLT in `bars`.
+    `normalisation`: see ``normalise_labels``. Features are computed in float64 and stored as
+    float32, what the models read (half the memory of a broad universe).
     """
     if horizon < 1:
         raise ValueError(f"horizon must be >= 1 session, got {horizon}")
-    panel = _Panel.of(bars)
+    columns, lookback = feature_columns(feature_set), max_lookback(feature_set)
+    panel = Panel.of(bars, lookback)
     if not panel.symbols:
-        return _empty_frame()
-    rows = _Rows.of(panel)
+        return _empty_frame(columns)
+    rows = _Rows.of(panel, lookback)
     # Filled one contiguous column at a time; the frame's block is this array, not a copy.
-    values = np.empty((len(FEATURE_COLUMNS), len(rows.source)), dtype=np.float32)
-    position = {name: i for i, name in enumerate(FEATURE_COLUMNS)}
+    values = np.empty((len(columns), len(rows.source)), dtype=np.float32)
+    position = {name: i for i, name in enumerate(columns)}
     spy = spy.sort_index() if spy is not None else None
+    computed = _panel_features(panel, spy)
+    ranked = set(_RANKED)
+    if feature_set != SEED_FEATURE_SET:
+        computed = chain(computed, extended_features(panel, bars, spy))
+        ranked |= set(EXTENDED_RANKED)
     with np.errstate(divide="ignore", invalid="ignore"):
-        for name, panel_values in _panel_features(panel, spy):
+        for name, panel_values in computed:
             column = rows.take(panel_values)
             values[position[name]] = column
-            if name in _RANKED:
+            if name in ranked:
                 values[position[f"cs_rank_{name}"]] = rows.rank(column)
         k = label_sessions(horizon)
         opens = panel.bars["open"]
-        label = rows.take(_shift(opens, -k) / _shift(opens, -1) - 1.0)
+        label = rows.take(shift(opens, -k) / shift(opens, -1) - 1.0)
     ends = np.full(panel.dates.shape, np.datetime64("NaT"), dtype="datetime64[ns]")
     ends[:-k] = panel.dates[k:]
-    frame = pd.DataFrame(values.T, index=rows.index, columns=FEATURE_COLUMNS, copy=False)
+    frame = pd.DataFrame(values.T, index=rows.index, columns=columns, copy=False)
     frame[LABEL_COLUMN] = label
     frame[LABEL_END_COLUMN] = ends.ravel()[rows.source]
     return normalise_labels(frame, normalisation)
 
 
 def latest_features(
-    bars: Mapping[str, BarFrame], spy: BarFrame | None, as_of: date | datetime | str
+    bars: Mapping[str, BarFrame],
+    spy: BarFrame | None,
+    as_of: date | datetime | str,
+    feature_set: str = SEED_FEATURE_SET,
 ) -> pd.DataFrame:
-    """Feature rows at `as_of`, indexed by symbol, from the last MAX_LOOKBACK bars <= as_of.
+    """Feature rows at `as_of`, indexed by symbol, from the last ``max_lookback(feature_set)``
+    bars <= as_of.
 
     A symbol without a bar on `as_of` (or with too little history) is left out: a decision on a
     stale bar would be a decision on the wrong day.
     """
     day = pd.Timestamp(as_of).normalize()
-    clipped = {sym: frame.loc[:day].tail(MAX_LOOKBACK) for sym, frame in bars.items()}
-    spy_clipped = spy.loc[:day].tail(MAX_LOOKBACK) if spy is not None else None
-    frame = build_features(clipped, spy_clipped)
+    lookback = max_lookback(feature_set)
+    clipped = {sym: frame.loc[:day].tail(lookback) for sym, frame in bars.items()}
+    spy_clipped = spy.loc[:day].tail(lookback) if spy is not None else None
+    frame = build_features(clipped, spy_clipped, feature_set=feature_set)
     if frame.empty:
         rows = frame.droplevel("date")
     else:
         dates = frame.index.get_level_values("date")
         rows = frame[dates == day].droplevel("date")
-    return rows[FEATURE_COLUMNS]
+    return rows[feature_columns(feature_set)]

@@ -34,11 +34,12 @@ from app.ai.ensemble import (
     daily_ic,
 )
 from app.ai.features import (
-    FEATURE_COLUMNS,
     LABEL_COLUMN,
     LABEL_END_COLUMN,
     LABEL_HORIZON,
+    SEED_FEATURE_SET,
     build_features,
+    feature_columns,
     label_sessions,
 )
 from app.ai.members import as_matrix
@@ -106,6 +107,7 @@ def fit_and_save(
         bars[BENCHMARK].loc[:day],
         horizon=settings.ai_prediction_horizon_days,
         normalisation=settings.ai_label_normalisation,
+        feature_set=settings.ai_feature_set,
     )
     bundle = train(
         None,
@@ -116,6 +118,7 @@ def fit_and_save(
         features=features,
         horizon=settings.ai_prediction_horizon_days,
         normalisation=settings.ai_label_normalisation,
+        feature_set=settings.ai_feature_set,
     )
     report("save", 2, 3)
     gate = settle(
@@ -177,8 +180,8 @@ def split_by_date(
     return np.isin(values, train_dates), np.isin(values, val_dates)
 
 
-def _data_sha256(rows: pd.DataFrame) -> str:
-    hashed = pd.util.hash_pandas_object(rows[[*FEATURE_COLUMNS, LABEL_COLUMN]], index=True)
+def _data_sha256(rows: pd.DataFrame, columns: list[str]) -> str:
+    hashed = pd.util.hash_pandas_object(rows[[*columns, LABEL_COLUMN]], index=True)
     return hashlib.sha256(hashed.to_numpy().tobytes()).hexdigest()
 
 
@@ -205,6 +208,7 @@ def train(
     val_fraction: float = 0.2,
     horizon: int = 1,
     normalisation: str = "raw",
+    feature_set: str = SEED_FEATURE_SET,
 ) -> ModelBundle:
     """Train on every row whose label is known by the close of `train_end`.
 
@@ -213,7 +217,8 @@ def train(
     early-stops the members, their second half (after another gap) calibrates confidence and
     gives the validation metrics, so calibration is fitted on rows no member saw; nothing is
     shuffled. `features` (from ``build_features``) skips recomputation; they must have been
-    built with the same `horizon` and `normalisation`, which size the gaps and are recorded.
+    built with the same `horizon`, `normalisation` and `feature_set`: the first two size the
+    gaps, all three are recorded (a model is only used with its own label and feature set).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -227,7 +232,9 @@ def train(
             spy.loc[:end] if spy is not None else None,
             horizon=horizon,
             normalisation=normalisation,
+            feature_set=feature_set,
         )
+    columns = feature_columns(feature_set)
     rows = features[features[LABEL_COLUMN].notna() & (features[LABEL_END_COLUMN] <= end)]
     if train_start is not None:
         rows = rows[rows.index.get_level_values("date") >= _day(train_start)]
@@ -243,12 +250,12 @@ def train(
     val_mask[held_out] = stop_part
     cal_mask[held_out] = cal_part
     # One float32 matrix of every row; each ensemble copies out only its own rows.
-    X = as_matrix(rows, FEATURE_COLUMNS)
+    X = as_matrix(rows, columns)
     y = rows[LABEL_COLUMN].to_numpy(dtype=np.float64)
 
     def fit(train: BoolMask, val: BoolMask, cal: BoolMask) -> Ensemble:
         ens = Ensemble(n_lgbm, n_xgb, params, seed)
-        ens.fit(X[train], y[train], X[val], y[val], X[cal], y[cal], feature_names=FEATURE_COLUMNS)
+        ens.fit(X[train], y[train], X[val], y[val], X[cal], y[cal], feature_names=columns)
         return ens
 
     ensembles: dict[str, Ensemble] = {}
@@ -266,7 +273,7 @@ def train(
     if not ensembles:
         raise ValueError("no ensemble could be trained (too few rows)")
 
-    bundle = ModelBundle(mode=mode, feature_columns=list(FEATURE_COLUMNS), ensembles=ensembles)
+    bundle = ModelBundle(mode=mode, feature_columns=columns, ensembles=ensembles)
     val_rows = rows[cal_mask]
     val_metrics: dict[str, float] = {}
     if not val_rows.empty:
@@ -288,7 +295,8 @@ def train(
     cal_dates = dates[cal_mask]
     bundle.metadata = {
         "mode": mode,
-        "features": list(FEATURE_COLUMNS),
+        "features": list(columns),
+        "feature_set": feature_set,
         "label": f"open[t+{1 + horizon}] / open[t+1] - 1, {normalisation}",
         "horizon": horizon,
         "label_normalisation": normalisation,
@@ -310,6 +318,6 @@ def train(
         "params": _merged_params(params),
         "members": {"lightgbm": n_lgbm, "xgboost": n_xgb},
         "seed": seed,
-        "training_data_sha256": _data_sha256(rows),
+        "training_data_sha256": _data_sha256(rows, columns),
     }
     return bundle
