@@ -51,6 +51,7 @@ class Services:
             self.settings,
             self.settings.model_max_age_days,
             label=self.settings.label,
+            feature_set=self.settings.ai_feature_set,
         )
         return TradingService(
             settings=self.settings,

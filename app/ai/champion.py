@@ -9,11 +9,11 @@ already reports; the champion's calibrator may have seen these rows, but calibra
 only the confidence, never the ranking. "Not worse" means challenger >= champion - tolerance
 (MODEL_GATE_TOLERANCE, default 0).
 
-When there is nothing fair to compare (no champion, a champion trained for another label than
-the challenger, which live would refuse to trade, a champion whose features are no longer
-computed, or fewer than MIN_GATE_SESSIONS shared unseen sessions) the challenger is promoted and
-the decision says why. A kept champion is marked re-validated, so it does not turn stale while
-it keeps beating fresh challengers.
+When there is nothing fair to compare (no champion, a champion trained for another label or on
+another feature set than the challenger, which live would refuse to trade, a champion whose
+features are no longer computed, or fewer than MIN_GATE_SESSIONS shared unseen sessions) the
+challenger is promoted and the decision says why. A kept champion is marked re-validated, so
+it does not turn stale while it keeps beating fresh challengers.
 """
 
 from __future__ import annotations
@@ -27,7 +27,13 @@ import numpy as np
 import pandas as pd
 
 from app.ai.ensemble import ModelBundle, daily_ic
-from app.ai.features import LABEL_COLUMN, LABEL_END_COLUMN, LABEL_HORIZON, trained_label
+from app.ai.features import (
+    LABEL_COLUMN,
+    LABEL_END_COLUMN,
+    LABEL_HORIZON,
+    trained_feature_set,
+    trained_label,
+)
 from app.ai.store import ModelStore, ModelStoreError
 
 log = logging.getLogger(__name__)
@@ -129,6 +135,12 @@ def _verdict(
     if trained_label(champion.metadata) != trained_label(challenger.metadata):
         horizon, normalisation = trained_label(champion.metadata)
         reason = f"the champion was trained for another label ({horizon}-session {normalisation})"
+        return replace(decision, reason=reason)
+    if trained_feature_set(champion.metadata) != trained_feature_set(challenger.metadata):
+        reason = (
+            "the champion was trained on another feature set "
+            f"({trained_feature_set(champion.metadata)})"
+        )
         return replace(decision, reason=reason)
     if not set(champion.feature_columns) <= set(features.columns):
         return replace(decision, reason="the champion's features are no longer computed")

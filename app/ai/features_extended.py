@@ -29,6 +29,7 @@ from app.ai.panel import Array, Panel, rolling, shift
 from app.domain import BarFrame
 
 __all__ = [
+    "CONTEXT_COLUMNS",
     "EXTENDED_BASE_COLUMNS",
     "EXTENDED_LOOKBACK",
     "EXTENDED_LOOKBACK_CALENDAR_DAYS",
@@ -63,6 +64,10 @@ EXTENDED_BASE_COLUMNS = [
     "spy_vol_20",
     "tlt_ret_63",
 ]
+#: Columns from other series than the symbol's (sector ETFs, SPY, TLT): NaN when not loaded.
+CONTEXT_COLUMNS = frozenset(
+    ("sector_rel_ret_63_spy", "rel_ret_63_sector", "spy_sma_200_gap", "spy_vol_20", "tlt_ret_63")
+)
 #: Extended features also ranked across the date's symbols.
 EXTENDED_RANKED = ("ret_126", "mom_12_1", "dist_high_252", "vol_252")
 

@@ -1,9 +1,10 @@
 """Signals from the current model: features at the session → ensemble → BUY/SELL/HOLD.
 
 No model yet, one older than MODEL_MAX_AGE_DAYS, or one trained for another label than the
-settings ask (AI_PREDICTION_HORIZON_DAYS, AI_LABEL_NORMALISATION) gives no trade: the cycle is
-told why and alerts, instead of trading on nothing, on a model that no longer knows the market,
-or on predictions whose scale the floors were not chosen for.
+settings ask (AI_PREDICTION_HORIZON_DAYS, AI_LABEL_NORMALISATION) or on another feature set
+(AI_FEATURE_SET) gives no trade: the cycle is told why and alerts, instead of trading on nothing,
+on a model that no longer knows the market, or on predictions whose scale the floors (or whose
+inputs the research) were not chosen for.
 """
 
 from __future__ import annotations
@@ -19,11 +20,14 @@ import pandas as pd
 from app import metrics
 from app.ai.ensemble import SymbolPrediction
 from app.ai.features import (
-    FEATURE_COLUMNS,
-    MAX_LOOKBACK,
+    SEED_FEATURE_SET,
+    feature_columns,
     latest_features,
+    max_lookback,
+    trained_feature_set,
     trained_label,
 )
+from app.ai.features_extended import CONTEXT_COLUMNS
 from app.ai.store import ModelStore
 from app.domain import BarFrame, Signal, SignalAction
 from app.market.universe import BENCHMARK
@@ -40,6 +44,7 @@ class ModelSignalSource:
         max_age_days: int,
         now: Callable[[], datetime] | None = None,
         label: tuple[int, str] | None = None,
+        feature_set: str | None = None,
     ) -> None:
         self._store = store
         self._thresholds = thresholds
@@ -47,6 +52,8 @@ class ModelSignalSource:
         self._now = now or (lambda: datetime.now(UTC))
         #: The label the settings ask for; None: any model's (tests of other parts).
         self._label = label
+        #: The feature set the settings ask for (AI_FEATURE_SET); None: any model's.
+        self._feature_set = feature_set
 
     def signals(
         self, bars: Mapping[str, BarFrame], session: date
@@ -56,7 +63,9 @@ class ModelSignalSource:
             return {}, NO_MODEL
         stale = self._store.is_stale(self._max_age_days, now=self._now())
         metrics.record_model(self._store.metadata(), self._now())
-        features = latest_features(bars, bars.get("SPY"), session)
+        trained_set = trained_feature_set(bundle.metadata)
+        # The model's own inputs: a refused model still shows what it predicts, as HOLDs.
+        features = latest_features(bars, bars.get("SPY"), session, trained_set)
         predictions = bundle.predict(features)
         version = bundle.version or "unknown"
         problem = (
@@ -71,6 +80,14 @@ class ModelSignalSource:
                 f"settings ask for a {self._label[0]}-session {self._label[1]} one: every signal "
                 "is HOLD until a model is trained for it (`flask --app app train`)"
             )
+        if self._feature_set is not None and trained_set != self._feature_set:
+            refused = (
+                f"model {version} was trained on the {trained_set} feature set and the settings "
+                f"ask for the {self._feature_set} one (AI_FEATURE_SET): every signal is HOLD "
+                "until a model is trained on it (`flask --app app train`)"
+            )
+            label_refused = self._label is not None and label != self._label
+            problem = f"{problem}; {refused}" if label_refused else refused
         signals = {
             symbol: make_signal(
                 symbol, prediction, self._thresholds, version, stale=problem is not None
@@ -153,13 +170,18 @@ def missing_signal_reasons(
     session: date,
     signals: Mapping[str, Signal],
     rejection: Callable[[str, date], str | None] = recent_rejection,
+    feature_set: str = SEED_FEATURE_SET,
 ) -> dict[str, str]:
     """For each universe symbol without a signal, why: "<code>: <detail>" (MISSING_CODES).
 
-    Walks the steps a signal needs (bars, the session's own bar, MAX_LOOKBACK bars, finite
-    features, a prediction) on the bars the source saw, so it explains any SignalSource.
-    `rejection(symbol, day)` names a bar validation refused (default: this process's log).
+    Walks the steps a signal needs (bars, the session's own bar, ``max_lookback(feature_set)``
+    bars, finite features, a prediction) on the bars the source saw, so it explains any
+    SignalSource. `rejection(symbol, day)` names a bar validation refused (default: this
+    process's log). The extended set's market and sector context may be NaN (its ETFs not
+    loaded): only the symbol's own features count as feature_nan.
     """
+    lookback = max_lookback(feature_set)
+    own = [c for c in feature_columns(feature_set) if c not in CONTEXT_COLUMNS]
     day = pd.Timestamp(session).normalize()
     spy = bars.get(BENCHMARK)
     out: dict[str, str] = {}
@@ -175,11 +197,11 @@ def missing_signal_reasons(
             else:
                 last = upto.index[-1].date()
                 out[symbol] = f"no_session_bar: no bar for {session} (the last is {last})"
-        elif len(upto) < MAX_LOOKBACK:
-            out[symbol] = f"too_few_bars: {len(upto)} bars, the features need {MAX_LOOKBACK}"
+        elif len(upto) < lookback:
+            out[symbol] = f"too_few_bars: {len(upto)} bars, the features need {lookback}"
         else:
-            row = latest_features({symbol: upto}, spy, session)
-            nan = [c for c in FEATURE_COLUMNS if symbol in row.index and pd.isna(row.at[symbol, c])]
+            row = latest_features({symbol: upto}, spy, session, feature_set)
+            nan = [c for c in own if symbol in row.index and pd.isna(row.at[symbol, c])]
             if nan:
                 out[symbol] = f"feature_nan: {', '.join(nan)} not finite on {session}"
             else:

@@ -38,6 +38,7 @@ from app.ai.ensemble import (
     ModelBundle,
     XGBoostMember,
 )
+from app.ai.features import trained_feature_set
 
 logger = logging.getLogger(__name__)
 
@@ -202,6 +203,8 @@ class ModelStore:
             "created_at": created.isoformat(),
             "mode": bundle.mode,
             "features": bundle.feature_columns,
+            # Recorded even when a bundle's metadata lacks it: what live checks before trading.
+            "feature_set": trained_feature_set(bundle.metadata),
             "content_sha256": content_sha,
             "libraries": _library_versions(),
             "format": {"lightgbm": "text model", "xgboost": "UBJSON", "calibration": "JSON"},

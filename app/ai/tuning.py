@@ -54,11 +54,12 @@ from app.ai.ensemble import (
     Mode,
 )
 from app.ai.features import (
-    FEATURE_COLUMNS,
     LABEL_COLUMN,
     LABEL_END_COLUMN,
+    SEED_FEATURE_SET,
     SEED_LABEL,
     build_features,
+    feature_columns,
     label_sessions,
 )
 from app.ai.params import SearchSpace, _best_params_path, _fail, _write_json_atomic, to_train_params
@@ -120,6 +121,7 @@ def _training_rows(
     features: pd.DataFrame | None,
     horizon: int = 1,
     normalisation: str = "raw",
+    feature_set: str = SEED_FEATURE_SET,
 ) -> pd.DataFrame:
     """Labelled rows known by `train_end`; bars after it are cut before features exist."""
     if features is None:
@@ -129,6 +131,7 @@ def _training_rows(
             spy.loc[:train_end] if spy is not None else None,
             horizon=horizon,
             normalisation=normalisation,
+            feature_set=feature_set,
         )
     rows = features[features[LABEL_COLUMN].notna() & (features[LABEL_END_COLUMN] <= train_end)]
     if train_start is not None:
@@ -199,6 +202,7 @@ def daily_rank_ic(dates: np.ndarray, pred: np.ndarray, label: np.ndarray) -> pd.
 
 def _fold_predictions(
     rows: pd.DataFrame,
+    columns: list[str],
     fold: Fold,
     mode: Mode,
     params: Mapping[str, Any],
@@ -206,7 +210,7 @@ def _fold_predictions(
     n_xgb: int,
 ) -> np.ndarray:
     """Predictions for the fold's validation rows (NaN where no model applies)."""
-    X = rows[FEATURE_COLUMNS]
+    X = rows[columns]
     y = rows[LABEL_COLUMN]
     val_X = X[fold.val_mask]
     if mode == "pooled":
@@ -229,6 +233,7 @@ def _fold_predictions(
 
 def _objective(
     rows: pd.DataFrame,
+    columns: list[str],
     folds: list[Fold],
     mode: Mode,
     space: SearchSpace,
@@ -247,7 +252,7 @@ def _objective(
         params = to_train_params(space.suggest(trial))
         fold_ics: list[float] = []
         for step, fold in enumerate(folds):
-            pred = _fold_predictions(rows, fold, mode, params, n_lgbm, n_xgb)
+            pred = _fold_predictions(rows, columns, fold, mode, params, n_lgbm, n_xgb)
             ics = daily_rank_ic(dates[fold.val_mask], pred, labels[fold.val_mask])
             fold_ics.append(float(ics.mean()) if len(ics) else 0.0)
             # The running mean is what the final value will be; the pruner compares it with
@@ -330,6 +335,7 @@ def optimize(
     features: pd.DataFrame | None = None,
     horizon: int = 1,
     normalisation: str = "raw",
+    feature_set: str = SEED_FEATURE_SET,
 ) -> dict[str, Any]:
     """Run up to `n_trials` trials (or until `timeout` s) of the shared study; write best params.
 
@@ -339,9 +345,10 @@ def optimize(
     comparable. The data window may move (a nightly retune's window advances a day): every
     trial records the window it was scored on, and TPE keeps learning from earlier nights'
     trials, scored on nearly the same data. `features` (from ``build_features``) skips
-    recomputation (built with the same `horizon` and `normalisation`); rows whose label ends
-    after `train_end` are never used. The default study name carries a label other than the
-    seed's (1 session, raw), so each label tunes its own study.
+    recomputation (built with the same `horizon`, `normalisation` and `feature_set`); rows
+    whose label ends after `train_end` are never used. The default study name carries a label
+    other than the seed's (1 session, raw) and a feature set other than the seed's, so each
+    label and feature set tunes its own study (AI_FEATURE_SET: tune what training will fit).
     """
     _check_budget("n_trials", n_trials, N_TRIALS_RANGE, integral=True)
     _check_budget("timeout", timeout, TIMEOUT_RANGE, integral=False)
@@ -354,12 +361,18 @@ def optimize(
         raise _fail("seed", "seed must be an integer or None")
     space = space or SearchSpace()
     seed_label = (horizon, normalisation) == SEED_LABEL
-    name = study_name or f"alpha-{mode}" + ("" if seed_label else f"-h{horizon}-{normalisation}")
+    seed_features = feature_set == SEED_FEATURE_SET
+    name = study_name or (
+        f"alpha-{mode}"
+        + ("" if seed_label else f"-h{horizon}-{normalisation}")
+        + ("" if seed_features else f"-{feature_set}")
+    )
     wall0 = time.perf_counter()
 
     end = _day(train_end)
     start = _day(train_start) if train_start is not None else None
-    rows = _training_rows(bars, spy, start, end, features, horizon, normalisation)
+    rows = _training_rows(bars, spy, start, end, features, horizon, normalisation, feature_set)
+    columns = feature_columns(feature_set)
     if rows.empty:
         raise _fail("train_end", f"no labelled rows to tune on up to {end.date()}")
     symbols = sorted(str(s) for s in rows.index.get_level_values("symbol").unique())
@@ -375,6 +388,8 @@ def optimize(
         "members": {"lightgbm": n_lgbm, "xgboost": n_xgb},
         # Studies made before the label was configurable hold the seed's label and no key.
         **({} if seed_label else {"label": {"horizon": horizon, "normalisation": normalisation}}),
+        # Likewise studies made before the feature set was configurable: the seed's.
+        **({} if seed_features else {"feature_set": feature_set}),
     }
     window = {
         "train_start": dates.min().date().isoformat(),
@@ -416,7 +431,7 @@ def optimize(
                 f"study {name!r} tunes another objective ({stored}); use a new study name",
             )
         mine: list[optuna.trial.FrozenTrial] = []
-        objective = _objective(rows, folds, mode, space, n_lgbm, n_xgb, window)
+        objective = _objective(rows, columns, folds, mode, space, n_lgbm, n_xgb, window)
         setup_seconds = time.perf_counter() - wall0
         t0 = time.perf_counter()
         study.optimize(
