@@ -5,7 +5,9 @@ every window's message). They get this description and load the bars from their 
 (the data directory it names, or the worker's configured source), then build the features
 once per process. No shared disk is needed between hosts, only the same data. The fingerprint of
 the planner's bars travels along: a worker whose bars differ (another data directory, a cache
-re-adjusted since) refuses the window instead of training on different data.
+re-adjusted since) refuses the window instead of training on different data. The feature set
+(AI_FEATURE_SET) travels too, and enters the fingerprint, so a run planned on one set never
+matches a worker's source described with another.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 
 import pandas as pd
 
-from app.ai.features import build_features
+from app.ai.features import SEED_FEATURE_SET, build_features
 from app.backtest.results import BENCHMARK_SYMBOL
 from app.backtest.window import load_bars
 from app.domain import BarFrame, MarketData
@@ -35,13 +37,15 @@ _KEEP = 2
 @dataclass(frozen=True)
 class FeatureSource:
     """The bars of a run: load_bars(market, symbols, start, end) on the market data at
-    `data_dir` (None: the worker's own), whose content hashes to `fingerprint`."""
+    `data_dir` (None: the worker's own), whose content and `feature_set` hash to
+    `fingerprint`."""
 
     symbols: tuple[str, ...]
     start: date
     end: date
     fingerprint: str
     data_dir: str | None = None
+    feature_set: str = SEED_FEATURE_SET
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -50,6 +54,7 @@ class FeatureSource:
             "end": self.end.isoformat(),
             "fingerprint": self.fingerprint,
             "data_dir": self.data_dir,
+            "feature_set": self.feature_set,
         }
 
     @classmethod
@@ -60,20 +65,24 @@ class FeatureSource:
             end=date.fromisoformat(data["end"]),
             fingerprint=str(data["fingerprint"]),
             data_dir=data.get("data_dir"),
+            feature_set=str(data.get("feature_set") or SEED_FEATURE_SET),
         )
 
 
 class SourceData:
-    """A run's bars and the features built from them, once per label definition."""
+    """A run's bars and the features built from them, once per label definition and feature
+    set."""
 
     def __init__(self, bars: Mapping[str, BarFrame]) -> None:
         self.bars = bars
-        self._features: dict[tuple[int, str], pd.DataFrame] = {}
+        self._features: dict[tuple[int, str, str], pd.DataFrame] = {}
         self._lock = threading.Lock()
 
-    def features(self, horizon: int, normalisation: str) -> pd.DataFrame:
+    def features(
+        self, horizon: int, normalisation: str, feature_set: str = SEED_FEATURE_SET
+    ) -> pd.DataFrame:
         with self._lock:
-            key = (horizon, normalisation)
+            key = (horizon, normalisation, feature_set)
             feats = self._features.get(key)
             if feats is None:
                 feats = build_features(
@@ -81,14 +90,18 @@ class SourceData:
                     self.bars.get(BENCHMARK_SYMBOL),
                     horizon=horizon,
                     normalisation=normalisation,
+                    feature_set=feature_set,
                 )
                 self._features[key] = feats
             return feats
 
 
-def fingerprint(bars: Mapping[str, BarFrame]) -> str:
-    """A hash of every symbol's dates and values: equal bars, equal fingerprint."""
+def fingerprint(bars: Mapping[str, BarFrame], feature_set: str = SEED_FEATURE_SET) -> str:
+    """A hash of every symbol's dates and values, and of the feature set: equal bars and set,
+    equal fingerprint (the seed set's is the bars' alone, as before sets existed)."""
     digest = hashlib.sha256()
+    if feature_set != SEED_FEATURE_SET:
+        digest.update(f"feature_set={feature_set}".encode())
     for symbol in sorted(bars):
         digest.update(symbol.encode())
         frame = bars[symbol]
@@ -103,9 +116,13 @@ def source_of(
     start: date,
     end: date,
     data_dir: str | None = None,
+    feature_set: str = SEED_FEATURE_SET,
 ) -> FeatureSource:
-    """The description of bars loaded as load_bars(market, symbols, start, end)."""
-    return FeatureSource(tuple(symbols), start, end, fingerprint(bars), data_dir)
+    """The description of bars loaded as load_bars(market, symbols, start, end), featurised
+    with `feature_set`."""
+    return FeatureSource(
+        tuple(symbols), start, end, fingerprint(bars, feature_set), data_dir, feature_set
+    )
 
 
 _loaded: OrderedDict[FeatureSource, SourceData] = OrderedDict()
@@ -121,7 +138,7 @@ def load_source(source: FeatureSource, market: MarketData) -> SourceData:
             _loaded.move_to_end(source)
             return data
     bars = load_bars(market, source.symbols, source.start, source.end)
-    found = fingerprint(bars)
+    found = fingerprint(bars, source.feature_set)
     if found != source.fingerprint:
         raise ValueError(
             f"the bars of {len(source.symbols)} symbols {source.start}..{source.end} here "

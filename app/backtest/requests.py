@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from app.ai.ensemble import MIN_SYMBOL_TRAIN_ROWS, MIN_SYMBOL_VAL_ROWS, ModelBundle
-from app.ai.features import MAX_LOOKBACK, label_sessions
+from app.ai.features import label_sessions, max_lookback
 from app.ai.signals import Thresholds
 from app.ai.training import split_by_date
 from app.backtest.engine import run_backtest
@@ -195,7 +195,7 @@ def plan_request(
         params=to_train_params(tuned) if tuned and through else None,
         params_tuned_through=through,
     )
-    source = source_of(bars, loaded, first_bar, last_bar, data_dir)
+    source = source_of(bars, loaded, first_bar, last_bar, data_dir, wf.feature_set)
     return replace(plan, walk_forward=wf, source=source)
 
 
@@ -314,18 +314,19 @@ def runnable_sessions(
 def labelled_sessions(bars: Mapping[str, BarFrame], cutoff: date, wf: WalkForwardConfig) -> int:
     """Sessions the model trained on the close of `cutoff` has labelled rows for (its most
     rows of one symbol in per-symbol mode), counted from the bar dates alone (cheaper than the
-    features): a row exists from a symbol's MAX_LOOKBACK-th bar on, its label is known once
+    features): a row exists from a symbol's max_lookback-th bar on, its label is known once
     label_sessions(horizon) further bars have closed by `cutoff`, only the last `train_years`
     count, and a normalised label needs another symbol's label on that date."""
     end = pd.Timestamp(cutoff)
     since = end - pd.DateOffset(days=int((wf.train_years or 0) * 365.25))
     per_symbol: dict[str, pd.DatetimeIndex] = {}
+    lookback = max_lookback(wf.feature_set)
     for symbol, frame in bars.items():
-        if len(frame) < MAX_LOOKBACK:
+        if len(frame) < lookback:
             continue
         dates = frame.index.sort_values()
         known = int(dates.searchsorted(end, side="right")) - label_sessions(wf.horizon)
-        rows = dates[MAX_LOOKBACK - 1 : max(known, MAX_LOOKBACK - 1)]
+        rows = dates[lookback - 1 : max(known, lookback - 1)]
         per_symbol[symbol] = rows[rows > since] if wf.train_years else rows
     if not per_symbol:
         return 0
@@ -364,6 +365,7 @@ def _walk_forward_config(request: BacktestRequest, settings: Settings) -> WalkFo
         mode=settings.ai_mode,  # type: ignore[arg-type]
         horizon=settings.ai_prediction_horizon_days,
         label_normalisation=settings.ai_label_normalisation,
+        feature_set=settings.ai_feature_set,
         shuffle_labels=request.placebo,
     )
 

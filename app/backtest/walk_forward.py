@@ -12,6 +12,7 @@ from datetime import date
 from typing import Any, Protocol
 
 from app.ai.ensemble import ModelBundle, SymbolPrediction
+from app.ai.features import trained_feature_set
 from app.backtest.feature_source import SourceData
 from app.backtest.walk_forward_window import (
     WalkForwardConfig,
@@ -68,6 +69,8 @@ class WalkForwardPredictor:
                 retrain_every=len(sessions),
                 horizon=self.config.horizon,
                 label_normalisation=self.config.label_normalisation,
+                # A saved model is fed the inputs it was trained on.
+                feature_set=trained_feature_set(bundle.metadata),
                 features=self.config.features,
             )
         self.plan = plan_windows(sessions, symbols, plan_config)

@@ -21,7 +21,14 @@ import numpy as np
 import pandas as pd
 
 from app.ai.ensemble import Mode, ModelBundle, SymbolPrediction
-from app.ai.features import LABEL_COLUMN, LABEL_END_COLUMN, latest_features
+from app.ai.features import (
+    FEATURE_SETS,
+    LABEL_COLUMN,
+    LABEL_END_COLUMN,
+    SEED_FEATURE_SET,
+    latest_features,
+)
+from app.ai.features_extended import EXTENDED_LOOKBACK_CALENDAR_DAYS
 from app.ai.training import train
 from app.backtest.feature_source import SourceData
 from app.backtest.results import BENCHMARK_SYMBOL
@@ -53,6 +60,8 @@ class WalkForwardConfig:
     #: (AI_PREDICTION_HORIZON_DAYS, AI_LABEL_NORMALISATION).
     horizon: int = 1
     label_normalisation: str = "raw"
+    #: The model inputs (AI_FEATURE_SET): every window, wherever it runs, builds this set.
+    feature_set: str = SEED_FEATURE_SET
     #: Placebo: permute the training labels (a model that can know nothing; must earn ~0).
     shuffle_labels: bool = False
     #: "precomputed": feature rows computed once over the whole history (features are causal,
@@ -64,6 +73,8 @@ class WalkForwardConfig:
     def __post_init__(self) -> None:
         if self.retrain_every < 1:
             raise ValidationError("must be >= 1", field="retrain_every")
+        if self.feature_set not in FEATURE_SETS:
+            raise ValidationError(f"must be one of {FEATURE_SETS}", field="feature_set")
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -193,7 +204,7 @@ def run_window(
     cfg = window.config
     cal = calendar or NyseCalendar()
     cutoff = pd.Timestamp(cal.previous_session(window.first))
-    feats = data.features(cfg.horizon, cfg.label_normalisation)
+    feats = data.features(cfg.horizon, cfg.label_normalisation, cfg.feature_set)
     pool = feats[feats[LABEL_COLUMN].notna() & (feats[LABEL_END_COLUMN] <= cutoff)]
     if cfg.train_years:
         since = cutoff - pd.DateOffset(days=int(cfg.train_years * 365.25))
@@ -219,6 +230,7 @@ def run_window(
         val_fraction=cfg.val_fraction,
         horizon=cfg.horizon,
         normalisation=cfg.label_normalisation,
+        feature_set=cfg.feature_set,
     )
     seconds = time.perf_counter() - t0
     meta = bundle.metadata
@@ -255,7 +267,7 @@ def predict_window(
     version = model.version or "saved"
     if cfg.features == "live":
         return _predict_live(model, window, data, version, retrain)
-    feats = data.features(cfg.horizon, cfg.label_normalisation)
+    feats = data.features(cfg.horizon, cfg.label_normalisation, cfg.feature_set)
     dates = feats.index.get_level_values("date")
     mask = (
         (dates >= pd.Timestamp(window.first))
@@ -284,13 +296,18 @@ def _predict_live(
     retrain: dict[str, Any] | None,
 ) -> WindowResult:
     bars = data.bars
-    lookback = pd.Timedelta(days=LOOKBACK_CALENDAR_DAYS)
+    feature_set = window.config.feature_set
+    # The extended set needs more history than the live cycle's seed window holds.
+    history = LOOKBACK_CALENDAR_DAYS
+    if feature_set != SEED_FEATURE_SET:
+        history = max(history, EXTENDED_LOOKBACK_CALENDAR_DAYS)
+    lookback = pd.Timedelta(days=history)
     wanted = set(window.symbols)
     days, symbols, values = [], [], []
     for day in backtest_sessions(bars, window.symbols, window.first, window.last):
         ts = pd.Timestamp(day)
         seen = {s: f.loc[ts - lookback : ts] for s, f in bars.items()}
-        rows = latest_features(seen, seen.get(BENCHMARK_SYMBOL), day)
+        rows = latest_features(seen, seen.get(BENCHMARK_SYMBOL), day, feature_set)
         for symbol, prediction in sorted(model.predict(rows).items()):
             if symbol in wanted:
                 days.append(day)
