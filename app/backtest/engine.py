@@ -61,6 +61,7 @@ from app.backtest.results import (
 from app.backtest.tape import SessionTape
 from app.backtest.window import (
     _BarWindow,
+    _ReplaySnapshot,
     _SteppedClock,
     _SymbolIndex,
     backtest_sessions,
@@ -81,7 +82,7 @@ from app.market.calendar import NyseCalendar
 from app.trading.orders import client_order_id, purpose_of
 from app.trading.protection import exits_to_unblock, plan_protection
 from app.trading.risk import PortfolioView, RiskState
-from app.trading.strategy import DecisionInputs, MarketSnapshot, decide
+from app.trading.strategy import DecisionInputs, decide
 
 if TYPE_CHECKING:
     pass
@@ -254,10 +255,10 @@ def run_backtest(
         nonlocal fills_seen
         if not orders:
             return
-        fills = broker.fills
-        for fill in fills[fills_seen:]:
+        fills = broker.fills_since(fills_seen)
+        for fill in fills:
             book.fees[fill.client_order_id] = fill.commission
-        fills_seen = len(fills)
+        fills_seen += len(fills)
         for order in orders:
             book.settled(order, day)
             if order.side is Side.BUY and order.status is OrderStatus.FILLED:
@@ -348,7 +349,7 @@ def run_backtest(
                 account=account,
                 positions=positions,
                 open_orders=[o for o in working if not o.is_protective],
-                market=MarketSnapshot(bars=window, prices=prices),
+                market=_ReplaySnapshot(bars=window, prices=prices),
                 signals=signals,
                 risk_state=risk_state,
                 now=clock.at,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -18,6 +19,7 @@ from app.errors import ValidationError
 from app.market.calendar import NyseCalendar
 from app.market.universe import feature_universe
 from app.trading.cycle import LOOKBACK_CALENDAR_DAYS
+from app.trading.strategy import MarketSnapshot, closes_volatility
 
 if TYPE_CHECKING:
     pass
@@ -135,11 +137,29 @@ class _BarWindow(Mapping[str, BarFrame]):
             self._cache[symbol] = cached
         return cached
 
+    def closes(self, symbol: str) -> np.ndarray | None:
+        """The closes of ``self[symbol]`` without building its frame (None: no such symbol)."""
+        ix = self._index.get(symbol)
+        return None if ix is None else ix.close[ix.lo[self._i] : ix.hi[self._i]]
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._index)
 
     def __len__(self) -> int:
         return len(self._index)
+
+
+@dataclass(frozen=True)
+class _ReplaySnapshot(MarketSnapshot):
+    """The live MarketSnapshot over a `_BarWindow`: the sizing volatility is read from the
+    window's close array, the very closes ``daily_volatility`` would take from its frame
+    (one frame slice per entry was the largest cost of a session)."""
+
+    bars: _BarWindow
+
+    def volatility(self, symbol: str, lookback: int) -> float | None:
+        closes = self.bars.closes(symbol)
+        return None if closes is None else closes_volatility(closes, lookback)
 
 
 class _SteppedClock:

@@ -133,6 +133,11 @@ class SimBroker:
         with self._lock:
             return list(self._fills)
 
+    def fills_since(self, start: int) -> list[Fill]:
+        """The fills after the first `start` (a replay reads each fill once, not the list)."""
+        with self._lock:
+            return self._fills[start:]
+
     @property
     def realized_pl(self) -> float:
         """Realised P&L against average cost, before commissions."""
@@ -169,8 +174,12 @@ class SimBroker:
             )
 
     def get_positions(self) -> list[Position]:
-        with self._lock:
-            return [self._position(sym) for sym in sorted(self._holdings)]
+        with self._lock:  # `_position` inlined: a backtest asks once per session
+            holdings, marks = self._holdings, self._marks
+            return [
+                Position(sym, h.qty, h.avg_price, marks.get(sym, h.avg_price))
+                for sym, h in sorted(holdings.items())
+            ]
 
     def get_position(self, symbol: str) -> Position | None:
         with self._lock:
@@ -239,7 +248,7 @@ class SimBroker:
                 broker_order_id=f"sim-{self._seq:08d}",
                 submitted_at=self._clock.now(),
             )
-            req = replace(request, symbol=symbol)
+            req = request if request.symbol == symbol else replace(request, symbol=symbol)
             self._orders[order.client_order_id] = order
             self._requests[order.client_order_id] = req
             problem = self._precheck(req)

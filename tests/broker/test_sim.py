@@ -467,3 +467,25 @@ def test_cash_and_positions_never_go_negative(
     assert all(p.qty > 0 for p in broker.get_positions())
     assert len({f.client_order_id for f in broker.fills}) == len(broker.fills)
     event(f"fills: {min(len(broker.fills), 5)}")
+
+
+def test_fills_since_is_the_tail_of_the_fills() -> None:
+    broker, _ = make()
+    broker.submit_market_order(buy(qty=1))
+    broker.submit_market_order(buy("MSFT", qty=2))
+    broker.submit_market_order(sell(qty=1))
+    everything = broker.fills
+    assert [f.symbol for f in everything] == ["AAPL", "MSFT", "AAPL"]
+    for start in range(len(everything) + 2):
+        assert broker.fills_since(start) == everything[start:]
+
+
+def test_positions_in_symbol_order_at_their_marks() -> None:
+    broker, _ = make()
+    broker.submit_market_order(buy("MSFT", qty=2))
+    broker.submit_market_order(buy(qty=1))
+    broker.mark({"msft": 210.0})
+    aapl, msft = broker.get_positions()
+    assert (aapl.symbol, aapl.qty, aapl.current_price) == ("AAPL", 1, aapl.avg_entry_price)
+    assert (msft.symbol, msft.qty, msft.current_price) == ("MSFT", 2, 210.0)
+    assert broker.get_position("msft") == msft
