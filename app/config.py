@@ -209,8 +209,9 @@ class Settings(BaseSettings):
     optuna_storage: str | None = None
 
     watchlist: Annotated[tuple[str, ...], NoDecode] = tuple(DEFAULT_WATCHLIST.split(","))
-    #: What a backtest trades: "watchlist" (WATCHLIST), the name of a universe file shipped in
-    #: app/market/universes ("broad": 646 US stocks), or the path of a file, one symbol a line.
+    #: What the install trades (decision cycles, training, backtests, API and CLI defaults):
+    #: "watchlist" (WATCHLIST), the name of a universe file shipped in app/market/universes
+    #: ("broad": 646 US stocks), or the path of a file, one symbol a line.
     universe: str = "watchlist"
 
     @field_validator("watchlist", mode="before")

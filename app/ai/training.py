@@ -1,5 +1,5 @@
 # ruff: noqa: N806 - X / X_val: the usual name of a feature matrix, as in every ML API
-"""Training the watchlist's models on data before "today", and saving them atomically.
+"""Training the universe's (UNIVERSE) models on data before "today", and saving them atomically.
 
 "Today" is the venue's session (the replay session in sim mode), so a model never learns from
 days the strategy has not lived yet. Tuned parameters from best_params/ are used when present.
@@ -48,7 +48,7 @@ from app.ai.store import ModelStore
 from app.config import Settings
 from app.domain import BarFrame, MarketData
 from app.market.calendar import NyseCalendar
-from app.market.universe import BENCHMARK, feature_universe
+from app.market.universe import BENCHMARK, configured_universe, feature_universe
 from app.store.database import Database
 from app.store.orm import ModelRun
 
@@ -96,7 +96,7 @@ def fit_and_save(
     start, end = training_window(today, settings.train_years, calendar)
     started = time.perf_counter()
     report("data", 0, 3)
-    bars = load_bars(market, symbols or settings.watchlist, start, end)
+    bars = load_bars(market, symbols or configured_universe(settings, market).symbols, start, end)
     if BENCHMARK not in bars:
         raise ValueError(f"{BENCHMARK} bars are needed: features measure strength relative to it")
     report("fit", 1, 3)

@@ -16,6 +16,7 @@ from app.backtest.window import resolve_window
 from app.container import services
 from app.errors import NotFoundError, ValidationError
 from app.market.calendar import NyseCalendar
+from app.market.universe import configured_universe
 from app.store import tasks as task_service
 
 blp = Blueprint(
@@ -32,7 +33,9 @@ DEFAULT_DAYS = 90
 def run(body: dict[str, Any]) -> dict[str, str]:
     """Replay the live strategy over past bars (a background task on the training queue)."""
     svc = services()
-    symbols = list(dict.fromkeys(s.upper() for s in body.get("symbols") or svc.settings.watchlist))
+    asked = [s.upper() for s in body.get("symbols") or ()]
+    universe = configured_universe(svc.settings, svc.venue.market)  # the default: UNIVERSE
+    symbols = list(dict.fromkeys(asked or universe.tradable))
     if svc.venue.symbols is not None:
         unknown = sorted(set(symbols) - set(svc.venue.symbols()))
         if unknown:
@@ -50,6 +53,7 @@ def run(body: dict[str, Any]) -> dict[str, str]:
     )
     request = BacktestRequest(
         symbols=tuple(symbols),
+        feature_symbols=() if asked else universe.feature_only,
         start=start,
         end=end,
         initial_capital=body["initial_capital"],

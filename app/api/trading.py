@@ -14,7 +14,7 @@ from app.api.symbols import known_symbol
 from app.api.tasks import started
 from app.container import services
 from app.errors import ConflictError, NotFoundError
-from app.market.universe import feature_universe
+from app.market.universe import configured_universe, feature_universe
 from app.tasks import queue_limits
 from app.trading.cycle import LOOKBACK_CALENDAR_DAYS
 
@@ -33,7 +33,8 @@ def signal(symbol: str) -> dict[str, Any]:
         )
     session = svc.venue.today()
     held = [p.symbol for p in svc.venue.broker.get_positions()]
-    universe = feature_universe(svc.settings.watchlist, [*held, symbol])  # what the cycle sees
+    loaded = configured_universe(svc.settings, svc.venue.market).symbols
+    universe = feature_universe(loaded, [*held, symbol])  # what the cycle sees
 
     def compute() -> dict[str, Any]:
         bars = svc.venue.market.get_daily_bars(

@@ -11,6 +11,7 @@ from app.api.schemas import OptimizeSchema, TaskStartedSchema, TrainingSchema
 from app.api.tasks import started
 from app.container import services
 from app.errors import ValidationError
+from app.market.universe import configured_universe
 from app.store import tasks as task_service
 from app.tasks import job_slots
 from app.tasks.celery_config import TRAINING_QUEUE
@@ -24,7 +25,7 @@ blp = Blueprint("training", __name__, url_prefix="/api", description="Model trai
 @blp.response(202, TaskStartedSchema)
 @blp.alt_response(409, response="CONFLICT")  # a training is live: its id is named
 def start_batch(body: dict[str, Any]) -> dict[str, str]:
-    """Train the watchlist: a group of per-symbol data tasks chorded into one fit."""
+    """Train the universe (UNIVERSE): a group of per-symbol data tasks chorded into one fit."""
     from app.tasks.training import start_batch_training
 
     return started(start_batch_training(services(), body.get("mode"), get_jwt_identity()))
@@ -36,7 +37,9 @@ def start_batch(body: dict[str, Any]) -> dict[str, str]:
 @blp.alt_response(409, response="CONFLICT")  # a tuning is live: its id is named
 def optimize(body: dict[str, Any]) -> dict[str, str]:
     svc = services()
-    symbols = [s.upper() for s in body.get("symbols") or svc.settings.watchlist]
+    symbols = [s.upper() for s in body.get("symbols") or ()] or list(
+        configured_universe(svc.settings, svc.venue.market).symbols
+    )
     known = set(svc.venue.symbols() if svc.venue.symbols else symbols)
     unknown = sorted(set(symbols) - known)
     if unknown:

@@ -19,6 +19,7 @@ from app.errors import AppError
 from app.market.cache import CachedMarketData
 from app.market.sources import CsvMarketData
 from app.market.symbols import parse_symbol
+from app.market.universe import configured_universe, feature_universe
 from app.market.validation import rejection_counts
 from app.store import migrations
 from app.tasks.celery_app import declare_queues
@@ -84,12 +85,13 @@ data_group = AppGroup(
 
 def _symbols_option(value: str | None) -> list[str]:
     if not value:
-        return list(services().settings.watchlist)
+        svc = services()  # what the cycles load: the universe (UNIVERSE) and SPY
+        return feature_universe(configured_universe(svc.settings, svc.venue.market).symbols)
     return [parse_symbol(part) for part in value.split(",") if part.strip()]
 
 
 @data_group.command("download", help="Fetch daily bars from Alpaca into the bar cache.")
-@click.option("--symbols", help="Comma-separated symbols (default: the watchlist).")
+@click.option("--symbols", help="Comma-separated symbols (default: the universe, UNIVERSE).")
 @click.option("--start", type=click.DateTime(["%Y-%m-%d"]), required=True)
 @click.option("--end", type=click.DateTime(["%Y-%m-%d"]), help="Default: today.")
 @click.option("--chunk", default=20, show_default=True, help="Symbols per request batch.")

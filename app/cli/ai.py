@@ -17,7 +17,7 @@ from app.ai.tuning_storage import storage_url_for
 from app.container import services
 from app.market.calendar import NyseCalendar
 from app.market.sources import CsvMarketData
-from app.market.universe import BENCHMARK, feature_universe
+from app.market.universe import BENCHMARK, configured_universe, feature_universe
 
 MODES = click.Choice(["pooled", "per-symbol", "per_symbol"])
 
@@ -28,9 +28,9 @@ def _symbols(value: str | None, default: list[str]) -> list[str]:
     return [parse_symbol(s) for s in value.split(",") if s.strip()] if value else default
 
 
-@click.command("train", help="Train the watchlist's model now, on data before today.")
+@click.command("train", help="Train the universe's (UNIVERSE) model now, on data before today.")
 @click.option("--mode", type=MODES, help="Default: MODEL_MODE.")
-@click.option("--symbols", help="Comma-separated (default: the watchlist).")
+@click.option("--symbols", help="Comma-separated (default: the universe, UNIVERSE).")
 @with_appcontext
 def train_command(mode: str | None, symbols: str | None) -> None:
     svc = services()
@@ -47,7 +47,7 @@ def train_command(mode: str | None, symbols: str | None) -> None:
             market=svc.venue.market,
             store=svc.models,
             today=svc.venue.today(),
-            symbols=_symbols(symbols, list(svc.settings.watchlist)),
+            symbols=_symbols(symbols, []),  # none: the universe's
             mode=mode,
             progress=progress,
         )
@@ -56,7 +56,7 @@ def train_command(mode: str | None, symbols: str | None) -> None:
 
 @click.command("optimize", help="Tune hyperparameters with Optuna (shared study storage).")
 @click.option("--mode", type=MODES, help="Default: MODEL_MODE.")
-@click.option("--symbols", help="Comma-separated (default: the watchlist).")
+@click.option("--symbols", help="Comma-separated (default: the universe, UNIVERSE).")
 @click.option("--n-trials", type=click.IntRange(1, 1000), default=20, show_default=True)
 @click.option("--timeout", type=click.IntRange(10, 86_400), default=600, show_default=True)
 @with_appcontext
@@ -64,7 +64,8 @@ def optimize_command(mode: str | None, symbols: str | None, n_trials: int, timeo
     svc = services()
     settings = svc.settings
     start, end = training_window(svc.venue.today(), settings.train_years, NyseCalendar())
-    bars = load_bars(svc.venue.market, _symbols(symbols, list(settings.watchlist)), start, end)
+    universe = configured_universe(settings, svc.venue.market)
+    bars = load_bars(svc.venue.market, _symbols(symbols, list(universe.symbols)), start, end)
     result = optimize(
         bars,
         bars.get(BENCHMARK),

@@ -1,12 +1,14 @@
 """The universe: which symbols a run trades, and which it loads only for the features.
 
-Live cycles, training, backtests and the signal API all use watchlist + holdings + SPY: SPY is
-the features' benchmark (rel_ret_20_spy, corr_spy_60, beta_spy_60), so a custom WATCHLIST
-without it would otherwise leave those features NaN on one path only.
+Live cycles, training, backtests and the signal API all load the universe + holdings + SPY:
+SPY is the features' benchmark (rel_ret_20_spy, corr_spy_60, beta_spy_60), so a custom
+WATCHLIST without it would otherwise leave those features NaN on one path only.
 
-UNIVERSE (Settings) widens what a backtest trades: the watchlist, or a universe file (one symbol
-a line; app/market/universes/broad.txt lists the 646 stocks of ../shared/data/broad). A file's
-ETFs (the etf/ folder of the broad layout) are loaded for the features, never traded.
+UNIVERSE (Settings) says what the install trades, live, paper, sim and backtest alike
+(`configured_universe`): the watchlist, or a universe file (one symbol a line;
+app/market/universes/broad.txt lists the 646 stocks of ../shared/data/broad). A file's ETFs
+(the etf/ folder of the broad layout) are loaded for the features, never traded. Live, the
+broker's asset listing still decides which of them trade on a given day (Venue.tradable).
 Membership is point in time without a list of dates: a symbol has no feature row, hence no
 signal, before its MAX_LOOKBACK-th bar, and none after its last bar (validation ends a series
 whose ticker was reused by another security, see validation.BREAK_FACTOR).
@@ -17,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from app.config import read_universe_file, universe_file
+from app.config import Settings, read_universe_file, universe_file
 from app.domain import MarketData
 from app.errors import ValidationError
 from app.market.sources import CsvMarketData
@@ -38,6 +40,17 @@ class Universe:
     name: str
     tradable: tuple[str, ...]
     feature_only: tuple[str, ...]
+
+    @property
+    def symbols(self) -> tuple[str, ...]:
+        """What a run loads bars for: the tradable symbols, then the feature-only ones."""
+        return (*self.tradable, *self.feature_only)
+
+
+def configured_universe(settings: Settings, market: MarketData | None = None) -> Universe:
+    """Which symbols this install trades: UNIVERSE=watchlist (the default) the WATCHLIST, else
+    the universe file's symbols; `market` tells a file's ETFs apart (feature-only)."""
+    return resolve_universe(settings.universe, settings.watchlist, market)
 
 
 def resolve_universe(

@@ -17,7 +17,7 @@ from app.config import TradingMode
 from app.container import services
 from app.errors import ConflictError
 from app.market.calendar import NyseCalendar
-from app.market.universe import BENCHMARK, feature_universe
+from app.market.universe import BENCHMARK, configured_universe, feature_universe
 from app.store import tasks as task_service
 from app.tasks import job_slots
 from app.tasks.celery_config import TRAINING_QUEUE
@@ -89,7 +89,7 @@ def train_models_batch(mode: str | None = None) -> dict[str, Any]:
 def start_batch_training(
     svc: Any, mode: str | None, requested_by: str | None, *, gated: bool = False
 ) -> str:
-    """Fan the watchlist out as a group of per-symbol data tasks, chorded into one fit.
+    """Fan the universe (UNIVERSE) out as a group of per-symbol data tasks, chorded into one fit.
     `gated`: the champion / challenger gate decides (the nightly retrain); a manual request
     (API, CLI, sim start-up) promotes its model as before, and reports what the gate says.
 
@@ -125,7 +125,7 @@ def _start_batch_training(svc: Any, mode: str | None, requested_by: str | None, 
     today = svc.venue.today()
     fit_id = str(uuid4())
     start, end = training_window(today, svc.settings.train_years, NyseCalendar())
-    symbols = feature_universe(svc.settings.watchlist)
+    symbols = feature_universe(configured_universe(svc.settings, svc.venue.market).symbols)
     header = [
         prepare_symbol_bars.si(s, start.isoformat(), end.isoformat(), job=fit_id).set(
             task_id=str(uuid4())
@@ -164,7 +164,8 @@ def optimize_hyperparameters_for_watchlist(
     mode = (mode or settings.model_mode).replace("-", "_")
     start, end = training_window(svc.venue.today(), settings.train_years, NyseCalendar())
     self.update_state(state="PROGRESS", meta={"stage": "data", "done": 0, "total": n_trials})
-    bars = load_bars(svc.venue.market, symbols or settings.watchlist, start, end)
+    market = svc.venue.market
+    bars = load_bars(market, symbols or configured_universe(settings, market).symbols, start, end)
     return optimize(
         bars,
         bars.get(BENCHMARK),

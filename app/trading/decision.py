@@ -32,7 +32,7 @@ from app.domain import (
     TimeInForce,
 )
 from app.errors import AppError
-from app.market.universe import feature_universe
+from app.market.universe import configured_universe, feature_universe
 from app.store.database import Database
 from app.trading.ledger import Ledger
 from app.trading.missing_signals import report_missing_signals
@@ -53,6 +53,7 @@ from app.trading.strategy import (
     decide,
     rebalance_reason,
 )
+from app.trading.untradable import report_untradable_holdings
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,8 @@ class CycleResult:
     late: list[str] = field(default_factory=list)
     #: Holdings whose protective order was cancelled for an exit that did not go out.
     unprotected: list[str] = field(default_factory=list)
+    #: Holdings the broker no longer trades (inactive, delisted, halted): nothing sent for them.
+    untradable: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -198,12 +201,21 @@ class DecisionCycle:
         account = broker.get_account()
         positions = broker.get_positions()
         working = broker.get_open_orders()
-        symbols = feature_universe(self._settings.watchlist, (p.symbol for p in positions))
+        held = {p.symbol for p in positions}
+        universe = configured_universe(self._settings, self._venue.market)
         bars = self._venue.market.get_daily_bars(
-            symbols, session - timedelta(days=LOOKBACK_CALENDAR_DAYS), session
+            feature_universe(universe.symbols, held),
+            session - timedelta(days=LOOKBACK_CALENDAR_DAYS),
+            session,
         )
         signals, problem = self._signals.signals(bars, session)
-        report_missing_signals(self._db, self._notifier, symbols, bars, signals, session, problem)
+        # The universe's feature-only symbols (its ETFs, SPY outside the watchlist) are never
+        # traded, as in the backtest; a holding outside the universe keeps its signal (exits).
+        traded = set(universe.tradable) | held
+        signals = {s: sig for s, sig in signals.items() if s in traded}
+        report_missing_signals(
+            self._db, self._notifier, sorted(traded), bars, signals, session, problem
+        )
         if problem:
             result.problem = problem
             self._notifier.notify("No trading signals", problem, "warning")
@@ -217,14 +229,18 @@ class DecisionCycle:
                 prices.setdefault(p.symbol, p.current_price)
 
         loaded = self._risk.load()
-        held = {p.symbol for p in positions}
         held_since = self._ledger.held_since(held)
         candidates = {s for s, sig in signals.items() if sig.action is SignalAction.BUY} - held
-        # No entry where the broker does not trade the symbol today (inactive, halted).
+        # No order where the broker does not trade the symbol today (inactive, halted): no
+        # entry, and no exit of a holding (its protective orders at the broker stay).
         untradable = (
-            frozenset(candidates - self._venue.tradable(candidates))
-            if self._venue.tradable is not None and candidates
+            frozenset((candidates | held) - self._venue.tradable(candidates | held))
+            if self._venue.tradable is not None and (candidates or held)
             else frozenset()
+        )
+        result.untradable = sorted(untradable & held)
+        report_untradable_holdings(
+            self._db, self._risk, self._notifier, result.untradable, held_since
         )
         tradable = candidates - untradable | held
         inputs = DecisionInputs(
@@ -268,6 +284,11 @@ class DecisionCycle:
                 result.late.append(order.symbol)
                 if order.side is Side.SELL:
                     missed.append(order)
+                continue
+            if order.side is Side.SELL and order.symbol in untradable:
+                why = f"the broker no longer trades {order.symbol}: its protective orders stay"
+                _deny(result, order, RiskDecision.deny(why, "not_tradable"))
+                missed.append(order)
                 continue
             if order.side is Side.SELL:
                 sent = self._exit(order, working, session, tif, result, cutoff)

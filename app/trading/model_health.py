@@ -4,7 +4,7 @@ A signal recorded for session t predicts the return of a trade bought at the ope
 sold `horizon` sessions later (open of t+1+horizon), the label the model is trained on. Once
 that bar exists, the session's Spearman rank IC between the predictions and the realised
 returns is stored, one row per model version and session. Rolling means over the last 20 and
-60 labelled sessions say whether the model still ranks the watchlist better than chance:
+60 labelled sessions say whether the model still ranks the universe better than chance:
 for the signals the service acted on ("live": whichever version recorded last that session,
 since nightly retrains replace versions often) and for each version. The means go to
 Prometheus, and Discord hears once when the live mean turns negative and once when it recovers.

@@ -132,7 +132,9 @@ def test_the_book_never_exceeds_max_positions_when_a_sell_is_refused(
     app = make(make_app, fake)
     fake.pre_open(MONDAY)
     hold(fake, *BOOK)
-    fake.untradable.add("ABT")  # the broker refuses every order of ABT
+    with app.app_context():  # the day's asset listing says ABT trades...
+        services().venue.broker.get_assets()
+    fake.untradable.add("ABT")  # ...but the broker refuses every order of ABT (halted since)
     result = trading(app, signals).run_decision()
     sent = [(o["client_order_id"], o["status"]) for o in result.orders]
     assert sent == [
