@@ -33,6 +33,7 @@ import pandas as pd
 from app.ai.features_extended import (
     EXTENDED_BASE_COLUMNS,
     EXTENDED_LOOKBACK,
+    EXTENDED_LOOKBACK_CALENDAR_DAYS,
     EXTENDED_RANKED,
     extended_features,
 )
@@ -51,6 +52,7 @@ __all__ = [
     "SEED_LABEL",
     "build_features",
     "feature_columns",
+    "history_calendar_days",
     "label_sessions",
     "latest_features",
     "max_lookback",
@@ -119,6 +121,15 @@ def feature_columns(feature_set: str) -> list[str]:
     """The model inputs of `feature_set`, in the order models see them."""
     _check_feature_set(feature_set)
     return list(FEATURE_COLUMNS if feature_set == SEED_FEATURE_SET else _EXTENDED_COLUMNS)
+
+
+def history_calendar_days(feature_set: str, seed_days: int) -> int:
+    """Calendar days of bars a decision fetches for `feature_set`: the caller's seed window,
+    or enough for the extended set's year of memory and sector correlations."""
+    _check_feature_set(feature_set)
+    if feature_set == SEED_FEATURE_SET:
+        return seed_days
+    return max(seed_days, EXTENDED_LOOKBACK_CALENDAR_DAYS)
 
 
 def max_lookback(feature_set: str) -> int:

@@ -7,6 +7,7 @@ from typing import Any
 
 from flask_jwt_extended import get_jwt_identity
 
+from app.ai.features import history_calendar_days
 from app.ai.signals import ModelSignalSource
 from app.api.blueprint import Blueprint
 from app.api.schemas import SignalSchema, TaskStartedSchema
@@ -38,10 +39,19 @@ def signal(symbol: str) -> dict[str, Any]:
 
     def compute() -> dict[str, Any]:
         bars = svc.venue.market.get_daily_bars(
-            universe, session - timedelta(days=LOOKBACK_CALENDAR_DAYS), session
+            universe,
+            session
+            - timedelta(
+                days=history_calendar_days(svc.settings.ai_feature_set, LOOKBACK_CALENDAR_DAYS)
+            ),
+            session,
         )
         source = ModelSignalSource(
-            svc.models, svc.settings, svc.settings.model_max_age_days, label=svc.settings.label
+            svc.models,
+            svc.settings,
+            svc.settings.model_max_age_days,
+            label=svc.settings.label,
+            feature_set=svc.settings.ai_feature_set,
         )
         signals, problem = source.signals(bars, session)
         found = signals.get(symbol)

@@ -26,9 +26,9 @@ from app.ai.features import (
     LABEL_COLUMN,
     LABEL_END_COLUMN,
     SEED_FEATURE_SET,
+    history_calendar_days,
     latest_features,
 )
-from app.ai.features_extended import EXTENDED_LOOKBACK_CALENDAR_DAYS
 from app.ai.training import train
 from app.backtest.feature_source import SourceData
 from app.backtest.results import BENCHMARK_SYMBOL
@@ -297,11 +297,8 @@ def _predict_live(
 ) -> WindowResult:
     bars = data.bars
     feature_set = window.config.feature_set
-    # The extended set needs more history than the live cycle's seed window holds.
-    history = LOOKBACK_CALENDAR_DAYS
-    if feature_set != SEED_FEATURE_SET:
-        history = max(history, EXTENDED_LOOKBACK_CALENDAR_DAYS)
-    lookback = pd.Timedelta(days=history)
+    # The live cycle's window for this feature set (the extended one remembers a year).
+    lookback = pd.Timedelta(days=history_calendar_days(feature_set, LOOKBACK_CALENDAR_DAYS))
     wanted = set(window.symbols)
     days, symbols, values = [], [], []
     for day in backtest_sessions(bars, window.symbols, window.first, window.last):

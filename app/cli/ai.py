@@ -77,6 +77,7 @@ def optimize_command(mode: str | None, symbols: str | None, n_trials: int, timeo
         best_params_dir=settings.best_params_dir,
         horizon=settings.ai_prediction_horizon_days,
         normalisation=settings.ai_label_normalisation,
+        feature_set=settings.ai_feature_set,
         progress=True,
     )
     click.echo(json.dumps(result, indent=2, default=str))

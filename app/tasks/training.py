@@ -177,6 +177,7 @@ def optimize_hyperparameters_for_watchlist(
         best_params_dir=settings.best_params_dir,
         horizon=settings.ai_prediction_horizon_days,
         normalisation=settings.ai_label_normalisation,
+        feature_set=settings.ai_feature_set,
     )
 
 

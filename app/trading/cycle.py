@@ -45,8 +45,8 @@ from app.store.database import Database
 from app.store.heartbeats import TRADING_CYCLE, HeartbeatStore
 from app.store.orm import OrderRecord, RiskEvent
 from app.trading.cycle_lock import CycleLock
+from app.trading.day_signals import LOOKBACK_CALENDAR_DAYS
 from app.trading.decision import (
-    LOOKBACK_CALENDAR_DAYS,
     Cutoff,
     CycleResult,
     DecisionCycle,

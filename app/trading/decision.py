@@ -13,7 +13,7 @@ import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from typing import Any, Protocol
 
 from app import metrics
@@ -32,10 +32,9 @@ from app.domain import (
     TimeInForce,
 )
 from app.errors import AppError
-from app.market.universe import configured_universe, feature_universe
 from app.store.database import Database
+from app.trading.day_signals import day_signals
 from app.trading.ledger import Ledger
-from app.trading.missing_signals import report_missing_signals
 from app.trading.notifier import Notifier
 from app.trading.orders import OrderService, Placement, client_order_id, purpose_of
 from app.trading.protection import exits_to_unblock
@@ -56,8 +55,6 @@ from app.trading.strategy import (
 from app.trading.untradable import report_untradable_holdings
 
 log = logging.getLogger(__name__)
-
-LOOKBACK_CALENDAR_DAYS = 200  # covers the 120-session feature window with room for holidays
 
 
 class SignalSource(Protocol):
@@ -202,23 +199,18 @@ class DecisionCycle:
         positions = broker.get_positions()
         working = broker.get_open_orders()
         held = {p.symbol for p in positions}
-        universe = configured_universe(self._settings, self._venue.market)
-        bars = self._venue.market.get_daily_bars(
-            feature_universe(universe.symbols, held),
-            session - timedelta(days=LOOKBACK_CALENDAR_DAYS),
+        today = day_signals(
+            self._settings,
+            self._venue,
+            self._signals.signals,
+            self._db,
+            self._notifier,
             session,
+            held,
         )
-        signals, problem = self._signals.signals(bars, session)
-        # The universe's feature-only symbols (its ETFs, SPY outside the watchlist) are never
-        # traded, as in the backtest; a holding outside the universe keeps its signal (exits).
-        traded = set(universe.tradable) | held
-        signals = {s: sig for s, sig in signals.items() if s in traded}
-        report_missing_signals(
-            self._db, self._notifier, sorted(traded), bars, signals, session, problem
-        )
-        if problem:
-            result.problem = problem
-            self._notifier.notify("No trading signals", problem, "warning")
+        bars, signals = today.bars, today.signals
+        if today.problem:
+            result.problem = today.problem
         result.signals = len(signals)
         metrics.record_signals(signals.values())
         # The last closes, the backtest's prices: not the broker's mark of a holding (Alpaca's

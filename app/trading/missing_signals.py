@@ -11,6 +11,7 @@ from datetime import date
 from sqlalchemy import insert
 
 from app import metrics
+from app.ai.features import SEED_FEATURE_SET
 from app.ai.signals import NO_MODEL, missing_signal_reasons
 from app.domain import BarFrame, Signal
 from app.store.database import Database
@@ -28,6 +29,8 @@ def report_missing_signals(
     signals: Mapping[str, Signal],
     session: date,
     problem: str | None = None,
+    *,
+    feature_set: str = SEED_FEATURE_SET,
 ) -> dict[str, str]:
     """Name, record, count and alert the symbols the decision has no signal for.
 
@@ -35,7 +38,7 @@ def report_missing_signals(
     """
     if problem == NO_MODEL:
         return {}
-    missing = missing_signal_reasons(universe, bars, session, signals)
+    missing = missing_signal_reasons(universe, bars, session, signals, feature_set=feature_set)
     if not missing:
         return missing
     metrics.record_signals_missing(reason.split(":", 1)[0] for reason in missing.values())

@@ -19,7 +19,7 @@ from app.broker.alpaca_data import MAX_SYMBOLS_PER_REQUEST, PAGE_BARS
 from app.broker.rate_limit import ALPACA_REQUESTS_PER_MINUTE
 from app.container import services
 from app.domain import BarFrame, Signal
-from app.trading.decision import LOOKBACK_CALENDAR_DAYS
+from app.trading.day_signals import LOOKBACK_CALENDAR_DAYS
 from tests.api.test_market_api import PAPER
 from tests.conftest import sql_statements
 from tests.fakes.broad import broad_data_dir, broad_symbols
