@@ -24,6 +24,7 @@ from celery.signals import (
     task_failure,
     task_postrun,
     task_prerun,
+    worker_init,
     worker_process_init,
     worker_process_shutdown,
     worker_ready,
@@ -176,15 +177,18 @@ _watchdog: list[threading.Thread] = []
 def _start_shutdown_watchdog() -> None:
     """A daemon thread that leaves WORKER_SHUTDOWN_GRACE_SECONDS after a stop request.
 
-    Started when the worker is ready, not at the stop: a thread started during shutdown, while
-    the pool forks or exits, can die in CPython's thread bootstrap (KeyError in _limbo), which
-    printed a traceback on Ctrl-C."""
+    Started as the worker initialises, before its pool exists, and returns only once the
+    thread runs: a thread still in CPython's bootstrap while the pool's supervisor forks a
+    child (as during a stop that comes before the worker is ready) can die with a KeyError in
+    threading._limbo, which printed a traceback on an early Ctrl-C."""
     with _watchdog_lock:
         if _watchdog:
             return
         grace = load_settings().worker_shutdown_grace_seconds
+        running = threading.Event()
 
         def watch() -> None:
+            running.set()  # the bootstrap is over: the thread left _limbo before run()
             _STOP_REQUESTED.wait()
             time.sleep(grace)
             log.warning("tasks still running %.1fs after the stop request: leaving them", grace)
@@ -193,10 +197,11 @@ def _start_shutdown_watchdog() -> None:
 
         thread = threading.Thread(target=watch, name="shutdown-watchdog", daemon=True)
         thread.start()
+        running.wait()
         _watchdog.append(thread)
 
 
-@worker_ready.connect
+@worker_init.connect
 def _arm_shutdown_watchdog(**_kwargs: Any) -> None:
     _start_shutdown_watchdog()
 
@@ -207,7 +212,7 @@ def _bound_warm_shutdown(**_kwargs: Any) -> None:
     manager's grace and end in SIGKILL. Past WORKER_SHUTDOWN_GRACE_SECONDS the worker leaves:
     its pool children die with it (PDEATHSIG), late-acked tasks are redelivered, and a trading
     cycle cut short is reconciled by the next one, as after a crash."""
-    _start_shutdown_watchdog()  # a stop before the worker was ready
+    _start_shutdown_watchdog()  # armed at init; kept for a worker built without it
     _STOP_REQUESTED.set()
 
 
