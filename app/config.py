@@ -180,6 +180,12 @@ class Settings(BaseSettings):
     #: bought, each still clearing the BUY floors; 0: every BUY signal (the seed's rule).
     #: 3: chosen on 2008-2015 (docs/research.md, rounds 1 and 2).
     strategy_entry_top_k: int = Field(default=3, ge=0, le=100)
+    #: signals: buy what clears the BUY floors and the confidence, sized by volatility (the
+    #: seed's rule); book: hold the STRATEGY_ENTRY_TOP_K best-predicted names at the position
+    #: cap, sell those out of the best 2 x k at a rebalance (app/trading/book.py).
+    strategy_portfolio: str = Field(default="signals", pattern="^(signals|book)$")
+    #: book: sessions between rebalances; 0: the label horizon (AI_PREDICTION_HORIZON_DAYS).
+    strategy_rebalance_every: int = Field(default=0, ge=0, le=252)
 
     # --- AI signals (defaults chosen on 2008-2015, docs/research.md; the seed's were
     # 0.005 / -0.005 / 0.7 with a 1-session label, and never traded on real data) ---

@@ -77,6 +77,8 @@ def test_env_file_is_read(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
         ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
         ({"UNIVERSE": "everything"}, "UNIVERSE"),
         ({"UNIVERSE": ""}, "UNIVERSE"),
+        ({"STRATEGY_PORTFOLIO": "both"}, "STRATEGY_PORTFOLIO"),
+        ({"STRATEGY_REBALANCE_EVERY": "-1"}, "STRATEGY_REBALANCE_EVERY"),
         ({**PAPER, "ALPACA_API_KEY": ""}, "ALPACA_API_KEY"),
         ({**PAPER, "ALPACA_API_SECRET": ""}, "ALPACA_API_SECRET"),
         ({**PAPER, "ADMIN_PASSWORD": ""}, "ADMIN_PASSWORD"),

@@ -144,6 +144,11 @@ class NyseCalendar:
         hi = s.searchsorted(_to_day(end), side="right")
         return s[lo:hi]
 
+    def session_number(self, day: DateLike) -> int:
+        """How many sessions of the calendar lie on or before `day`, minus one: the index of
+        `day` when it is a session (counts between two sessions are exact, holidays included)."""
+        return int(self._sched.sessions.searchsorted(_to_day(day), side="right")) - 1
+
     def sessions(self, start: DateLike, end: DateLike) -> list[date]:
         """Session dates in [start, end], both inclusive."""
         return [ts.date() for ts in self.sessions_index(start, end)]

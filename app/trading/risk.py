@@ -17,7 +17,7 @@ from sqlalchemy import select
 
 from app.config import Settings
 from app.domain import Account, Order, Position, RiskDecision, Side, TradingState
-from app.store.database import Database
+from app.store.database import Database, upsert
 from app.store.orm import RiskEvent, RiskStateRecord
 from app.store.text import storable
 
@@ -346,11 +346,17 @@ class RiskStateStore:
         cycle's view of the trading state: a halt is never overwritten by an older cycle.
         Returns what was written."""
         with self._db.session() as session:
-            row = session.get(RiskStateRecord, self.ROW_ID, with_for_update=True)
-            if row is None:
-                row = RiskStateRecord(id=self.ROW_ID, state=state.state.value)
-                session.add(row)
-            elif loaded is not None:
+            # The first save of an install: the default row, inserted unless a concurrent
+            # cycle did it first (a read-then-insert raced on the primary key), then locked.
+            session.execute(
+                upsert(session.get_bind().dialect.name, RiskStateRecord, ["id"], []),
+                [{"id": self.ROW_ID, "state": RiskState().state.value}],
+            )
+            row = session.get(
+                RiskStateRecord, self.ROW_ID, with_for_update=True, populate_existing=True
+            )
+            assert row is not None  # inserted above
+            if loaded is not None:
                 current = _from_row(row)
                 if _trading_state(current) != _trading_state(loaded):
                     state = replace(

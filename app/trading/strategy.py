@@ -15,7 +15,7 @@ from the same bars. Nothing the broker marks itself enters it (see `closing_acco
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 
@@ -23,6 +23,7 @@ import numpy as np
 
 from app.config import Settings
 from app.domain import Account, BarFrame, Order, Position, RiskDecision, Side, Signal, SignalAction
+from app.trading.book import book_candidates, book_leavers, rebalance_due
 from app.trading.risk import (
     EPS,
     PortfolioView,
@@ -51,6 +52,11 @@ class StrategyConfig:
     #: Rank entries: only the `entry_top_k` best-scored of today's signals (held or not) may be
     #: bought, and only those that clear the BUY floors; 0: every BUY signal (the seed's rule).
     entry_top_k: int = 0
+    #: signals: the seed's rule above; book: hold the best-predicted names (app.trading.book),
+    #: sold when they fall out of the best 2 x entry_top_k at a rebalance every
+    #: `rebalance_every` sessions.
+    portfolio: str = "signals"
+    rebalance_every: int = 1
 
     @classmethod
     def from_settings(cls, settings: Settings) -> StrategyConfig:
@@ -59,6 +65,9 @@ class StrategyConfig:
             min_holding_days=settings.strategy_min_holding_days,
             risk_budget=settings.strategy_risk_budget,
             entry_top_k=settings.strategy_entry_top_k,
+            portfolio=settings.strategy_portfolio,
+            rebalance_every=settings.strategy_rebalance_every
+            or settings.ai_prediction_horizon_days,
         )
 
 
@@ -139,11 +148,20 @@ def decide(inputs: DecisionInputs, limits: RiskLimits, config: StrategyConfig) -
             denied.append((order, verdict))
         return verdict
 
-    exits = _exits(positions, inputs, limits, busy)
+    book = config.portfolio == "book"
+    exits = _exits(positions, inputs, limits, busy, signal_sells=not book)
     exits += _trims(positions, inputs, account.equity, limits, busy | {o.symbol for o in exits})
+    if book and rebalance_due(inputs.session, config.rebalance_every):
+        skip = busy | {o.symbol for o in exits}
+        reason = f"rebalance: out of the best {2 * config.entry_top_k} predictions"
+        leavers = book_leavers(inputs.signals, positions, skip, config.entry_top_k)
+        exits += [_close(positions[s], inputs, reason) for s in leavers]
     for order in exits:
         gate(order)
     leaving = {o.symbol for o in exits}
+    if book:
+        _fill_book(inputs, held, busy, limits, config, view, account.equity, gate)
+        return Decision(approved, denied, state, events)
 
     candidates = _ranked_candidates(
         inputs.signals, held, busy | inputs.no_entry, config.entry_top_k
@@ -183,6 +201,30 @@ def decide(inputs: DecisionInputs, limits: RiskLimits, config: StrategyConfig) -
         approved.extend((sell, entry))
         remaining.remove(swap)
     return Decision(approved, denied, state, events)
+
+
+def _fill_book(
+    inputs: DecisionInputs,
+    held: Mapping[str, Position],
+    busy: set[str],
+    limits: RiskLimits,
+    config: StrategyConfig,
+    view: PortfolioView,
+    equity: float,
+    gate: Callable[[ProposedOrder], RiskDecision],
+) -> None:
+    """Book entries, best first, at the position cap, while there are places and room: an
+    entry the capital of unfilled sales would pay for waits for the next session (not tried
+    and denied: the gate never counts an unfilled sale as cash)."""
+    candidates = book_candidates(inputs.signals, held, busy | inputs.no_entry, config.entry_top_k)
+    for symbol in candidates[: max(0, limits.max_positions - view.count)]:
+        buy = _entry(symbol, inputs, equity, limits, config, at_cap=True)
+        if buy is None:
+            continue
+        room = min(limits.max_exposure * view.equity - view.exposure, view.buying_power)
+        if view.worst_value(buy) > room + EPS:
+            break
+        gate(buy)
 
 
 def marked_at(positions: Iterable[Position], prices: Mapping[str, float]) -> list[Position]:
@@ -239,6 +281,8 @@ def _exits(
     inputs: DecisionInputs,
     limits: RiskLimits,
     busy: set[str],
+    *,
+    signal_sells: bool = True,
 ) -> list[ProposedOrder]:
     orders = []
     for symbol, position in sorted(positions.items()):
@@ -250,7 +294,11 @@ def _exits(
             reason = f"stop_loss: {change:.2%} from entry {position.avg_entry_price:.2f}"
         elif change >= limits.take_profit_pct:
             reason = f"take_profit: {change:+.2%} from entry {position.avg_entry_price:.2f}"
-        elif (signal := inputs.signals.get(symbol)) and signal.action is SignalAction.SELL:
+        elif (
+            signal_sells
+            and (signal := inputs.signals.get(symbol))
+            and signal.action is SignalAction.SELL
+        ):
             reason = f"signal_sell: predicted {signal.predicted_return:+.2%}"
         else:
             continue
@@ -358,11 +406,14 @@ def _entry(
     equity: float,
     limits: RiskLimits,
     config: StrategyConfig,
+    *,
+    at_cap: bool = False,
 ) -> ProposedOrder | None:
+    """A BUY sized by volatility under the position cap (`at_cap`: at the cap itself)."""
     price = inputs.market.prices.get(symbol)
     if not price or price <= 0 or not math.isfinite(price):
         return None
-    vol = inputs.market.volatility(symbol, config.vol_lookback)
+    vol = None if at_cap else inputs.market.volatility(symbol, config.vol_lookback)
     fraction = (
         limits.max_position_size
         if vol is None

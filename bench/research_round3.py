@@ -1,0 +1,407 @@
+"""Research round 3 (docs/research.md, "Round 3 protocol"): the grid, its baselines and the rule.
+
+Every run goes through the path `flask --app app backtest` takes (``plan_request`` ->
+walk-forward windows -> ``run_planned``), with Settings overridden per configuration, so a
+default chosen here reproduces with the default command. Walk-forward windows depend only on
+(universe, features, horizon, placebo seed): each such stream is computed once, kept on disk,
+and replayed by the four (portfolio, exits) rules.
+
+    nice -n 10 .venv/bin/python -m bench.research_round3 --predict [--streams NAME,...]
+    nice -n 10 .venv/bin/python -m bench.research_round3 --replay      # every configuration
+    .venv/bin/python -m bench.research_round3 --table                  # rows, verdicts, ranking
+    nice -n 10 .venv/bin/python -m bench.research_round3 --holdout NAME[,NAME]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import pickle
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np
+
+from app.backtest.deflated_sharpe import deflated_sharpe_ratio
+from app.backtest.report import to_report
+from app.backtest.requests import (
+    BacktestRequest,
+    PlannedRun,
+    collect_locally,
+    plan_request,
+    run_planned,
+)
+from app.backtest.results import BacktestResult
+from app.backtest.walk_forward_window import WindowResult
+from app.config import Settings
+from app.market.sources import CsvMarketData
+from app.market.universe import Universe, resolve_universe
+from bench.research_runs import ALL_ROUNDS_TRIALS, ROUND1_SHARPES, trial_sharpes
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+OUT_DIR = ROOT / "bench" / "out" / "research3"
+PERIODS = {
+    "selection": (date(2008, 1, 1), date(2015, 12, 31)),
+    "holdout": (date(2016, 1, 1), date(2021, 12, 31)),
+}
+UNIVERSES = {"watchlist": "daily", "broad": "broad"}
+FEATURES = ("seed", "extended")
+HORIZONS = (5, 21)
+PLACEBO_SEEDS = (0, 1, 2)
+#: Exits (stop-loss, take-profit): the seed's preset and the wide pair; both stay at the broker.
+EXITS = {"seed": (-0.05, 0.10), "wide": (-0.15, 0.30)}
+PORTFOLIOS = ("seed3", "book7")
+#: Round 3's configurations, counted in N of the deflated Sharpe ratio (research.md).
+ROUND3_TRIALS = len(UNIVERSES) * len(FEATURES) * len(HORIZONS) * len(PORTFOLIOS) * len(EXITS)
+N_TRIALS = ALL_ROUNDS_TRIALS + ROUND3_TRIALS
+
+
+@dataclass(frozen=True)
+class Stream:
+    """What the walk-forward predictions depend on."""
+
+    universe: str
+    features: str
+    horizon: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.universe}_{self.features}_h{self.horizon}"
+
+
+@dataclass(frozen=True)
+class Config:
+    stream: Stream
+    portfolio: str
+    exits: str
+
+    @property
+    def name(self) -> str:
+        return f"r3_{self.stream.name}_{self.portfolio}_{self.exits}"
+
+    @property
+    def changes(self) -> int:
+        """Settings changed from today's defaults (watchlist, seed, h5, seed3, seed exits)."""
+        s = self.stream
+        return sum(
+            (
+                s.universe != "watchlist",
+                s.features != "seed",
+                s.horizon != 5,
+                self.portfolio != "seed3",
+                self.exits != "seed",
+            )
+        )
+
+
+STREAMS = [Stream(u, f, h) for u in UNIVERSES for f in FEATURES for h in HORIZONS]
+GRID = [Config(s, p, x) for s in STREAMS for p in PORTFOLIOS for x in EXITS]
+assert len(GRID) == ROUND3_TRIALS
+
+
+def settings_for(config: Config | Stream) -> Settings:
+    """Today's defaults with the configuration's levers set, as a user would in .env."""
+    stream = config.stream if isinstance(config, Config) else config
+    overrides: dict[str, Any] = {
+        "universe": stream.universe,
+        "ai_feature_set": stream.features,
+        "ai_prediction_horizon_days": stream.horizon,
+    }
+    if isinstance(config, Config):
+        stop, target = EXITS[config.exits]
+        overrides.update(risk_stop_loss_pct=stop, risk_take_profit_pct=target)
+        if config.portfolio == "book7":
+            overrides.update(
+                strategy_portfolio="book",
+                strategy_rebalance_every=stream.horizon,
+                strategy_entry_top_k=7,
+            )
+    return Settings(_env_file=None, **overrides)  # type: ignore[call-arg]
+
+
+def universe_of(name: str) -> tuple[CsvMarketData, Universe, str]:
+    data_dir = DATA / UNIVERSES[name]
+    market = CsvMarketData(data_dir)
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    return market, resolve_universe(name, settings.watchlist, market), str(data_dir)
+
+
+def plan_for(
+    config: Config | Stream, period: str, *, model: str = "walk_forward", placebo: bool = False
+) -> PlannedRun:
+    stream = config.stream if isinstance(config, Config) else config
+    market, universe, data_dir = universe_of(stream.universe)
+    request = BacktestRequest(
+        symbols=universe.tradable,
+        feature_symbols=universe.feature_only,
+        start=PERIODS[period][0],
+        end=PERIODS[period][1],
+        model=model,  # type: ignore[arg-type]
+        placebo=placebo,
+    )
+    return plan_request(request, settings_for(config), market, data_dir=data_dir)
+
+
+def windows_path(stream: Stream, period: str, seed: int | None) -> Path:
+    kind = "real" if seed is None else f"placebo{seed}"
+    return OUT_DIR / f"windows_{period}_{stream.name}_{kind}.pkl"
+
+
+def with_seed(plan: PlannedRun, seed: int | None) -> PlannedRun:
+    """The plan's walk-forward with placebo seed `seed` (None: the real model)."""
+    assert plan.walk_forward is not None
+    wf = replace(plan.walk_forward, shuffle_labels=seed is not None, seed=seed or 0)
+    return replace(plan, walk_forward=wf, request=replace(plan.request, placebo=seed is not None))
+
+
+def windows_for(plan: PlannedRun, stream: Stream, period: str, seed: int | None) -> list[Any]:
+    """The stream's window results, computed once and kept on disk."""
+    path = windows_path(stream, period, seed)
+    if path.exists():
+        return list(pickle.loads(path.read_bytes()))  # noqa: S301 (our own file)
+    started = time.perf_counter()
+    last = [0.0]
+
+    def progress(done: int, total: int) -> None:
+        if time.perf_counter() - last[0] > 60 or done == total:
+            last[0] = time.perf_counter()
+            print(f"  {stream.name} seed {seed}: window {done}/{total}", flush=True)
+
+    results: list[WindowResult] = collect_locally(with_seed(plan, seed), progress)
+    path.write_bytes(pickle.dumps(results))
+    print(
+        f"{period} {stream.name} {'real' if seed is None else f'placebo {seed}'}: "
+        f"{len(results)} windows in {time.perf_counter() - started:.0f}s",
+        flush=True,
+    )
+    return results
+
+
+def figures(result: BacktestResult) -> dict[str, Any]:
+    """The report's figures the rule and the tables read, and the daily returns."""
+    report = to_report(result)
+    perf = report["performance"]
+    equity = result.equity_series()
+    returns = equity.pct_change().dropna()
+    return {
+        "sharpe": perf.get("sharpe_ratio"),
+        "cagr": perf.get("annualized_return"),
+        "max_dd": perf.get("max_drawdown"),
+        "turnover": perf.get("turnover"),
+        "avg_holding": perf.get("avg_holding_days"),
+        "trades": perf.get("num_trades"),
+        "exposure": perf.get("exposure"),
+        "exit_reasons": report.get("exit_reasons"),
+        "benchmarks": {
+            name: {k: b.get(k) for k in ("sharpe_ratio", "annualized_return", "max_drawdown")}
+            for name, b in report["benchmarks"].items()
+        },
+        "daily_returns": [round(float(r), 10) for r in returns.to_numpy()],
+    }
+
+
+def replay(config: Config, period: str, *, report_dir: Path | None = None) -> dict[str, Any]:
+    """One configuration beside its three placebos (windows from the stream's cache)."""
+    plan = plan_for(config, period)
+    out: dict[str, Any] = {"config": config.name, "period": period, "placebos": []}
+    for seed in (None, *PLACEBO_SEEDS):
+        planned = with_seed(plan, seed)
+        result = run_planned(planned, windows=windows_for(plan, config.stream, period, seed))
+        if seed is None:
+            out["real"] = figures(result)
+        else:
+            out["placebos"].append(figures(result))
+        if report_dir is not None:
+            kind = "" if seed is None else f"_placebo{seed}"
+            path = report_dir / f"{config.name}{kind}.json"
+            path.write_text(json.dumps(to_report(result), indent=1))
+    return out
+
+
+def momentum(universe: str, period: str) -> dict[str, Any]:
+    """The plain factor rule on the universe's files: 12-1 momentum, top 7, monthly, the seed's
+    limits and exits (a fixed baseline: not tuned, not a trial)."""
+    path = OUT_DIR / f"{period}_momentum_{universe}.json"
+    if path.exists():
+        return dict(json.loads(path.read_text()))
+    plan = plan_for(Stream(universe, "seed", 5), period, model="momentum")
+    result = run_planned(plan)
+    fig = figures(result)
+    path.write_text(json.dumps(fig))
+    (OUT_DIR / f"{period}_momentum_{universe}_report.json").write_text(
+        json.dumps(to_report(result), indent=1)
+    )
+    return fig
+
+
+def _median(values: Sequence[float | None]) -> float | None:
+    finite = [v for v in values if v is not None]
+    return float(np.median(finite)) if finite else None
+
+
+def verdict(data: dict[str, Any], mom: dict[str, Any]) -> dict[str, Any]:
+    """Round 3's selection rule (research.md), step 1 and the ranking margin of step 2."""
+    real = data["real"]
+    spy = real["benchmarks"].get("spy_buy_and_hold", {})
+    spy_sharpe = spy.get("sharpe_ratio") or 0.0
+    spy_dd = spy.get("max_drawdown") or -1.0
+    placebo = _median([p["sharpe"] for p in data["placebos"]])
+    sharpe = real["sharpe"]
+    tests = {
+        "trades": (real["trades"] or 0) >= 50,
+        "exposure": (real["exposure"] or 0.0) >= 0.5,
+        "spy": sharpe is not None and sharpe > spy_sharpe,
+        "drawdown": real["max_dd"] is not None and real["max_dd"] >= spy_dd,
+        "momentum": sharpe is not None and sharpe > (mom["sharpe"] or 0.0),
+        "placebo": sharpe is not None and sharpe > (placebo or 0.0),
+    }
+    margin = None
+    if sharpe is not None:
+        margin = min(sharpe - (mom["sharpe"] or 0.0), sharpe - (placebo or 0.0))
+    return {
+        "placebo_sharpe": placebo,
+        "fails": [name for name, ok in tests.items() if not ok],
+        "eligible": all(tests.values()),
+        "margin": margin,
+    }
+
+
+def ranking(rows: dict[str, dict[str, Any]]) -> list[str]:
+    """Step 2: the eligible by margin; within 0.05 of the best, fewer changes first."""
+    eligible = [(v["margin"], name) for name, v in rows.items() if v["eligible"]]
+    if not eligible:
+        return []
+    best = max(m for m, _ in eligible)
+    changes = {c.name: c.changes for c in GRID}
+    near = sorted((n for m, n in eligible if m >= best - 0.05), key=lambda n: changes[n])
+    near = sorted(near, key=lambda n: (changes[n], -rows[n]["margin"]))
+    rest = [n for m, n in sorted(eligible, reverse=True) if n not in near]
+    return near + rest
+
+
+def _f(value: Any, pct: bool = False) -> str:
+    if value is None:
+        return "-"
+    return f"{value * 100:.1f} %" if pct else f"{value:.2f}"
+
+
+def table(period: str) -> str:
+    """Every stored configuration of `period` with the rule's verdict, and the ranking."""
+    rows = [
+        "| configuration | Sharpe | CAGR | maxDD | exposure | trades | placebo Sharpe 0/1/2 "
+        "(median) | momentum Sharpe | SPY Sharpe / maxDD | EW Sharpe | margin | fails |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    verdicts: dict[str, dict[str, Any]] = {}
+    for config in GRID:
+        path = OUT_DIR / f"{period}_{config.name}.json"
+        if not path.exists():
+            continue
+        data = json.loads(path.read_text())
+        mom = momentum(config.stream.universe, period)
+        v = verdicts[config.name] = verdict(data, mom)
+        real = data["real"]
+        spy = real["benchmarks"].get("spy_buy_and_hold", {})
+        ew = real["benchmarks"].get("equal_weight_buy_and_hold", {})
+        seeds = " / ".join(_f(p["sharpe"]) for p in data["placebos"])
+        rows.append(
+            f"| {config.name} | {_f(real['sharpe'])} | {_f(real['cagr'], True)} | "
+            f"{_f(real['max_dd'], True)} | {_f(real['exposure'], True)} | {real['trades']} | "
+            f"{seeds} ({_f(v['placebo_sharpe'])}) | {_f(mom['sharpe'])} | "
+            f"{_f(spy.get('sharpe_ratio'))} / {_f(spy.get('max_drawdown'), True)} | "
+            f"{_f(ew.get('sharpe_ratio'))} | {_f(v['margin'])} | "
+            f"{', '.join(v['fails']) or 'eligible'} |"
+        )
+    order = ranking(verdicts)
+    rows.append(
+        f"\n{len(verdicts)} of {len(GRID)} configurations stored. "
+        + (
+            f"Rule's ranking of the eligible: {', '.join(order)}; finalists: {order[:2]}"
+            if order
+            else "No configuration is eligible."
+        )
+    )
+    return "\n".join(rows)
+
+
+def deflated(period: str, names: Sequence[str]) -> None:
+    """DSR of each named configuration with N over all three rounds, the trials' spread from
+    round 1's Sharpes, round 2's and round 3's stored selection runs."""
+    round2 = ROOT / "bench" / "out" / "research"
+    runs = [json.loads(p.read_text())["real"]["daily_returns"] for p in round2.glob("r2_sel*")]
+    runs += [
+        json.loads(p.read_text())["real"]["daily_returns"]
+        for p in OUT_DIR.glob("selection_r3_*.json")
+    ]
+    trials = [s / np.sqrt(252) for s in ROUND1_SHARPES] + trial_sharpes(runs)
+    print(f"deflated Sharpe: N = {N_TRIALS} configurations over rounds 1-3", flush=True)
+    for name in names:
+        for kind in ("selection", period):
+            path = OUT_DIR / f"{kind}_{name}.json"
+            if path.exists():
+                returns = json.loads(path.read_text())["real"]["daily_returns"]
+                dsr = deflated_sharpe_ratio(returns, n_trials=N_TRIALS, trial_sharpes=trials)
+                print(f"{name} {kind}: deflated Sharpe {dsr}", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--predict", action="store_true", help="compute the streams' windows")
+    parser.add_argument("--streams", help="comma-separated stream names (default: all)")
+    parser.add_argument("--seeds", default="real,0,1,2", help="real and/or placebo seeds")
+    parser.add_argument("--replay", action="store_true", help="run every configuration")
+    parser.add_argument("--only", help="comma-separated configuration names")
+    parser.add_argument("--table", action="store_true")
+    parser.add_argument("--holdout", help="finalists to run once on 2016-2021")
+    args = parser.parse_args()
+    # The broad files' rejected bars are reported by `python -m bench.broad_data`, not per run.
+    logging.getLogger("app.market").setLevel(logging.ERROR)
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    if args.table:
+        print(table("selection"))
+        return
+    period = "holdout" if args.holdout else "selection"
+    wanted = [w for w in (args.holdout or args.only or "").split(",") if w]
+    chosen = [c for c in GRID if not wanted or c.name in wanted]
+    if wanted and len(chosen) != len(wanted):
+        parser.error(f"unknown configuration among {wanted}")
+    if args.predict:
+        names = [w for w in (args.streams or "").split(",") if w]
+        seeds = [None if s == "real" else int(s) for s in args.seeds.split(",")]
+        for stream in (s for s in STREAMS if not names or s.name in names):
+            plan = plan_for(stream, period)
+            for seed in seeds:
+                windows_for(plan, stream, period, seed)
+        return
+    report_dir = OUT_DIR / "holdout_reports" if args.holdout else None
+    if report_dir is not None:
+        report_dir.mkdir(exist_ok=True)
+    for config in chosen:
+        started = time.perf_counter()
+        out = replay(config, period, report_dir=report_dir)
+        (OUT_DIR / f"{period}_{config.name}.json").write_text(json.dumps(out))
+        mom = momentum(config.stream.universe, period)
+        v = verdict(out, mom)
+        print(
+            f"{config.name}: Sharpe {_f(out['real']['sharpe'])} exposure "
+            f"{_f(out['real']['exposure'], True)} trades {out['real']['trades']} | placebos "
+            f"{'/'.join(_f(p['sharpe']) for p in out['placebos'])} | momentum "
+            f"{_f(mom['sharpe'])} | margin {_f(v['margin'])} | "
+            f"{', '.join(v['fails']) or 'eligible'} | {time.perf_counter() - started:.0f}s",
+            flush=True,
+        )
+    if args.holdout:
+        deflated(period, [c.name for c in chosen])
+
+
+if __name__ == "__main__":
+    main()
