@@ -60,6 +60,9 @@ PLACEBO_SEEDS = (0, 1, 2)
 #: Exits (stop-loss, take-profit): the seed's preset and the wide pair; both stay at the broker.
 EXITS = {"seed": (-0.05, 0.10), "wide": (-0.15, 0.30)}
 PORTFOLIOS = ("seed3", "book7")
+#: Round 2's 8 configurations, annualised 2008-2015 Sharpe (research.md, round 2's table; their
+#: JSON is not kept): with round 1's, the earlier trials' spread for the deflated Sharpe ratio.
+ROUND2_SHARPES = (0.92, 0.82, 0.67, 0.70, 0.60, 0.35, 0.30, 0.51)
 #: Round 3's configurations, counted in N of the deflated Sharpe ratio (research.md).
 ROUND3_TRIALS = len(UNIVERSES) * len(FEATURES) * len(HORIZONS) * len(PORTFOLIOS) * len(EXITS)
 N_TRIALS = ALL_ROUNDS_TRIALS + ROUND3_TRIALS
@@ -177,7 +180,9 @@ def windows_for(plan: PlannedRun, stream: Stream, period: str, seed: int | None)
             print(f"  {stream.name} seed {seed}: window {done}/{total}", flush=True)
 
     results: list[WindowResult] = collect_locally(with_seed(plan, seed), progress)
-    path.write_bytes(pickle.dumps(results))
+    partial = path.with_suffix(".partial")
+    partial.write_bytes(pickle.dumps(results))
+    partial.replace(path)  # a reader never sees half a file
     print(
         f"{period} {stream.name} {'real' if seed is None else f'placebo {seed}'}: "
         f"{len(results)} windows in {time.perf_counter() - started:.0f}s",
@@ -209,11 +214,23 @@ def figures(result: BacktestResult) -> dict[str, Any]:
     }
 
 
-def replay(config: Config, period: str, *, report_dir: Path | None = None) -> dict[str, Any]:
-    """One configuration beside its three placebos (windows from the stream's cache)."""
+def replay(
+    config: Config, period: str, *, report_dir: Path | None = None, lazy: bool = False
+) -> dict[str, Any]:
+    """One configuration beside its three placebos (windows from the stream's cache).
+
+    `lazy`: the placebos only when the configuration passes every other test of the rule.
+    The rule's outcome is the same (a configuration that fails a test is not eligible, and
+    the ranking only reads the eligible's placebos); a broad placebo stream costs about ten
+    minutes of this machine's two cores."""
     plan = plan_for(config, period)
     out: dict[str, Any] = {"config": config.name, "period": period, "placebos": []}
     for seed in (None, *PLACEBO_SEEDS):
+        if seed is not None and lazy:
+            fails = verdict(out, momentum(config.stream.universe, period))["fails"]
+            if set(fails) - {"placebo"}:
+                out["placebos_skipped"] = f"fails {', '.join(fails)} whatever its placebo"
+                break
         planned = with_seed(plan, seed)
         result = run_planned(planned, windows=windows_for(plan, config.stream, period, seed))
         if seed is None:
@@ -254,7 +271,7 @@ def verdict(data: dict[str, Any], mom: dict[str, Any]) -> dict[str, Any]:
     spy = real["benchmarks"].get("spy_buy_and_hold", {})
     spy_sharpe = spy.get("sharpe_ratio") or 0.0
     spy_dd = spy.get("max_drawdown") or -1.0
-    placebo = _median([p["sharpe"] for p in data["placebos"]])
+    placebo = _median([p["sharpe"] for p in data.get("placebos", [])])
     sharpe = real["sharpe"]
     tests = {
         "trades": (real["trades"] or 0) >= 50,
@@ -262,11 +279,11 @@ def verdict(data: dict[str, Any], mom: dict[str, Any]) -> dict[str, Any]:
         "spy": sharpe is not None and sharpe > spy_sharpe,
         "drawdown": real["max_dd"] is not None and real["max_dd"] >= spy_dd,
         "momentum": sharpe is not None and sharpe > (mom["sharpe"] or 0.0),
-        "placebo": sharpe is not None and sharpe > (placebo or 0.0),
+        "placebo": sharpe is not None and placebo is not None and sharpe > placebo,
     }
     margin = None
-    if sharpe is not None:
-        margin = min(sharpe - (mom["sharpe"] or 0.0), sharpe - (placebo or 0.0))
+    if sharpe is not None and placebo is not None:
+        margin = min(sharpe - (mom["sharpe"] or 0.0), sharpe - placebo)
     return {
         "placebo_sharpe": placebo,
         "fails": [name for name, ok in tests.items() if not ok],
@@ -312,7 +329,7 @@ def table(period: str) -> str:
         real = data["real"]
         spy = real["benchmarks"].get("spy_buy_and_hold", {})
         ew = real["benchmarks"].get("equal_weight_buy_and_hold", {})
-        seeds = " / ".join(_f(p["sharpe"]) for p in data["placebos"])
+        seeds = " / ".join(_f(p["sharpe"]) for p in data["placebos"]) or "not run"
         rows.append(
             f"| {config.name} | {_f(real['sharpe'])} | {_f(real['cagr'], True)} | "
             f"{_f(real['max_dd'], True)} | {_f(real['exposure'], True)} | {real['trades']} | "
@@ -335,14 +352,13 @@ def table(period: str) -> str:
 
 def deflated(period: str, names: Sequence[str]) -> None:
     """DSR of each named configuration with N over all three rounds, the trials' spread from
-    round 1's Sharpes, round 2's and round 3's stored selection runs."""
-    round2 = ROOT / "bench" / "out" / "research"
-    runs = [json.loads(p.read_text())["real"]["daily_returns"] for p in round2.glob("r2_sel*")]
-    runs += [
+    rounds 1 and 2's published Sharpes and round 3's stored selection runs."""
+    runs = [
         json.loads(p.read_text())["real"]["daily_returns"]
         for p in OUT_DIR.glob("selection_r3_*.json")
     ]
-    trials = [s / np.sqrt(252) for s in ROUND1_SHARPES] + trial_sharpes(runs)
+    earlier = (*ROUND1_SHARPES, *ROUND2_SHARPES)
+    trials = [s / np.sqrt(252) for s in earlier] + trial_sharpes(runs)
     print(f"deflated Sharpe: N = {N_TRIALS} configurations over rounds 1-3", flush=True)
     for name in names:
         for kind in ("selection", period):
@@ -361,6 +377,11 @@ def main() -> None:
     parser.add_argument("--replay", action="store_true", help="run every configuration")
     parser.add_argument("--only", help="comma-separated configuration names")
     parser.add_argument("--table", action="store_true")
+    parser.add_argument(
+        "--lazy-placebos",
+        action="store_true",
+        help="replay: placebos only for configurations that pass every other test",
+    )
     parser.add_argument("--holdout", help="finalists to run once on 2016-2021")
     args = parser.parse_args()
     # The broad files' rejected bars are reported by `python -m bench.broad_data`, not per run.
@@ -387,14 +408,14 @@ def main() -> None:
         report_dir.mkdir(exist_ok=True)
     for config in chosen:
         started = time.perf_counter()
-        out = replay(config, period, report_dir=report_dir)
+        out = replay(config, period, report_dir=report_dir, lazy=args.lazy_placebos)
         (OUT_DIR / f"{period}_{config.name}.json").write_text(json.dumps(out))
         mom = momentum(config.stream.universe, period)
         v = verdict(out, mom)
         print(
             f"{config.name}: Sharpe {_f(out['real']['sharpe'])} exposure "
             f"{_f(out['real']['exposure'], True)} trades {out['real']['trades']} | placebos "
-            f"{'/'.join(_f(p['sharpe']) for p in out['placebos'])} | momentum "
+            f"{'/'.join(_f(p['sharpe']) for p in out['placebos']) or 'not run'} | momentum "
             f"{_f(mom['sharpe'])} | margin {_f(v['margin'])} | "
             f"{', '.join(v['fails']) or 'eligible'} | {time.perf_counter() - started:.0f}s",
             flush=True,
