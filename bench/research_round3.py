@@ -44,7 +44,7 @@ from app.backtest.walk_forward_window import WindowResult
 from app.config import Settings
 from app.market.sources import CsvMarketData
 from app.market.universe import Universe, resolve_universe
-from bench.research_runs import ALL_ROUNDS_TRIALS, ROUND1_SHARPES, trial_sharpes
+from bench.research_runs import ALL_ROUNDS_TRIALS, ROUND1_SHARPES, TRIALS_BY_ROUND, trial_sharpes
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -65,7 +65,8 @@ PORTFOLIOS = ("seed3", "book7")
 ROUND2_SHARPES = (0.92, 0.82, 0.67, 0.70, 0.60, 0.35, 0.30, 0.51)
 #: Round 3's configurations, counted in N of the deflated Sharpe ratio (research.md).
 ROUND3_TRIALS = len(UNIVERSES) * len(FEATURES) * len(HORIZONS) * len(PORTFOLIOS) * len(EXITS)
-N_TRIALS = ALL_ROUNDS_TRIALS + ROUND3_TRIALS
+assert TRIALS_BY_ROUND[3] == ROUND3_TRIALS
+N_TRIALS = ALL_ROUNDS_TRIALS
 
 
 @dataclass(frozen=True)
@@ -299,8 +300,9 @@ def ranking(rows: dict[str, dict[str, Any]]) -> list[str]:
         return []
     best = max(m for m, _ in eligible)
     changes = {c.name: c.changes for c in GRID}
-    near = sorted((n for m, n in eligible if m >= best - 0.05), key=lambda n: changes[n])
-    near = sorted(near, key=lambda n: (changes[n], -rows[n]["margin"]))
+    near = sorted(
+        (n for m, n in eligible if m >= best - 0.05), key=lambda n: (changes[n], -rows[n]["margin"])
+    )
     rest = [n for m, n in sorted(eligible, reverse=True) if n not in near]
     return near + rest
 

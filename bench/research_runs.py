@@ -96,9 +96,9 @@ ROUND2 = [
 ]
 ROUND2_PLACEBO_SEEDS = (0, 1, 2)
 #: Configurations tried in each round (research.md), each counted once over all rounds: round
-#: 2's r2_h5_excess_top3_conf55 was round 1's h5_excess_top3_conf55, so round 2 adds 7. A new
-#: round adds its count here before its hold-out is run.
-TRIALS_BY_ROUND = {1: len(CANDIDATES), 2: len(ROUND2) - 1}
+#: 2's r2_h5_excess_top3_conf55 was round 1's h5_excess_top3_conf55, so round 2 adds 7; round 3
+#: (bench/research_round3.py) 32. A new round adds its count here before its hold-out is run.
+TRIALS_BY_ROUND = {1: len(CANDIDATES), 2: len(ROUND2) - 1, 3: 32}
 #: N of every hold-out's deflated Sharpe ratio: all configurations tried over every round.
 ALL_ROUNDS_TRIALS = sum(TRIALS_BY_ROUND.values())
 
