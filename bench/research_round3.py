@@ -313,6 +313,12 @@ def _f(value: Any, pct: bool = False) -> str:
     return f"{value * 100:.1f} %" if pct else f"{value:.2f}"
 
 
+def _fails(v: dict[str, Any], data: dict[str, Any]) -> str:
+    if not data.get("placebos"):
+        return ", ".join(f if f != "placebo" else "(placebos not run)" for f in v["fails"])
+    return ", ".join(v["fails"]) or "eligible"
+
+
 def table(period: str) -> str:
     """Every stored configuration of `period` with the rule's verdict, and the ranking."""
     rows = [
@@ -338,7 +344,7 @@ def table(period: str) -> str:
             f"{seeds} ({_f(v['placebo_sharpe'])}) | {_f(mom['sharpe'])} | "
             f"{_f(spy.get('sharpe_ratio'))} / {_f(spy.get('max_drawdown'), True)} | "
             f"{_f(ew.get('sharpe_ratio'))} | {_f(v['margin'])} | "
-            f"{', '.join(v['fails']) or 'eligible'} |"
+            f"{_fails(v, data)} |"
         )
     order = ranking(verdicts)
     rows.append(
