@@ -10,19 +10,25 @@ METRICS_DIR := $(abspath logs/prometheus-multiproc)
 
 .PHONY: run test install install-dev migrate lint clean
 
+# The pinned requirements are installed by uv (pinned here; pip installs it first): the same
+# wheels as pip, in 4 s instead of 37 s on a 2-core machine, which every fresh clone, `make
+# clean` and CI run pays. uv does not byte-compile (pip's --no-compile: compiling every
+# installed module took 30 s of a 75 s first start); Python compiles what it imports, on first
+# use, and keeps it: bytecode writing stays on even where the shell sets
+# PYTHONDONTWRITEBYTECODE, or every process would compile again.
+UV_VERSION := 0.13.9
+UV := $(BIN)/uv pip install --quiet --python $(BIN)/python
+
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet uv==$(UV_VERSION)
 
-# --no-compile: byte-compiling every installed module took 30 s of a 75 s first start; Python
-# compiles only the modules it imports, on first use, and keeps them: bytecode writing stays on
-# even where the shell sets PYTHONDONTWRITEBYTECODE, or every process would compile again.
 $(VENV)/.installed: $(BIN)/activate requirements.txt
-	$(BIN)/python -m pip install --quiet --no-compile -r requirements.txt
+	$(UV) -r requirements.txt
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
-	$(BIN)/python -m pip install --quiet --no-compile -r requirements-dev.txt
+	$(UV) -r requirements-dev.txt
 	touch $@
 
 install: $(VENV)/.installed
