@@ -39,12 +39,18 @@ from app.backtest.requests import (
     plan_request,
     run_planned,
 )
-from app.backtest.results import BacktestResult
 from app.backtest.walk_forward_window import WindowResult
 from app.config import Settings
 from app.market.sources import CsvMarketData
 from app.market.universe import Universe, resolve_universe
-from bench.research_runs import ALL_ROUNDS_TRIALS, ROUND1_SHARPES, TRIALS_BY_ROUND, trial_sharpes
+from bench.research_runs import (
+    ALL_ROUNDS_TRIALS,
+    ROUND1_SHARPES,
+    TRIALS_BY_ROUND,
+    figures,
+    median_of,
+    trial_sharpes,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -192,29 +198,6 @@ def windows_for(plan: PlannedRun, stream: Stream, period: str, seed: int | None)
     return results
 
 
-def figures(result: BacktestResult) -> dict[str, Any]:
-    """The report's figures the rule and the tables read, and the daily returns."""
-    report = to_report(result)
-    perf = report["performance"]
-    equity = result.equity_series()
-    returns = equity.pct_change().dropna()
-    return {
-        "sharpe": perf.get("sharpe_ratio"),
-        "cagr": perf.get("annualized_return"),
-        "max_dd": perf.get("max_drawdown"),
-        "turnover": perf.get("turnover"),
-        "avg_holding": perf.get("avg_holding_days"),
-        "trades": perf.get("num_trades"),
-        "exposure": perf.get("exposure"),
-        "exit_reasons": report.get("exit_reasons"),
-        "benchmarks": {
-            name: {k: b.get(k) for k in ("sharpe_ratio", "annualized_return", "max_drawdown")}
-            for name, b in report["benchmarks"].items()
-        },
-        "daily_returns": [round(float(r), 10) for r in returns.to_numpy()],
-    }
-
-
 def replay(
     config: Config, period: str, *, report_dir: Path | None = None, lazy: bool = False
 ) -> dict[str, Any]:
@@ -261,18 +244,13 @@ def momentum(universe: str, period: str) -> dict[str, Any]:
     return fig
 
 
-def _median(values: Sequence[float | None]) -> float | None:
-    finite = [v for v in values if v is not None]
-    return float(np.median(finite)) if finite else None
-
-
 def verdict(data: dict[str, Any], mom: dict[str, Any]) -> dict[str, Any]:
     """Round 3's selection rule (research.md), step 1 and the ranking margin of step 2."""
     real = data["real"]
     spy = real["benchmarks"].get("spy_buy_and_hold", {})
     spy_sharpe = spy.get("sharpe_ratio") or 0.0
     spy_dd = spy.get("max_drawdown") or -1.0
-    placebo = _median([p["sharpe"] for p in data.get("placebos", [])])
+    placebo = median_of([p["sharpe"] for p in data.get("placebos", [])])
     sharpe = real["sharpe"]
     tests = {
         "trades": (real["trades"] or 0) >= 50,

@@ -378,7 +378,7 @@ def main() -> None:
 ROUND1_SHARPES = (0.45, 0.84, 0.80, 0.49, 0.70, 0.64, 0.38, 0.83, 0.68, 1.14, 0.47)
 
 
-def _median(values: list[float | None]) -> float | None:
+def median_of(values: list[float | None]) -> float | None:
     finite = [v for v in values if v is not None]
     return float(np.median(finite)) if finite else None
 
@@ -388,8 +388,8 @@ def round2_verdict(data: dict[str, Any]) -> dict[str, Any]:
     real = data["real"]
     spy = real["benchmarks"].get("spy_buy_and_hold", {})
     spy_sharpe, spy_dd = spy.get("sharpe_ratio") or 0.0, spy.get("max_drawdown") or -1.0
-    placebo_sharpe = _median([p["sharpe"] for p in data["placebos"]])
-    placebo_dd = _median([p["max_dd"] for p in data["placebos"]])
+    placebo_sharpe = median_of([p["sharpe"] for p in data["placebos"]])
+    placebo_dd = median_of([p["max_dd"] for p in data["placebos"]])
 
     def beats(sharpe: float | None, dd: float | None) -> bool:
         return sharpe is not None and dd is not None and sharpe > spy_sharpe and dd > spy_dd
