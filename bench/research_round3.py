@@ -119,22 +119,25 @@ assert len(GRID) == ROUND3_TRIALS
 
 
 def settings_for(config: Config | Stream) -> Settings:
-    """Today's defaults with the configuration's levers set, as a user would in .env."""
+    """The configuration's levers, each set, as a user would in .env; every other setting is
+    the default. A Stream alone (momentum, predictions) gets `seed3` and the seed's exits, so
+    no row depends on what the defaults are when it runs."""
     stream = config.stream if isinstance(config, Config) else config
+    portfolio, exits = (
+        (config.portfolio, config.exits) if isinstance(config, Config) else ("seed3", "seed")
+    )
+    stop, target = EXITS[exits]
+    book = portfolio == "book7"
     overrides: dict[str, Any] = {
         "universe": stream.universe,
         "ai_feature_set": stream.features,
         "ai_prediction_horizon_days": stream.horizon,
+        "risk_stop_loss_pct": stop,
+        "risk_take_profit_pct": target,
+        "strategy_portfolio": "book" if book else "signals",
+        "strategy_entry_top_k": 7 if book else 3,
+        "strategy_rebalance_every": stream.horizon if book else 0,
     }
-    if isinstance(config, Config):
-        stop, target = EXITS[config.exits]
-        overrides.update(risk_stop_loss_pct=stop, risk_take_profit_pct=target)
-        if config.portfolio == "book7":
-            overrides.update(
-                strategy_portfolio="book",
-                strategy_rebalance_every=stream.horizon,
-                strategy_entry_top_k=7,
-            )
     return Settings(_env_file=None, **overrides)  # type: ignore[call-arg]
 
 
