@@ -30,7 +30,7 @@ from app.ai.ensemble import ModelBundle, daily_ic
 from app.ai.features import (
     LABEL_COLUMN,
     LABEL_END_COLUMN,
-    LABEL_HORIZON,
+    label_sessions,
     trained_feature_set,
     trained_label,
 )
@@ -67,10 +67,12 @@ def _seen_until(meta: dict[str, Any]) -> pd.Timestamp | None:
 
 
 def comparison_rows(
-    features: pd.DataFrame, challenger: ModelBundle, champion: ModelBundle, gap: int = LABEL_HORIZON
+    features: pd.DataFrame, challenger: ModelBundle, champion: ModelBundle
 ) -> pd.DataFrame:
     """The challenger's calibration rows that the champion never saw either (see module doc)."""
     meta = challenger.metadata
+    # Both were trained for the same label (checked before): its sessions are the gap.
+    gap = label_sessions(trained_label(meta)[0])
     start, end = meta.get("calibration_start"), meta.get("calibration_end")
     known_by = meta.get("labels_known_by")
     seen = _seen_until(champion.metadata)
@@ -84,7 +86,8 @@ def comparison_rows(
         & features[LABEL_COLUMN].notna()
         & (features[LABEL_END_COLUMN] <= pd.Timestamp(known_by))
     ]
-    # The champion's last labels end up to `gap` sessions after `seen`: skip those dates too.
+    # The champion's last labels end up to `gap` sessions after `seen` (h + 1: a 21-session
+    # label overlaps 22 later dates, not the seed label's 2): skip those dates too.
     later = np.unique(dates[dates > seen])
     if len(later) <= gap:
         return features.iloc[0:0]

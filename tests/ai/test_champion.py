@@ -8,7 +8,8 @@ import json
 from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -17,9 +18,9 @@ from flask import Flask
 from scipy.stats import spearmanr
 from sqlalchemy import select
 
-from app.ai.champion import MIN_GATE_SESSIONS, settle
+from app.ai.champion import MIN_GATE_SESSIONS, comparison_rows, settle
 from app.ai.ensemble import ModelBundle
-from app.ai.features import LABEL_COLUMN, LABEL_HORIZON, build_features
+from app.ai.features import LABEL_COLUMN, LABEL_END_COLUMN, LABEL_HORIZON, build_features
 from app.ai.store import ModelStore
 from app.ai.training import fit_and_save, load_bars, train, training_window
 from app.config import load_settings
@@ -249,3 +250,30 @@ def test_a_champion_trained_for_another_label_is_replaced(
     assert decision.kept == "challenger", decision
     assert decision.reason == "the champion was trained for another label (1-session raw)"
     assert store.current_version() == decision.challenger != first["version"]
+
+
+@pytest.mark.parametrize("horizon", [1, 5, 21])
+def test_the_gate_skips_the_label_span_after_the_champion_saw_its_last_date(horizon: int) -> None:
+    """A champion whose last seen date is d learned labels that end h + 1 sessions after d: the
+    gate scores neither model on those dates (for h = 21, 22 of them, not the seed label's 2)."""
+    dates = pd.bdate_range("2021-01-04", periods=120)
+    index = pd.MultiIndex.from_product([dates, ["AAA", "BBB"]], names=["date", "symbol"])
+    features = pd.DataFrame({LABEL_COLUMN: 0.01, LABEL_END_COLUMN: dates[0]}, index=index)
+    seen = dates[39]
+    label = {"horizon": horizon, "label_normalisation": "excess"}
+    challenger = cast(
+        ModelBundle,
+        SimpleNamespace(
+            metadata={
+                **label,
+                "calibration_start": str(dates[20].date()),
+                "calibration_end": str(dates[-1].date()),
+                "labels_known_by": str(dates[-1].date()),
+            }
+        ),
+    )
+    champion = cast(ModelBundle, SimpleNamespace(metadata={**label, "val_end": str(seen.date())}))
+    rows = comparison_rows(features, challenger, champion)
+    first = rows.index.get_level_values("date").min()
+    assert first == dates[39 + horizon + 2]  # the first date after seen + (h + 1)
+    assert rows.index.get_level_values("date").nunique() == 120 - (40 + horizon + 1)
