@@ -144,12 +144,13 @@ class Settings(BaseSettings):
     backtest_max_per_user: int = Field(default=2, ge=1, le=100)
     backtest_max_queued: int = Field(default=4, ge=1, le=1000)
 
-    # --- risk (the seed's defaults) ---
+    # --- risk (the seed's limits; the exits chosen by research round 3, docs/research.md:
+    # the seed's -5 % / +10 % are in presets/seed.env) ---
     risk_max_portfolio_exposure: float = Field(default=0.80, gt=0, le=1)
     risk_max_positions: int = Field(default=7, ge=1, le=500)
     risk_max_position_size: float = Field(default=0.10, gt=0, le=1)
-    risk_stop_loss_pct: float = Field(default=-0.05, gt=-1, lt=0)
-    risk_take_profit_pct: float = Field(default=0.10, gt=0)
+    risk_stop_loss_pct: float = Field(default=-0.15, gt=-1, lt=0)
+    risk_take_profit_pct: float = Field(default=0.30, gt=0)
     risk_max_daily_loss: float = Field(default=-0.02, gt=-1, lt=0)
     #: Entries are sized and checked as if they fill this much above the decision price (the
     #: gap to the next open plus slippage), so the caps still hold after the fill.
@@ -178,12 +179,12 @@ class Settings(BaseSettings):
     strategy_risk_budget: float = Field(default=0.002, gt=0, le=0.1)
     #: Rank entries: only the k best-scored of today's signals (the whole watchlist) may be
     #: bought, each still clearing the BUY floors; 0: every BUY signal (the seed's rule).
-    #: 3: chosen on 2008-2015 (docs/research.md, rounds 1 and 2).
-    strategy_entry_top_k: int = Field(default=3, ge=0, le=100)
+    #: 7 (the book, research round 3); the signal rule's 3 was rounds 1 and 2's choice.
+    strategy_entry_top_k: int = Field(default=7, ge=0, le=100)
     #: signals: buy what clears the BUY floors and the confidence, sized by volatility (the
     #: seed's rule); book: hold the STRATEGY_ENTRY_TOP_K best-predicted names at the position
     #: cap, sell those out of the best 2 x k at a rebalance (app/trading/book.py).
-    strategy_portfolio: str = Field(default="signals", pattern="^(signals|book)$")
+    strategy_portfolio: str = Field(default="book", pattern="^(signals|book)$")
     #: book: sessions between rebalances; 0: the label horizon (AI_PREDICTION_HORIZON_DAYS).
     strategy_rebalance_every: int = Field(default=0, ge=0, le=252)
 
@@ -196,8 +197,9 @@ class Settings(BaseSettings):
     ai_signal_buy_threshold: float = Field(default=0.0001, gt=0)
     ai_signal_sell_threshold: float = Field(default=-0.005, lt=0)
     ai_confidence_threshold: float = Field(default=0.52, ge=0, le=1)
-    #: Label: open[t+1+h] / open[t+1] - 1, h sessions after the next open (the seed's h = 1).
-    ai_prediction_horizon_days: int = Field(default=5, ge=1, le=60)
+    #: Label: open[t+1+h] / open[t+1] - 1, h sessions after the next open (the seed's h = 1;
+    #: round 2's 5; round 3's 21, a month).
+    ai_prediction_horizon_days: int = Field(default=21, ge=1, le=60)
     #: raw | excess (minus the watchlist's mean that date) | rank (the watchlist's rank).
     ai_label_normalisation: str = Field(default="excess", pattern="^(raw|excess|rank)$")
     #: Model inputs: seed (the original columns) | extended (+ longer memory, sector relative
@@ -217,8 +219,9 @@ class Settings(BaseSettings):
     watchlist: Annotated[tuple[str, ...], NoDecode] = tuple(DEFAULT_WATCHLIST.split(","))
     #: What the install trades (decision cycles, training, backtests, API and CLI defaults):
     #: "watchlist" (WATCHLIST), the name of a universe file shipped in app/market/universes
-    #: ("broad": 646 US stocks), or the path of a file, one symbol a line.
-    universe: str = "watchlist"
+    #: ("broad": 646 US stocks, research round 3's choice), or the path of a file, one symbol
+    #: a line. Sim on the synthetic demo market (no DATA_DIR) trades the watchlist.
+    universe: str = "broad"
 
     @field_validator("watchlist", mode="before")
     @classmethod

@@ -1,11 +1,13 @@
-"""Settings: the seed's defaults, and one line naming the key for every bad value."""
+"""Settings: the defaults, the seed preset, and one line naming the key for every bad value."""
 
 from __future__ import annotations
 
 import pytest
+from dotenv import dotenv_values
 
 from app.config import DEFAULT_WATCHLIST, TradingMode, load_settings
 from app.errors import ConfigError
+from tests.support import ROOT
 
 PAPER = {
     "TRADING_MODE": "paper",
@@ -17,7 +19,24 @@ PAPER = {
 }
 
 
-def test_seed_defaults() -> None:
+PRESET_KEYS = (
+    "UNIVERSE",
+    "AI_FEATURE_SET",
+    "AI_PREDICTION_HORIZON_DAYS",
+    "STRATEGY_PORTFOLIO",
+    "STRATEGY_ENTRY_TOP_K",
+    "STRATEGY_REBALANCE_EVERY",
+    "RISK_STOP_LOSS_PCT",
+    "RISK_TAKE_PROFIT_PCT",
+)
+
+
+def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The seed's limits with research round 3's strategy (docs/research.md): the broad
+    universe, a 21-session excess label, a book of the 7 best at the 10 % cap rebalanced every
+    21 sessions, exits at -15 % / +30 % at the broker."""
+    for key in PRESET_KEYS:  # the suite runs under presets/seed.env (tests/conftest.py)
+        monkeypatch.delenv(key, raising=False)
     s = load_settings()
     assert s.trading_mode is TradingMode.SIM
     assert (s.risk_max_portfolio_exposure, s.risk_max_positions, s.risk_max_position_size) == (
@@ -26,18 +45,41 @@ def test_seed_defaults() -> None:
         0.10,
     )
     assert (s.risk_stop_loss_pct, s.risk_take_profit_pct, s.risk_max_daily_loss) == (
-        -0.05,
-        0.10,
+        -0.15,
+        0.30,
         -0.02,
     )
-    assert (s.ai_signal_buy_threshold, s.ai_signal_sell_threshold) == (0.0001, -0.005)
-    assert s.ai_confidence_threshold == 0.52
-    assert (s.ai_prediction_horizon_days, s.ai_label_normalisation) == (5, "excess")
-    assert s.strategy_entry_top_k == 3
+    assert s.protective_orders
+    assert (s.universe, s.ai_feature_set) == ("broad", "seed")
+    assert (s.ai_prediction_horizon_days, s.ai_label_normalisation) == (21, "excess")
+    assert (s.strategy_portfolio, s.strategy_entry_top_k, s.strategy_rebalance_every) == (
+        "book",
+        7,
+        0,  # the label horizon
+    )
     assert s.watchlist == tuple(DEFAULT_WATCHLIST.split(","))
     assert len(s.watchlist) == 32
     assert s.sql_url.startswith("sqlite:///")
     assert s.broker_url.startswith("sqlite:///")
+
+
+def test_the_seed_preset_restores_the_strategy_before_round_3(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for key in PRESET_KEYS:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("ENV_FILE", str(ROOT / "presets" / "seed.env"))
+    s = load_settings()
+    assert set(dotenv_values(ROOT / "presets" / "seed.env")) == set(PRESET_KEYS)
+    assert (s.risk_stop_loss_pct, s.risk_take_profit_pct) == (-0.05, 0.10)
+    assert (s.universe, s.ai_prediction_horizon_days, s.ai_label_normalisation) == (
+        "watchlist",
+        5,
+        "excess",
+    )
+    assert (s.strategy_portfolio, s.strategy_entry_top_k) == ("signals", 3)
+    assert (s.ai_signal_buy_threshold, s.ai_signal_sell_threshold) == (0.0001, -0.005)
+    assert s.ai_confidence_threshold == 0.52
 
 
 def test_environment_is_read(monkeypatch: pytest.MonkeyPatch) -> None:

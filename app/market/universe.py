@@ -5,7 +5,8 @@ SPY is the features' benchmark (rel_ret_20_spy, corr_spy_60, beta_spy_60), so a 
 WATCHLIST without it would otherwise leave those features NaN on one path only.
 
 UNIVERSE (Settings) says what the install trades, live, paper, sim and backtest alike
-(`configured_universe`): the watchlist, or a universe file (one symbol a line;
+(`configured_universe`; sim on the synthetic demo market trades the watchlist): the watchlist
+(the seed preset), or a universe file (one symbol a line;
 app/market/universes/broad.txt lists the 646 stocks of ../shared/data/broad). A file's ETFs
 (the etf/ folder of the broad layout) are loaded for the features, never traded. Live, the
 broker's asset listing still decides which of them trade on a given day (Venue.tradable).
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 from app.config import Settings, read_universe_file, universe_file
 from app.domain import MarketData
 from app.errors import ValidationError
-from app.market.sources import CsvMarketData
+from app.market.sources import CsvMarketData, SyntheticMarketData
 
 #: The benchmark the SPY-relative features (and the backtest's buy-and-hold) measure against.
 BENCHMARK = "SPY"
@@ -48,8 +49,13 @@ class Universe:
 
 
 def configured_universe(settings: Settings, market: MarketData | None = None) -> Universe:
-    """Which symbols this install trades: UNIVERSE=watchlist (the default) the WATCHLIST, else
-    the universe file's symbols; `market` tells a file's ETFs apart (feature-only)."""
+    """Which symbols this install trades: UNIVERSE=watchlist the WATCHLIST, else the universe
+    file's symbols; `market` tells a file's ETFs apart (feature-only).
+
+    Sim without DATA_DIR is a demo on a synthetic market of the WATCHLIST's names only: there it
+    trades the watchlist whatever UNIVERSE says, so a new install's `make run` trades at once."""
+    if isinstance(market, SyntheticMarketData):
+        return resolve_universe("watchlist", settings.watchlist, market)
     return resolve_universe(settings.universe, settings.watchlist, market)
 
 

@@ -11,8 +11,8 @@ import pytest
 from app.ai.features import MAX_LOOKBACK, build_features
 from app.config import DEFAULT_WATCHLIST, UNIVERSES_DIR, load_settings, read_universe_file
 from app.errors import ValidationError
-from app.market.sources import CsvMarketData
-from app.market.universe import resolve_universe
+from app.market.sources import CsvMarketData, SyntheticMarketData
+from app.market.universe import configured_universe, resolve_universe
 from tests.support import SHARED_DATA
 
 BROAD = SHARED_DATA.parent / "broad"
@@ -75,10 +75,8 @@ def test_a_bad_file_is_refused_naming_its_line(tmp_path: Path, text: str, proble
         read_universe_file(universe_file(tmp_path, text))
 
 
-def test_universe_setting_defaults_to_the_watchlist_and_takes_a_name_or_a_path(
-    tmp_path: Path,
-) -> None:
-    assert load_settings().universe == "watchlist"
+def test_universe_setting_takes_a_name_or_a_path(tmp_path: Path) -> None:
+    assert load_settings({"UNIVERSE": "watchlist"}).universe == "watchlist"
     assert load_settings({"UNIVERSE": "broad"}).universe == "broad"
     path = universe_file(tmp_path, "AAPL\n")
     assert load_settings({"UNIVERSE": f" {path} "}).universe == str(path)
@@ -97,3 +95,17 @@ def test_a_listing_enters_with_its_feature_history_and_a_delisting_leaves_after_
     twx = rows[rows.get_level_values("symbol") == "TWX"].get_level_values("date")
     assert abnb[0] == bars["ABNB"].index[MAX_LOOKBACK - 1] > pd.Timestamp("2020-12-10")
     assert twx[-1] == bars["TWX"].index[-1] == pd.Timestamp("2018-06-14")  # 06-15: volume 0
+
+
+def test_sim_on_the_synthetic_demo_market_trades_the_watchlist_whatever_universe_says(
+    broad: CsvMarketData,
+) -> None:
+    """A new install (UNIVERSE=broad, no DATA_DIR) runs sim on synthetic bars of the watchlist's
+    names: it trades those, not 646 names the demo market has no bars for; real bars (DATA_DIR)
+    and the broker trade the file's universe."""
+    settings = load_settings({"UNIVERSE": "broad", "WATCHLIST": "AAPL,KO"})
+    demo = SyntheticMarketData(symbols=settings.watchlist, end=date(2020, 12, 31))
+    chosen = configured_universe(settings, demo)
+    assert chosen.tradable == ("AAPL", "KO")
+    assert set(chosen.tradable) <= set(demo.available_symbols())
+    assert len(configured_universe(settings, broad).tradable) == 646
