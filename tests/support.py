@@ -16,6 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import requests
+from dotenv import dotenv_values
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data" / "daily"
@@ -172,13 +173,19 @@ def migrate(env: Mapping[str, str]) -> str:
     return result.stdout
 
 
+def seed_preset() -> dict[str, str]:
+    """presets/seed.env: the strategy the suite's tests were written for (tests/conftest.py)."""
+    values = dotenv_values(ROOT / "presets" / "seed.env")
+    return {key: value for key, value in values.items() if value is not None}
+
+
 def service_env(**overrides: str) -> dict[str, str]:
     """The environment for a child process: this one's, minus settings a developer's shell
-    or .env might carry, plus `overrides`."""
+    or .env might carry, under the suite's preset as in this process, plus `overrides`."""
     from app.config import Settings
 
     keys = {name.upper() for name in Settings.model_fields}
-    env = {k: v for k, v in os.environ.items() if k not in keys}
+    env = {k: v for k, v in os.environ.items() if k not in keys} | seed_preset()
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     env["PYTHONPATH"] = str(ROOT)
     env.update(overrides)
