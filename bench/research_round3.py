@@ -8,7 +8,7 @@ and replayed by the four (portfolio, exits) rules.
 
     nice -n 10 .venv/bin/python -m bench.research_round3 --predict [--streams NAME,...]
     nice -n 10 .venv/bin/python -m bench.research_round3 --replay      # every configuration
-    .venv/bin/python -m bench.research_round3 --table                  # rows, verdicts, ranking
+    .venv/bin/python -m bench.research_round3 --table [holdout]        # rows, verdicts, ranking
     nice -n 10 .venv/bin/python -m bench.research_round3 --holdout NAME[,NAME]
 """
 
@@ -328,6 +328,8 @@ def table(period: str) -> str:
             f"{_fails(v, data)} |"
         )
     order = ranking(verdicts)
+    if period != "selection":  # the rule selects on 2008-2015 only
+        return "\n".join(rows)
     rows.append(
         f"\n{len(verdicts)} of {len(GRID)} configurations stored. "
         + (
@@ -365,7 +367,13 @@ def main() -> None:
     parser.add_argument("--seeds", default="real,0,1,2", help="real and/or placebo seeds")
     parser.add_argument("--replay", action="store_true", help="run every configuration")
     parser.add_argument("--only", help="comma-separated configuration names")
-    parser.add_argument("--table", action="store_true")
+    parser.add_argument(
+        "--table",
+        nargs="?",
+        const="selection",
+        choices=tuple(PERIODS),
+        help="print the stored rows of a period (default: selection) with the rule's verdicts",
+    )
     parser.add_argument(
         "--lazy-placebos",
         action="store_true",
@@ -377,7 +385,7 @@ def main() -> None:
     logging.getLogger("app.market").setLevel(logging.ERROR)
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     if args.table:
-        print(table("selection"))
+        print(table(args.table))
         return
     period = "holdout" if args.holdout else "selection"
     wanted = [w for w in (args.holdout or args.only or "").split(",") if w]
