@@ -277,3 +277,44 @@ def test_the_gate_skips_the_label_span_after_the_champion_saw_its_last_date(hori
     first = rows.index.get_level_values("date").min()
     assert first == dates[39 + horizon + 2]  # the first date after seen + (h + 1)
     assert rows.index.get_level_values("date").nunique() == 120 - (40 + horizon + 1)
+
+
+def test_the_gate_judges_models_of_the_default_month_label(
+    market: SyntheticMarketData, tmp_path: Path
+) -> None:
+    """With the defaults' 21-session excess label, a retrain a session later is still judged on
+    enough dates neither model trained on, and none of them inside the champion's label span."""
+    store = ModelStore(tmp_path / "models")
+
+    def month_model(today: date) -> tuple[ModelBundle, pd.DataFrame]:
+        start, end = training_window(today, 3, NyseCalendar())
+        bars = load_bars(market, SYMBOLS, start, end)
+        features = build_features(bars, bars["SPY"], horizon=21, normalisation="excess")
+        model = train(
+            None,
+            None,
+            "pooled",
+            end,
+            FAST,
+            features=features,
+            n_lgbm=1,
+            n_xgb=1,
+            horizon=21,
+            normalisation="excess",
+        )
+        return model, features
+
+    champion = store.load(store.save(month_model(TODAY)[0]))
+    challenger, features = month_model(NyseCalendar().next_session(TODAY))
+    decision = settle(store, challenger, features, {}, gated=True)
+    assert decision.gated
+    assert decision.sessions >= MIN_GATE_SESSIONS, decision
+    assert decision.champion_rank_ic is not None
+    assert decision.challenger_rank_ic is not None
+    rows = comparison_rows(features, challenger, champion)
+    after = np.unique(
+        features.index.get_level_values("date")[
+            features.index.get_level_values("date") > pd.Timestamp(champion.metadata["val_end"])
+        ]
+    )
+    assert rows.index.get_level_values("date").min() > after[21]  # 22 dates skipped

@@ -318,3 +318,27 @@ def test_signals_the_sim_cycle_records_are_scored(
         )
         assert row.n_symbols == len(day)
         assert row.rank_ic == pytest.approx(expected.statistic)
+
+
+def test_the_default_month_label_is_scored_once_its_exit_open_exists(app: Flask) -> None:
+    """The defaults' 21-session label (research round 3): a session's signals are scored on
+    open[t+22] / open[t+1] - 1, on the day that open exists and not before."""
+    svc: Services = app.extensions["alpha_trader"]
+    day = SESSIONS[40]
+    with svc.db.session() as session:
+        session.add_all(_signals(day, GOOD, {s: float(i) for i, s in enumerate(SYMBOLS)}))
+    month = ModelHealth(svc.db, CsvMarketData(SHARED_DATA), Notifier(None), horizon=21)
+    assert month.update(SESSIONS[40 + 21])["waiting_for_labels"] == 1
+    assert month.update(SESSIONS[40 + 22])["scored"] == 1
+    with svc.db.session() as session:
+        row = session.query(ModelDailyIC).filter_by(horizon_days=21).one()
+    opens = {
+        s: pd.read_csv(SHARED_DATA / f"{s}.csv", index_col="date", parse_dates=True)["open"]
+        for s in SYMBOLS
+    }
+    realised = [
+        opens[s][pd.Timestamp(SESSIONS[62])] / opens[s][pd.Timestamp(SESSIONS[41])] - 1
+        for s in SYMBOLS
+    ]
+    assert row.session_day == day
+    assert row.rank_ic == pytest.approx(spearmanr(range(len(SYMBOLS)), realised).statistic)
