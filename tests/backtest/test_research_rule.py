@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from bench.research_round3 import GRID, ranking, verdict
+from bench.research_round3 import EXITS, GRID, ranking, settings_for, verdict
 
 MOMENTUM = {"sharpe": 0.60}
 
@@ -73,3 +73,26 @@ def test_within_005_of_the_best_fewer_changes_win() -> None:
     assert ranking(rows) == [one, far, default]
     rows[one]["margin"] = 0.44  # now 0.06 behind the best
     assert ranking(rows) == [far, one, default]
+
+
+@pytest.mark.parametrize("env_portfolio", ["book", "signals"])
+def test_every_row_sets_its_levers_whatever_the_defaults_are(
+    monkeypatch: pytest.MonkeyPatch, env_portfolio: str
+) -> None:
+    """Round 3 changed the defaults mid-round: a row replayed after that must run the rule it
+    names, not the defaults of the day."""
+    monkeypatch.setenv("STRATEGY_PORTFOLIO", env_portfolio)
+    monkeypatch.setenv("STRATEGY_ENTRY_TOP_K", "5")
+    monkeypatch.setenv("RISK_STOP_LOSS_PCT", "-0.07")
+    for config in GRID:
+        s = settings_for(config)
+        book = config.portfolio == "book7"
+        assert s.strategy_portfolio == ("book" if book else "signals")
+        assert s.strategy_entry_top_k == (7 if book else 3)
+        assert s.strategy_rebalance_every == (config.stream.horizon if book else 0)
+        assert (s.risk_stop_loss_pct, s.risk_take_profit_pct) == EXITS[config.exits]
+        assert (s.universe, s.ai_feature_set, s.ai_prediction_horizon_days) == (
+            config.stream.universe,
+            config.stream.features,
+            config.stream.horizon,
+        )
