@@ -166,7 +166,9 @@ def assert_trades(base: str, headers: dict[str, str], stack: MakeRun) -> None:
     while time.monotonic() < deadline:
         seen = requests.get(f"{base}/api/dashboard/all_data", headers=headers, timeout=10).json()
         orders = requests.get(f"{base}/api/orders", headers=headers, timeout=10).json()
-        if seen["positions"] and seen["risk"]["recent_events"] and orders["total"]:  # type: ignore[index]
+        # What is asserted below; a risk event is not: with the defaults' -15 % / +30 % exits a
+        # demo can replay a hundred sessions without one, and waiting for it cost 200 s a start.
+        if seen["positions"] and orders["total"] and seen["as_of"] > first["as_of"]:  # type: ignore[operator]
             break
         time.sleep(2)
     assert seen["positions"], stack.output()[-3000:]
