@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from dotenv import dotenv_values
 
 from app.config import DEFAULT_WATCHLIST, TradingMode, load_settings
 from app.errors import ConfigError
-from tests.support import ROOT
+from tests.support import ROOT, seed_preset
 
 PAPER = {
     "TRADING_MODE": "paper",
@@ -70,7 +69,7 @@ def test_the_seed_preset_restores_the_strategy_before_round_3(
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("ENV_FILE", str(ROOT / "presets" / "seed.env"))
     s = load_settings()
-    assert set(dotenv_values(ROOT / "presets" / "seed.env")) == set(PRESET_KEYS)
+    assert set(seed_preset()) == set(PRESET_KEYS)
     assert (s.risk_stop_loss_pct, s.risk_take_profit_pct) == (-0.05, 0.10)
     assert (s.universe, s.ai_prediction_horizon_days, s.ai_label_normalisation) == (
         "watchlist",

@@ -58,6 +58,28 @@ def features_for(market: SyntheticMarketData, today: date) -> tuple[date, pd.Dat
     return end, build_features(bars, bars["SPY"])
 
 
+def excess_model(
+    market: SyntheticMarketData, today: date, horizon: int
+) -> tuple[ModelBundle, pd.DataFrame]:
+    """A model of the `horizon`-session excess label trained as of `today`, and its features."""
+    start, end = training_window(today, 3, NyseCalendar())
+    bars = load_bars(market, SYMBOLS, start, end)
+    features = build_features(bars, bars["SPY"], horizon=horizon, normalisation="excess")
+    model = train(
+        None,
+        None,
+        "pooled",
+        end,
+        FAST,
+        features=features,
+        n_lgbm=1,
+        n_xgb=1,
+        horizon=horizon,
+        normalisation="excess",
+    )
+    return model, features
+
+
 def broken(features: pd.DataFrame, how: str) -> pd.DataFrame:
     """Labels a model can learn nothing right from: permuted across rows, or negated."""
     out = features.copy()
@@ -229,23 +251,7 @@ def test_a_champion_trained_for_another_label_is_replaced(
     svc: Services = app.extensions["alpha_trader"]
     store = ModelStore(tmp_path / "models")
     first = run_fit(svc, market, store, TODAY, gated=True)  # 1 session, raw
-    later = NyseCalendar().next_session(TODAY)
-    end, _ = features_for(market, later)
-    start, _ = training_window(later, 3, NyseCalendar())
-    bars = load_bars(market, SYMBOLS, start, end)
-    features = build_features(bars, bars["SPY"], horizon=5, normalisation="excess")
-    challenger = train(
-        None,
-        None,
-        "pooled",
-        end,
-        FAST,
-        features=features,
-        n_lgbm=1,
-        n_xgb=1,
-        horizon=5,
-        normalisation="excess",
-    )
+    challenger, features = excess_model(market, NyseCalendar().next_session(TODAY), 5)
     decision = settle(store, challenger, features, {}, gated=True)
     assert decision.kept == "challenger", decision
     assert decision.reason == "the champion was trained for another label (1-session raw)"
@@ -285,27 +291,8 @@ def test_the_gate_judges_models_of_the_default_month_label(
     """With the defaults' 21-session excess label, a retrain a session later is still judged on
     enough dates neither model trained on, and none of them inside the champion's label span."""
     store = ModelStore(tmp_path / "models")
-
-    def month_model(today: date) -> tuple[ModelBundle, pd.DataFrame]:
-        start, end = training_window(today, 3, NyseCalendar())
-        bars = load_bars(market, SYMBOLS, start, end)
-        features = build_features(bars, bars["SPY"], horizon=21, normalisation="excess")
-        model = train(
-            None,
-            None,
-            "pooled",
-            end,
-            FAST,
-            features=features,
-            n_lgbm=1,
-            n_xgb=1,
-            horizon=21,
-            normalisation="excess",
-        )
-        return model, features
-
-    champion = store.load(store.save(month_model(TODAY)[0]))
-    challenger, features = month_model(NyseCalendar().next_session(TODAY))
+    champion = store.load(store.save(excess_model(market, TODAY, 21)[0]))
+    challenger, features = excess_model(market, NyseCalendar().next_session(TODAY), 21)
     decision = settle(store, challenger, features, {}, gated=True)
     assert decision.gated
     assert decision.sessions >= MIN_GATE_SESSIONS, decision

@@ -210,21 +210,35 @@ def test_sessions_wait_for_their_labels(app: Flask) -> None:
         "alert": None,
     }
     assert health.update(SESSIONS[12])["scored"] == 1
-    # A longer horizon (the setting AI_PREDICTION_HORIZON_DAYS, when present) waits longer.
-    longer = ModelHealth(svc.db, CsvMarketData(SHARED_DATA), Notifier(None), horizon=3)
-    assert longer.update(SESSIONS[13])["waiting_for_labels"] == 1
-    assert longer.update(SESSIONS[14])["scored"] == 1
-    with svc.db.session() as session:
-        row = session.query(ModelDailyIC).filter_by(horizon_days=3).one()
+
+
+def _realised_rank_ic(entry: date, exit_: date) -> float:
+    """Spearman of the signals' order (SYMBOLS ranked 0, 1, ...) with open[exit] / open[entry]
+    - 1, read from the CSV files (no app code)."""
     opens = {
         s: pd.read_csv(SHARED_DATA / f"{s}.csv", index_col="date", parse_dates=True)["open"]
         for s in SYMBOLS
     }
-    realised = [
-        opens[s][pd.Timestamp(SESSIONS[14])] / opens[s][pd.Timestamp(SESSIONS[11])] - 1
-        for s in SYMBOLS
-    ]
-    assert row.rank_ic == pytest.approx(spearmanr(range(len(SYMBOLS)), realised).statistic)
+    realised = [opens[s][pd.Timestamp(exit_)] / opens[s][pd.Timestamp(entry)] - 1 for s in SYMBOLS]
+    return float(spearmanr(range(len(SYMBOLS)), realised).statistic)
+
+
+@pytest.mark.parametrize("horizon", [3, 21])
+def test_a_longer_label_is_scored_once_its_exit_open_exists(app: Flask, horizon: int) -> None:
+    """A longer horizon (AI_PREDICTION_HORIZON_DAYS; the defaults' 21 since research round 3)
+    waits longer: a session's signals are scored on open[t+1+h] / open[t+1] - 1, on the day
+    that open exists and not before."""
+    svc: Services = app.extensions["alpha_trader"]
+    day = SESSIONS[10]
+    with svc.db.session() as session:
+        session.add_all(_signals(day, GOOD, {s: float(i) for i, s in enumerate(SYMBOLS)}))
+    longer = ModelHealth(svc.db, CsvMarketData(SHARED_DATA), Notifier(None), horizon=horizon)
+    assert longer.update(SESSIONS[10 + horizon])["waiting_for_labels"] == 1
+    assert longer.update(SESSIONS[10 + horizon + 1])["scored"] == 1
+    with svc.db.session() as session:
+        row = session.query(ModelDailyIC).filter_by(horizon_days=horizon).one()
+    assert row.session_day == day
+    assert row.rank_ic == pytest.approx(_realised_rank_ic(SESSIONS[11], SESSIONS[11 + horizon]))
 
 
 def test_the_task_scores_through_the_app_services(
@@ -318,27 +332,3 @@ def test_signals_the_sim_cycle_records_are_scored(
         )
         assert row.n_symbols == len(day)
         assert row.rank_ic == pytest.approx(expected.statistic)
-
-
-def test_the_default_month_label_is_scored_once_its_exit_open_exists(app: Flask) -> None:
-    """The defaults' 21-session label (research round 3): a session's signals are scored on
-    open[t+22] / open[t+1] - 1, on the day that open exists and not before."""
-    svc: Services = app.extensions["alpha_trader"]
-    day = SESSIONS[40]
-    with svc.db.session() as session:
-        session.add_all(_signals(day, GOOD, {s: float(i) for i, s in enumerate(SYMBOLS)}))
-    month = ModelHealth(svc.db, CsvMarketData(SHARED_DATA), Notifier(None), horizon=21)
-    assert month.update(SESSIONS[40 + 21])["waiting_for_labels"] == 1
-    assert month.update(SESSIONS[40 + 22])["scored"] == 1
-    with svc.db.session() as session:
-        row = session.query(ModelDailyIC).filter_by(horizon_days=21).one()
-    opens = {
-        s: pd.read_csv(SHARED_DATA / f"{s}.csv", index_col="date", parse_dates=True)["open"]
-        for s in SYMBOLS
-    }
-    realised = [
-        opens[s][pd.Timestamp(SESSIONS[62])] / opens[s][pd.Timestamp(SESSIONS[41])] - 1
-        for s in SYMBOLS
-    ]
-    assert row.session_day == day
-    assert row.rank_ic == pytest.approx(spearmanr(range(len(SYMBOLS)), realised).statistic)
